@@ -1,0 +1,145 @@
+//! The command line: `serve`, `check`, `render` and `send-test`.
+
+mod check;
+mod render;
+mod send_test;
+
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// kitebridge: Buildkite webhooks to Slack and Microsoft Teams.
+#[derive(Debug, Parser)]
+#[command(name = "kitebridge", version, about)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "KITEBRIDGE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The config file argument every command takes.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(long, env = "KITEBRIDGE_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `render`'s output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderFormat {
+    /// Readable: one block per message.
+    Text,
+    /// A JSON array of {"route","destination","kind","body"}.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the receiver and the delivery workers until SIGINT or SIGTERM.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Validate the config, compile every template and render each against built-in samples.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Dry run, no network: which routes match a payload and the exact bodies that would be sent.
+    Render {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A webhook body (JSON) to route and render.
+        #[arg(long)]
+        payload: PathBuf,
+        /// The event name; defaults to the payload's `event` field.
+        #[arg(long)]
+        event: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: RenderFormat,
+    },
+    /// Post a test message to one destination and report the answer.
+    SendTest {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The destination's name.
+        #[arg(long)]
+        destination: String,
+        /// Send this built-in sample event instead of a connection test (e.g. build.finished).
+        #[arg(long)]
+        sample: Option<String>,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve { config } => serve(&config.config),
+        Command::Check { config } => check::run(&config.config),
+        Command::Render {
+            config,
+            payload,
+            event,
+            format,
+        } => render::run(&config.config, &payload, event.as_deref(), format),
+        Command::SendTest {
+            config,
+            destination,
+            sample,
+        } => send_test::run(&config.config, &destination, sample.as_deref()),
+    }
+}
+
+/// Loads the config or prints its problems.
+fn load(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{p}");
+            }
+            None
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let Some(config) = load(path) else {
+        return ExitCode::FAILURE;
+    };
+    runtime().block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %config.server.listen, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        match crate::server::run(listener, config, crate::server::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    tracing::error!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

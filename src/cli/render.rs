@@ -1,0 +1,97 @@
+//! `kitebridge render`: a dry run of routing and rendering for one payload.
+
+use super::RenderFormat;
+use crate::dispatch::{Planned, plan};
+use crate::event::{Event, VerifiedBody};
+use crate::render::{Renderer, TemplateData};
+use crate::routing::Router;
+use chrono::Utc;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Routes and renders `payload`, printing the bodies.
+pub fn run(config_path: &Path, payload: &Path, event_name: Option<&str>, format: RenderFormat) -> ExitCode {
+    let Some(config) = super::load(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let renderer = match Renderer::new(config.templates_dir.as_deref()) {
+        Ok(r) => r,
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let bytes = match std::fs::read(payload) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", payload.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = Utc::now();
+    let event = match Event::parse(&VerifiedBody::trusted(bytes), event_name, now) {
+        Ok(e) => e,
+        // `--event` overrides the body's name rather than having to agree with it.
+        Err(crate::event::EventError::HeaderMismatch { .. }) => {
+            let parsed = Event::parse(&VerifiedBody::trusted(std::fs::read(payload).unwrap_or_default()), None, now);
+            match parsed {
+                Ok(e) => Event::from_value(event_name.unwrap_or_default(), e.payload().clone(), now),
+                Err(e) => {
+                    eprintln!("{}: {e}", payload.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", payload.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let router = Router::new(config.routes.clone());
+    let routes = router.route(&event);
+    let enabled = |name: &str| config.destination(name).is_some_and(|d| d.enabled());
+    let planned = plan(&routes, enabled);
+    let disabled: Vec<Planned> = plan(&routes, |d| !enabled(d));
+    let data = TemplateData::new(&event, now);
+    let mut failed = false;
+    let mut out = Vec::new();
+    for p in &planned {
+        let dest = config.destination(&p.destination).expect("planned destinations exist");
+        let kind = dest.kind.template_kind();
+        match renderer.render_event(kind, p.template.as_deref(), &event, &data) {
+            Ok((template, body)) => out.push((p, dest.kind, template, body)),
+            Err(e) => {
+                eprintln!("route {:?} → {}: {e}", p.route, p.destination);
+                failed = true;
+            }
+        }
+    }
+    match format {
+        RenderFormat::Json => {
+            let array: Vec<_> = out
+                .iter()
+                .map(|(p, kind, _, body)| {
+                    json!({"route": p.route, "destination": p.destination, "kind": kind.as_str(), "body": body.to_value()})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&array).expect("JSON serialises"));
+        }
+        RenderFormat::Text => {
+            if routes.is_empty() {
+                println!("no route matches {}", event.name());
+            }
+            for (p, kind, template, body) in &out {
+                println!("route {:?} → {} ({kind}, template {template})", p.route, p.destination);
+                match body.to_value() {
+                    serde_json::Value::String(text) => println!("{text}\n"),
+                    v => println!("{}\n", serde_json::to_string_pretty(&v).expect("JSON serialises")),
+                }
+            }
+            for p in &disabled {
+                println!("route {:?} → {}: not sent, destination disabled (url empty)", p.route, p.destination);
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}

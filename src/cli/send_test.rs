@@ -1,0 +1,75 @@
+//! `kitebridge send-test`: one real message to one destination, to prove the URL works.
+
+use crate::deliver::{self, Outcome};
+use crate::event::Event;
+use crate::render::{Renderer, TemplateData, samples};
+use chrono::Utc;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Sends a connection test (or a named sample event) and reports the answer.
+pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
+    let Some(config) = super::load(config_path) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(dest_config) = config.destination(name) else {
+        let known: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
+        eprintln!("{}: no destination named {name:?} (known: {})", config.path.display(), known.join(", "));
+        return ExitCode::FAILURE;
+    };
+    let renderer = match Renderer::new(config.templates_dir.as_deref()) {
+        Ok(r) => r,
+        Err(problems) => {
+            problems.iter().for_each(|p| eprintln!("{p}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let event = match sample {
+        Some(s) => match samples::event(s) {
+            Some(e) => e,
+            None => {
+                let names: Vec<&str> = samples::SAMPLES.iter().map(|(n, _)| *n).collect();
+                eprintln!("no sample named {s:?} (samples: {})", names.join(", "));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Event::from_value(
+            "ping",
+            json!({"event": "ping", "organization": {"name": "(kitebridge send-test)"},
+                   "sender": {"name": "kitebridge send-test"}}),
+            Utc::now(),
+        ),
+    };
+    let Some(dest) = deliver::build(dest_config, &deliver::client()) else {
+        eprintln!("destination {name:?} is disabled: its url is empty (is its environment variable set?)");
+        return ExitCode::FAILURE;
+    };
+    let data = TemplateData::new(&event, Utc::now());
+    let (template, body) = match renderer.render_event(dest_config.kind.template_kind(), None, &event, &data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = Instant::now();
+    let outcome = super::runtime().block_on(dest.send(&body));
+    let ms = started.elapsed().as_millis();
+    let status = outcome.status().map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+    match outcome {
+        Outcome::Sent { .. } => {
+            println!("{name}: sent ({status}{ms} ms, template {template})");
+            ExitCode::SUCCESS
+        }
+        Outcome::Retry { reason, .. } => {
+            eprintln!("{name}: not sent, temporary failure ({status}{ms} ms): {reason}");
+            ExitCode::FAILURE
+        }
+        Outcome::Permanent { reason, .. } => {
+            eprintln!("{name}: not sent, refused ({status}{ms} ms): {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

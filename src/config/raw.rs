@@ -1,0 +1,114 @@
+//! The config file as written: serde structs that reject unknown keys and keep spans, so every
+//! later complaint can name its line. String values are interpolated during validation.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A string value with its position in the file.
+pub type Text = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub buildkite: Spanned<RawBuildkite>,
+    #[serde(default)]
+    pub test_engine: RawTestEngine,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub templates: RawTemplates,
+    #[serde(default)]
+    pub destinations: BTreeMap<Spanned<String>, Spanned<RawDestination>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Text>,
+    pub path: Option<Text>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+}
+
+/// `[buildkite]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuildkite {
+    pub token: Text,
+    #[serde(default)]
+    pub previous_tokens: Vec<Text>,
+    pub mode: Option<Text>,
+    pub replay_window: Option<Text>,
+    #[serde(default)]
+    pub allowed_ips: Vec<Text>,
+}
+
+/// `[test_engine]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestEngine {
+    pub key: Option<Text>,
+}
+
+/// `[storage]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub path: Option<Text>,
+}
+
+/// `[templates]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    pub dir: Option<Text>,
+}
+
+/// `[destinations.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub kind: Text,
+    pub url: Option<Text>,
+    pub timeout: Option<Text>,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<Text>,
+    #[serde(default)]
+    pub events: Vec<Text>,
+    #[serde(default)]
+    pub pipelines: Vec<Text>,
+    #[serde(default)]
+    pub branches: Vec<Text>,
+    #[serde(default)]
+    pub states: Vec<Text>,
+    #[serde(default)]
+    pub to: Vec<Text>,
+    pub template: Option<Text>,
+    #[serde(default, rename = "continue")]
+    pub continue_matching: bool,
+    #[serde(default)]
+    pub when: Vec<Spanned<RawWhen>>,
+}
+
+/// `[[routes.when]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub path: Text,
+    pub equals: Option<toml::Value>,
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<toml::Value>>,
+    pub matches: Option<Text>,
+    pub exists: Option<bool>,
+}

@@ -1,0 +1,127 @@
+//! The shared HTTP client and the parts of answer handling Slack and Teams have in common.
+
+use super::Outcome;
+use crate::secret::Secret;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use std::sync::Once;
+use std::time::Duration;
+
+/// How much of an error answer is kept as the reason.
+const REASON_BYTES: usize = 300;
+
+/// The process-wide HTTP client: rustls with the ring provider, pooled connections.
+pub fn client() -> reqwest::Client {
+    static PROVIDER: Once = Once::new();
+    PROVIDER.call_once(|| {
+        // Another part of the process may have installed one already; either is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("kitebridge/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("the HTTP client builds with a crypto provider installed")
+}
+
+/// `Retry-After` as seconds or an HTTP date; `None` when absent or unreadable.
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+        .or(Some(Duration::ZERO))
+}
+
+/// What came back from one POST.
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// The start of the body, as text.
+    pub body: String,
+}
+
+/// POSTs JSON `body` to `url`; a transport failure becomes a retryable [`Outcome`] whose reason
+/// never contains the URL.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &Secret,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer, Outcome> {
+    let response = client
+        .post(url.expose())
+        .header(CONTENT_TYPE, "application/json")
+        .timeout(timeout)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_failure(e, timeout))?;
+    let status = response.status().as_u16();
+    let retry_after = parse_retry_after(response.headers());
+    let bytes = response.bytes().await.unwrap_or_default();
+    let end = bytes.len().min(REASON_BYTES);
+    Ok(Answer {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&bytes[..end]).trim().to_string(),
+    })
+}
+
+fn transport_failure(e: reqwest::Error, timeout: Duration) -> Outcome {
+    let reason = if e.is_timeout() {
+        format!("no answer within {}", humantime::format_duration(timeout))
+    } else {
+        // reqwest prints the URL, which is a secret: strip it, then add the cause chain (from
+        // hyper and the OS, which names no URL) so "connection refused" is visible.
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text.chars().take(REASON_BYTES).collect()
+    };
+    Outcome::Retry {
+        status: None,
+        after: None,
+        reason,
+    }
+}
+
+/// Classifies what Slack and Teams have in common: 429 and 408 and 5xx retry, other 4xx and
+/// anything unexpected are permanent. `None` means a 2xx the caller must judge itself.
+pub fn classify_common(answer: &Answer) -> Option<Outcome> {
+    let status = Some(answer.status);
+    let reason = || {
+        if answer.body.is_empty() {
+            format!("HTTP {}", answer.status)
+        } else {
+            format!("HTTP {}: {}", answer.status, answer.body)
+        }
+    };
+    match answer.status {
+        200..=299 => None,
+        429 => Some(Outcome::Retry {
+            status,
+            after: answer.retry_after,
+            reason: reason(),
+        }),
+        408 | 500..=599 => Some(Outcome::Retry {
+            status,
+            after: answer.retry_after,
+            reason: reason(),
+        }),
+        _ => Some(Outcome::Permanent {
+            status,
+            reason: reason(),
+        }),
+    }
+}

@@ -1,0 +1,136 @@
+//! Sending rendered bodies to destinations, one module per kind behind [`Destination`].
+//!
+//! Each kind judges its own answers into an [`Outcome`]: sent, retry (with the delay the
+//! destination asked for, if any) or permanent failure. Callers decide what to do with a retry.
+
+mod console;
+mod http;
+mod slack;
+mod teams;
+
+pub use console::Console;
+pub use http::{client, parse_retry_after};
+pub use slack::{Slack, classify as classify_slack};
+pub use teams::{Teams, classify as classify_teams, is_legacy_connector};
+
+use crate::config::DestinationConfig;
+use crate::render::{Body, TemplateKind};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The kinds of destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestinationKind {
+    /// Slack incoming webhook.
+    Slack,
+    /// Teams Workflows webhook (or a legacy Office 365 connector).
+    Teams,
+    /// Standard output.
+    Console,
+}
+
+impl DestinationKind {
+    /// Parses a config `kind`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "slack" => Some(Self::Slack),
+            "teams" => Some(Self::Teams),
+            "console" => Some(Self::Console),
+            _ => None,
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::Teams => "teams",
+            Self::Console => "console",
+        }
+    }
+
+    /// Which templates render for it.
+    pub fn template_kind(self) -> TemplateKind {
+        match self {
+            Self::Slack => TemplateKind::Slack,
+            Self::Teams => TemplateKind::Teams,
+            Self::Console => TemplateKind::Console,
+        }
+    }
+}
+
+impl fmt::Display for DestinationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination accepted the message.
+    Sent {
+        /// HTTP status, when there was a request.
+        status: Option<u16>,
+    },
+    /// Worth trying again.
+    Retry {
+        /// HTTP status, if an answer came.
+        status: Option<u16>,
+        /// The delay the destination asked for (`Retry-After`).
+        after: Option<Duration>,
+        /// What happened.
+        reason: String,
+    },
+    /// Will fail again the same way; needs an operator.
+    Permanent {
+        /// HTTP status, if an answer came.
+        status: Option<u16>,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The HTTP status, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Sent { status } | Outcome::Retry { status, .. } | Outcome::Permanent { status, .. } => *status,
+        }
+    }
+
+    /// A short word for logs: `sent`, `retry`, `permanent`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent { .. } => "permanent",
+        }
+    }
+}
+
+/// A boxed send future.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// Somewhere a rendered message can go.
+pub trait Destination: Send + Sync + fmt::Debug {
+    /// The destination's name from the config.
+    fn name(&self) -> &str;
+    /// Its kind.
+    fn kind(&self) -> DestinationKind;
+    /// Makes one attempt to deliver `body`.
+    fn send<'a>(&'a self, body: &'a Body) -> SendFuture<'a>;
+}
+
+/// Builds the destination for a config entry, or `None` when it is disabled (no URL).
+pub fn build(config: &DestinationConfig, client: &reqwest::Client) -> Option<Arc<dyn Destination>> {
+    let name = config.name.clone();
+    Some(match config.kind {
+        DestinationKind::Console => Arc::new(Console::new(name)),
+        DestinationKind::Slack => Arc::new(Slack::new(name, config.url.clone()?, config.timeout, client.clone())),
+        DestinationKind::Teams => Arc::new(Teams::new(name, config.url.clone()?, config.timeout, client.clone())),
+    })
+}

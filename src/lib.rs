@@ -1,0 +1,30 @@
+//! kitebridge: verified Buildkite webhooks in, routed and rendered chat messages out.
+//!
+//! The modules follow the data flow of one webhook:
+//!
+//! - [`ingress`]: the HTTP receiver; checks the caller (IP, token or HMAC signature) on the raw
+//!   bytes before anything is parsed, and answers Buildkite.
+//! - [`event`]: the parsed, verified [`event::Event`] and the facts routing needs from it.
+//! - [`routing`]: the operator's `[[routes]]`, compiled; a pure function from an event to the
+//!   (route, destination) pairs it should reach.
+//! - [`render`]: Handlebars templates per destination kind, the derived template data, escaping
+//!   and the destination size limits.
+//! - [`deliver`]: one module per destination kind (Slack, Teams, console) behind one trait that
+//!   classifies each answer as sent, retry later or permanent failure.
+//! - [`dispatch`]: glues an accepted event to routing, rendering and delivery.
+//!
+//! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
+//! [`cli`] (the `serve`, `check`, `render` and `send-test` commands), [`server`] (start-up and
+//! graceful shutdown) and [`secret`] (values that never print).
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod dispatch;
+pub mod event;
+pub mod ingress;
+pub mod render;
+pub mod routing;
+pub mod secret;
+pub mod server;
+pub mod telemetry;

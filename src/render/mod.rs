@@ -1,0 +1,292 @@
+//! Turning an event into the exact body a destination receives.
+//!
+//! One Handlebars registry per template kind (`slack`, `teams`, `console`), each with its own
+//! escaping. Defaults are compiled in; files in the configured folder override them by name.
+//! Every Slack and Teams body is parsed back as JSON and brought within the destination's
+//! limits, so a broken template is reported, never sent.
+
+pub mod context;
+pub mod escape;
+mod helpers;
+pub mod limits;
+mod look;
+pub mod samples;
+pub mod templates;
+
+pub use helpers::HELPERS;
+pub use look::{Look, look_of};
+
+use crate::event::Event;
+use chrono::{DateTime, Utc};
+use handlebars::Handlebars;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use thiserror::Error;
+
+/// The three template dialects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TemplateKind {
+    /// Slack Block Kit JSON.
+    Slack,
+    /// Teams Workflows envelope with an Adaptive Card.
+    Teams,
+    /// Plain text for the console.
+    Console,
+}
+
+impl TemplateKind {
+    /// All kinds.
+    pub const ALL: [TemplateKind; 3] = [Self::Slack, Self::Teams, Self::Console];
+
+    /// `slack`, `teams` or `console`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::Teams => "teams",
+            Self::Console => "console",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for TemplateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rendered message body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A JSON body (Slack, Teams).
+    Json(Value),
+    /// Text (console).
+    Text(String),
+}
+
+impl Body {
+    /// The bytes to post.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Body::Json(v) => serde_json::to_vec(v).expect("JSON values serialise"),
+            Body::Text(t) => t.clone().into_bytes(),
+        }
+    }
+
+    /// The body as a JSON value (text becomes a JSON string), for `render --format json`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Body::Json(v) => v.clone(),
+            Body::Text(t) => Value::String(t.clone()),
+        }
+    }
+}
+
+/// Why a message could not be rendered. Permanent: the same event and template fail again.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// No template of that name for that kind.
+    #[error("no {kind} template named {name:?}")]
+    Missing {
+        /// Kind.
+        kind: TemplateKind,
+        /// Name.
+        name: String,
+    },
+    /// Handlebars failed (a helper error, for instance).
+    #[error("{origin}: {message}")]
+    Template {
+        /// Where the template came from.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The output is not JSON.
+    #[error("{origin} rendered invalid JSON: {message}")]
+    InvalidJson {
+        /// Where the template came from.
+        origin: String,
+        /// The parser's complaint, with line and column of the output.
+        message: String,
+    },
+    /// The output cannot be brought within the destination's size limit.
+    #[error("{origin}: {message}")]
+    TooLarge {
+        /// Where the template came from.
+        origin: String,
+        /// Sizes.
+        message: String,
+    },
+}
+
+/// The data templates render, computed once per event.
+pub struct TemplateData(handlebars::Context);
+
+impl TemplateData {
+    /// The payload (secrets removed) plus the derived `kb` fields.
+    pub fn new(event: &Event, now: DateTime<Utc>) -> Self {
+        Self(handlebars::Context::wraps(context::template_data(event, now)).expect("a JSON value wraps"))
+    }
+
+    /// The data as JSON, for documentation and tests.
+    pub fn value(&self) -> &Value {
+        self.0.data()
+    }
+}
+
+/// All compiled templates.
+pub struct Renderer {
+    registries: [Handlebars<'static>; 3],
+    origins: HashMap<(TemplateKind, String), String>,
+}
+
+impl fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renderer").field("templates", &self.origins.len()).finish()
+    }
+}
+
+fn registry(kind: TemplateKind) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    match kind {
+        TemplateKind::Slack => hb.register_escape_fn(|s| escape::json_content(&escape::slack_text(s))),
+        TemplateKind::Teams => hb.register_escape_fn(|s| escape::json_content(&escape::teams_text(s))),
+        TemplateKind::Console => hb.register_escape_fn(handlebars::no_escape),
+    }
+    // Partials must not re-indent multi-line values, which would alter JSON strings.
+    hb.set_prevent_indent(true);
+    helpers::register(&mut hb, kind);
+    hb
+}
+
+impl Renderer {
+    /// Compiles the built-in templates and the overrides in `dir`. Returns every problem found
+    /// (one line each, naming the file, line and column) rather than stopping at the first.
+    pub fn new(dir: Option<&Path>) -> Result<Self, Vec<String>> {
+        let mut registries = TemplateKind::ALL.map(registry);
+        let mut origins = HashMap::new();
+        let mut problems = Vec::new();
+        let overrides = match dir {
+            Some(dir) => {
+                let (sources, read_problems) = templates::load_dir(dir);
+                problems.extend(read_problems);
+                sources
+            }
+            None => Vec::new(),
+        };
+        for source in templates::builtin().chain(overrides) {
+            let hb = &mut registries[source.kind.index()];
+            match hb.register_template_string(&source.name, &source.text) {
+                Ok(()) => {
+                    origins.insert((source.kind, source.name), source.origin);
+                }
+                Err(e) => {
+                    let (line, col) = e.pos().unwrap_or((0, 0));
+                    problems.push(format!("{}:{line}:{col}: {}", source.origin, e.reason()));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { registries, origins })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether a template exists.
+    pub fn has(&self, kind: TemplateKind, name: &str) -> bool {
+        self.registries[kind.index()].has_template(name)
+    }
+
+    /// The selectable templates of a kind (partials, named `_…`, excluded), sorted.
+    pub fn names(&self, kind: TemplateKind) -> Vec<String> {
+        let mut names: Vec<String> = self.registries[kind.index()]
+            .get_templates()
+            .keys()
+            .filter(|n| !n.starts_with('_'))
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Where a template came from.
+    pub fn origin(&self, kind: TemplateKind, name: &str) -> String {
+        self.origins
+            .get(&(kind, name.to_string()))
+            .cloned()
+            .unwrap_or_else(|| format!("{kind}/{name}"))
+    }
+
+    /// The template for `event`: `explicit` when the route names one, else the first of the
+    /// event name, its family and `default` that exists.
+    pub fn select(&self, kind: TemplateKind, explicit: Option<&str>, event: &Event) -> Result<String, RenderError> {
+        let candidates: Vec<&str> = match explicit {
+            Some(name) => vec![name],
+            None => vec![event.name(), event.family(), "default"],
+        };
+        candidates
+            .iter()
+            .find(|n| !n.starts_with('_') && self.has(kind, n))
+            .map(|n| n.to_string())
+            .ok_or_else(|| RenderError::Missing {
+                kind,
+                name: candidates[0].to_string(),
+            })
+    }
+
+    /// Renders template `name` of `kind` with `data`, and checks and limits the result.
+    pub fn render(&self, kind: TemplateKind, name: &str, data: &TemplateData) -> Result<Body, RenderError> {
+        let hb = &self.registries[kind.index()];
+        if !hb.has_template(name) {
+            return Err(RenderError::Missing {
+                kind,
+                name: name.to_string(),
+            });
+        }
+        let origin = || self.origin(kind, name);
+        let text = hb.render_with_context(name, &data.0).map_err(|e| RenderError::Template {
+            origin: match e.line_no {
+                Some(line) => format!("{}:{line}", origin()),
+                None => origin(),
+            },
+            message: e.reason().to_string(),
+        })?;
+        match kind {
+            TemplateKind::Console => Ok(Body::Text(limits::enforce_console(text.trim_end()))),
+            TemplateKind::Slack | TemplateKind::Teams => {
+                let mut value: Value = serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
+                    origin: origin(),
+                    message: e.to_string(),
+                })?;
+                if kind == TemplateKind::Slack {
+                    limits::enforce_slack(&mut value);
+                } else {
+                    limits::enforce_teams(&mut value).map_err(|e| RenderError::TooLarge {
+                        origin: origin(),
+                        message: e.to_string(),
+                    })?;
+                }
+                Ok(Body::Json(value))
+            }
+        }
+    }
+
+    /// Selects and renders in one step.
+    pub fn render_event(
+        &self,
+        kind: TemplateKind,
+        explicit: Option<&str>,
+        event: &Event,
+        data: &TemplateData,
+    ) -> Result<(String, Body), RenderError> {
+        let name = self.select(kind, explicit, event)?;
+        let body = self.render(kind, &name, data)?;
+        Ok((name, body))
+    }
+}

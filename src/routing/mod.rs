@@ -1,0 +1,239 @@
+//! The operator's `[[routes]]`, compiled, and the pure function that matches events to them.
+//!
+//! Routes are tried in file order; every condition of a route must hold; the first match stops
+//! the search unless that route says `continue = true`. No I/O happens here.
+
+mod condition;
+mod patterns;
+
+pub use condition::{Condition, ConditionError, Test};
+pub use patterns::{PatternError, PatternList};
+
+use crate::event::Event;
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's name, unique in the config; shown in logs and `render`.
+    pub name: String,
+    /// Globs on the event name.
+    pub events: PatternList,
+    /// Globs on `pipeline.slug`.
+    pub pipelines: PatternList,
+    /// Globs on `build.branch`.
+    pub branches: PatternList,
+    /// Globs on the subject's state (see [`Event::state`]).
+    pub states: PatternList,
+    /// Extra conditions on payload fields.
+    pub when: Vec<Condition>,
+    /// Destination names, in order.
+    pub to: Vec<String>,
+    /// A template name that overrides the choice by event and family.
+    pub template: Option<String>,
+    /// Keep matching later routes after this one.
+    pub continue_matching: bool,
+}
+
+impl Route {
+    /// Whether every condition of the route holds for `event`.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.events.matches(Some(event.name()))
+            && self.pipelines.matches(event.pipeline_slug())
+            && self.branches.matches(event.branch())
+            && self.states.matches(event.state())
+            && self.when.iter().all(|c| c.holds(event.payload()))
+    }
+}
+
+/// All routes, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// A router over `routes`, tried in the given order.
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    /// The routes, in order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The routes `event` takes, in order.
+    pub fn route(&self, event: &Event) -> Vec<&Route> {
+        let mut matched = Vec::new();
+        for route in &self.routes {
+            if route.matches(event) {
+                matched.push(route);
+                if !route.continue_matching {
+                    break;
+                }
+            }
+        }
+        matched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use serde_json::json;
+
+    struct Spec {
+        name: &'static str,
+        events: &'static [&'static str],
+        pipelines: &'static [&'static str],
+        branches: &'static [&'static str],
+        states: &'static [&'static str],
+        when: Vec<Condition>,
+        cont: bool,
+    }
+
+    impl Spec {
+        fn new(name: &'static str) -> Self {
+            Self {
+                name,
+                events: &[],
+                pipelines: &[],
+                branches: &[],
+                states: &[],
+                when: vec![],
+                cont: false,
+            }
+        }
+
+        fn build(self) -> Route {
+            Route {
+                name: self.name.into(),
+                events: PatternList::new(self.events).unwrap(),
+                pipelines: PatternList::new(self.pipelines).unwrap(),
+                branches: PatternList::new(self.branches).unwrap(),
+                states: PatternList::new(self.states).unwrap(),
+                when: self.when,
+                to: vec!["dest".into()],
+                template: None,
+                continue_matching: self.cont,
+            }
+        }
+    }
+
+    fn router() -> Router {
+        Router::new(vec![
+            Spec {
+                events: &["build.finished", "build.failing"],
+                pipelines: &["web-*", "!web-sandbox"],
+                branches: &["main", "release/*"],
+                states: &["failed", "failing"],
+                cont: true,
+                ..Spec::new("main failures")
+            }
+            .build(),
+            Spec {
+                events: &["build.finished"],
+                states: &["blocked"],
+                ..Spec::new("blocked builds")
+            }
+            .build(),
+            Spec {
+                events: &["build.*"],
+                when: vec![Condition::new("build.source", Test::In(vec![json!("ui")])).unwrap()],
+                ..Spec::new("manual builds")
+            }
+            .build(),
+            Spec {
+                events: &["agent.*"],
+                states: &["lost", "disconnected"],
+                ..Spec::new("agents")
+            }
+            .build(),
+            Spec {
+                events: &["*"],
+                ..Spec::new("everything else")
+            }
+            .build(),
+        ])
+    }
+
+    fn event(name: &str, payload: serde_json::Value) -> Event {
+        Event::from_value(name, payload, Utc::now())
+    }
+
+    fn build(slug: &str, branch: &str, state: &str, source: &str) -> serde_json::Value {
+        json!({"pipeline": {"slug": slug},
+               "build": {"branch": branch, "state": state, "source": source, "blocked": false}})
+    }
+
+    #[test]
+    fn routes_events_in_file_order_with_continue() {
+        let r = router();
+        let cases: Vec<(Event, &[&str])> = vec![
+            (
+                event("build.finished", build("web-app", "main", "failed", "webhook")),
+                &["main failures", "everything else"],
+            ),
+            (
+                event("build.finished", build("web-app", "main", "failed", "ui")),
+                &["main failures", "manual builds"],
+            ),
+            (
+                event("build.failing", build("web-app", "release/1.2", "failing", "webhook")),
+                &["main failures", "everything else"],
+            ),
+            (
+                event("build.finished", build("web-sandbox", "main", "failed", "webhook")),
+                &["everything else"],
+            ),
+            (
+                event("build.finished", build("web-app", "feature/x", "failed", "webhook")),
+                &["everything else"],
+            ),
+            (
+                event("build.finished", build("web-app", "main", "passed", "webhook")),
+                &["everything else"],
+            ),
+            (
+                event(
+                    "build.finished",
+                    json!({"pipeline": {"slug": "web-app"},
+                           "build": {"branch": "main", "state": "passed", "blocked": true}}),
+                ),
+                &["blocked builds"],
+            ),
+            (
+                event("agent.lost", json!({"agent": {"connection_state": "lost"}})),
+                &["agents"],
+            ),
+            (
+                event("agent.connected", json!({"agent": {"connection_state": "connected"}})),
+                &["everything else"],
+            ),
+            (event("brand.new_event", json!({})), &["everything else"]),
+        ];
+        for (ev, want) in cases {
+            let got: Vec<&str> = r.route(&ev).iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(got, want, "{} {}", ev.name(), ev.payload());
+        }
+    }
+
+    #[test]
+    fn a_missing_field_fails_a_non_empty_list() {
+        let r = Router::new(vec![
+            Spec {
+                pipelines: &["web-*"],
+                ..Spec::new("pipeline only")
+            }
+            .build(),
+        ]);
+        assert!(r.route(&event("agent.lost", json!({}))).is_empty());
+        assert!(r.route(&event("ping", json!({"pipeline": {"slug": 5}}))).is_empty());
+    }
+
+    #[test]
+    fn no_routes_means_no_matches() {
+        assert!(Router::default().route(&event("ping", json!({}))).is_empty());
+    }
+}
