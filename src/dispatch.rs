@@ -107,11 +107,19 @@ impl Dispatcher {
     /// Waits up to `deadline` for in-flight deliveries; true when all finished.
     pub async fn drain(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 
-async fn deliver(renderer: &Renderer, dest: &dyn Destination, p: &Planned, event: &Event, data: &TemplateData) {
+async fn deliver(
+    renderer: &Renderer,
+    dest: &dyn Destination,
+    p: &Planned,
+    event: &Event,
+    data: &TemplateData,
+) {
     let (template, body) = match render_for(renderer, dest, p, event, data) {
         Ok(rendered) => rendered,
         Err(e) => {

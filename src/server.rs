@@ -33,7 +33,9 @@ pub enum ServeError {
 pub fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String> {
     let mut problems = Vec::new();
     for route in &config.routes {
-        let Some(template) = &route.template else { continue };
+        let Some(template) = &route.template else {
+            continue;
+        };
         for dest in route.to.iter().filter_map(|d| config.destination(d)) {
             let kind = dest.kind.template_kind();
             if !renderer.has(kind, template) || template.starts_with('_') {
@@ -58,7 +60,8 @@ pub struct Service {
 impl Service {
     /// Compiles templates, builds destinations and routes.
     pub fn build(config: Config) -> Result<Self, ServeError> {
-        let renderer = Renderer::new(config.templates_dir.as_deref()).map_err(ServeError::Templates)?;
+        let renderer =
+            Renderer::new(config.templates_dir.as_deref()).map_err(ServeError::Templates)?;
         let problems = check_route_templates(&config, &renderer);
         if !problems.is_empty() {
             return Err(ServeError::Templates(problems));
@@ -68,7 +71,9 @@ impl Service {
         for d in &config.destinations {
             match deliver::build(d, &client) {
                 Some(dest) => destinations.push(dest),
-                None => tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url is empty"),
+                None => {
+                    tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url is empty")
+                }
             }
         }
         let dispatcher = Dispatcher::new(Arc::new(renderer), destinations);
@@ -100,8 +105,12 @@ impl Service {
             routes = self.state.router.routes().len(),
             "listening"
         );
-        let app = self.router().into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
         tracing::info!("shutting down: waiting for messages in flight");
         if !self.state.dispatcher.drain(DRAIN_DEADLINE).await {
             tracing::warn!(deadline = ?DRAIN_DEADLINE, "gave up waiting for messages in flight");

@@ -48,7 +48,10 @@ pub fn problems(config: &Config) -> Result<String, Vec<String>> {
                     .and_then(|body| shape(kind, &body));
                 match result {
                     Ok(()) => rendered += 1,
-                    Err(e) => problems.push(format!("{} (sample {sample}): {e}", renderer.origin(kind, &name))),
+                    Err(e) => problems.push(format!(
+                        "{} (sample {sample}): {e}",
+                        renderer.origin(kind, &name)
+                    )),
                 }
             }
         }
@@ -65,7 +68,11 @@ pub fn problems(config: &Config) -> Result<String, Vec<String>> {
     let disabled = if disabled.is_empty() {
         String::new()
     } else {
-        format!(" ({} disabled, url empty: {})", disabled.len(), disabled.join(", "))
+        format!(
+            " ({} disabled, url empty: {})",
+            disabled.len(),
+            disabled.join(", ")
+        )
     };
     Ok(format!(
         "{}: ok: {} destinations{disabled}, {} routes, {rendered} template renderings of {} sample events",
@@ -81,7 +88,9 @@ fn shape(kind: TemplateKind, body: &Body) -> Result<(), String> {
     let Body::Json(v) = body else { return Ok(()) };
     match kind {
         TemplateKind::Slack => {
-            let has_content = ["text", "blocks", "attachments"].iter().any(|k| v.get(*k).is_some());
+            let has_content = ["text", "blocks", "attachments"]
+                .iter()
+                .any(|k| v.get(*k).is_some());
             if has_content {
                 Ok(())
             } else {
@@ -103,4 +112,3 @@ fn shape(kind: TemplateKind, body: &Body) -> Result<(), String> {
         TemplateKind::Console => Ok(()),
     }
 }
-

@@ -15,7 +15,13 @@ use std::process::ExitCode;
 #[command(name = "kitebridge", version, about)]
 pub struct Cli {
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "KITEBRIDGE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "KITEBRIDGE_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]

@@ -11,7 +11,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Routes and renders `payload`, printing the bodies.
-pub fn run(config_path: &Path, payload: &Path, event_name: Option<&str>, format: RenderFormat) -> ExitCode {
+pub fn run(
+    config_path: &Path,
+    payload: &Path,
+    event_name: Option<&str>,
+    format: RenderFormat,
+) -> ExitCode {
     let Some(config) = super::load(config_path) else {
         return ExitCode::FAILURE;
     };
@@ -34,9 +39,15 @@ pub fn run(config_path: &Path, payload: &Path, event_name: Option<&str>, format:
         Ok(e) => e,
         // `--event` overrides the body's name rather than having to agree with it.
         Err(crate::event::EventError::HeaderMismatch { .. }) => {
-            let parsed = Event::parse(&VerifiedBody::trusted(std::fs::read(payload).unwrap_or_default()), None, now);
+            let parsed = Event::parse(
+                &VerifiedBody::trusted(std::fs::read(payload).unwrap_or_default()),
+                None,
+                now,
+            );
             match parsed {
-                Ok(e) => Event::from_value(event_name.unwrap_or_default(), e.payload().clone(), now),
+                Ok(e) => {
+                    Event::from_value(event_name.unwrap_or_default(), e.payload().clone(), now)
+                }
                 Err(e) => {
                     eprintln!("{}: {e}", payload.display());
                     return ExitCode::FAILURE;
@@ -57,7 +68,9 @@ pub fn run(config_path: &Path, payload: &Path, event_name: Option<&str>, format:
     let mut failed = false;
     let mut out = Vec::new();
     for p in &planned {
-        let dest = config.destination(&p.destination).expect("planned destinations exist");
+        let dest = config
+            .destination(&p.destination)
+            .expect("planned destinations exist");
         let kind = dest.kind.template_kind();
         match renderer.render_event(kind, p.template.as_deref(), &event, &data) {
             Ok((template, body)) => out.push((p, dest.kind, template, body)),
@@ -75,23 +88,39 @@ pub fn run(config_path: &Path, payload: &Path, event_name: Option<&str>, format:
                     json!({"route": p.route, "destination": p.destination, "kind": kind.as_str(), "body": body.to_value()})
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&array).expect("JSON serialises"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&array).expect("JSON serialises")
+            );
         }
         RenderFormat::Text => {
             if routes.is_empty() {
                 println!("no route matches {}", event.name());
             }
             for (p, kind, template, body) in &out {
-                println!("route {:?} → {} ({kind}, template {template})", p.route, p.destination);
+                println!(
+                    "route {:?} → {} ({kind}, template {template})",
+                    p.route, p.destination
+                );
                 match body.to_value() {
                     serde_json::Value::String(text) => println!("{text}\n"),
-                    v => println!("{}\n", serde_json::to_string_pretty(&v).expect("JSON serialises")),
+                    v => println!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&v).expect("JSON serialises")
+                    ),
                 }
             }
             for p in &disabled {
-                println!("route {:?} → {}: not sent, destination disabled (url empty)", p.route, p.destination);
+                println!(
+                    "route {:?} → {}: not sent, destination disabled (url empty)",
+                    p.route, p.destination
+                );
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -15,8 +15,16 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let Some(dest_config) = config.destination(name) else {
-        let known: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
-        eprintln!("{}: no destination named {name:?} (known: {})", config.path.display(), known.join(", "));
+        let known: Vec<&str> = config
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        eprintln!(
+            "{}: no destination named {name:?} (known: {})",
+            config.path.display(),
+            known.join(", ")
+        );
         return ExitCode::FAILURE;
     };
     let renderer = match Renderer::new(config.templates_dir.as_deref()) {
@@ -43,21 +51,27 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         ),
     };
     let Some(dest) = deliver::build(dest_config, &deliver::client()) else {
-        eprintln!("destination {name:?} is disabled: its url is empty (is its environment variable set?)");
+        eprintln!(
+            "destination {name:?} is disabled: its url is empty (is its environment variable set?)"
+        );
         return ExitCode::FAILURE;
     };
     let data = TemplateData::new(&event, Utc::now());
-    let (template, body) = match renderer.render_event(dest_config.kind.template_kind(), None, &event, &data) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (template, body) =
+        match renderer.render_event(dest_config.kind.template_kind(), None, &event, &data) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let started = Instant::now();
     let outcome = super::runtime().block_on(dest.send(&body));
     let ms = started.elapsed().as_millis();
-    let status = outcome.status().map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+    let status = outcome
+        .status()
+        .map(|s| format!("HTTP {s}, "))
+        .unwrap_or_default();
     match outcome {
         Outcome::Sent { .. } => {
             println!("{name}: sent ({status}{ms} ms, template {template})");

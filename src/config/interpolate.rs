@@ -90,7 +90,10 @@ mod tests {
             ("${EMPTY}", Ok("")),
             ("${MISSING:-}", Ok("")),
             ("${TOKEN:-x}", Ok("s3cr3t")),
-            ("cost $5 and $$ and $${TOKEN}", Ok("cost $5 and $ and ${TOKEN}")),
+            (
+                "cost $5 and $$ and $${TOKEN}",
+                Ok("cost $5 and $ and ${TOKEN}"),
+            ),
             ("trailing $", Ok("trailing $")),
             ("${MISSING:-a:-b}", Ok("a:-b")),
         ];
@@ -114,7 +117,10 @@ mod tests {
             expand("${1X}", env),
             Err(InterpolateError::BadName("1X".into()))
         );
-        assert_eq!(expand("${}", env), Err(InterpolateError::BadName("".into())));
+        assert_eq!(
+            expand("${}", env),
+            Err(InterpolateError::BadName("".into()))
+        );
     }
 
     #[test]

@@ -115,14 +115,18 @@ impl Config {
             Ok(raw) => raw,
             Err(e) => {
                 c.problem(e.span(), e.message().trim_end());
-                return Err(ConfigError { problems: c.problems });
+                return Err(ConfigError {
+                    problems: c.problems,
+                });
             }
         };
         let base = path.parent().unwrap_or(Path::new(""));
         let config = c.validate(raw, base);
         match config {
             Some(config) if c.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError { problems: c.problems }),
+            _ => Err(ConfigError {
+                problems: c.problems,
+            }),
         }
     }
 
@@ -145,7 +149,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Check<'_> {
     fn line(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.src.len());
-        self.src.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.src.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn problem(&mut self, span: Option<Range<usize>>, msg: impl fmt::Display) {
@@ -171,15 +179,30 @@ impl Check<'_> {
         list.iter().filter_map(|t| self.text(t, what)).collect()
     }
 
+    /// How to quote a value in a message: as written when it came from the environment, so
+    /// a secret put in the wrong place is not echoed.
+    fn shown(t: &Text, value: &str) -> String {
+        if t.get_ref().contains("${") {
+            format!("{:?} (as interpolated)", t.get_ref())
+        } else {
+            format!("{value:?}")
+        }
+    }
+
     fn duration(&mut self, t: Option<&Text>, what: &str, default: Duration) -> Duration {
         let Some(t) = t else { return default };
-        let Some(v) = self.text(t, what) else { return default };
+        let Some(v) = self.text(t, what) else {
+            return default;
+        };
         match humantime::parse_duration(&v) {
             Ok(d) if !d.is_zero() => d,
             _ => {
                 self.problem(
                     Some(t.span()),
-                    format!("{what}: {v:?} is not a duration such as \"30s\" or \"5m\""),
+                    format!(
+                        "{what}: {} is not a duration such as \"30s\" or \"5m\"",
+                        Self::shown(t, &v)
+                    ),
                 );
                 default
             }
@@ -236,7 +259,10 @@ impl Check<'_> {
                     Err(_) => {
                         self.problem(
                             Some(t.span()),
-                            format!("server.listen: {v:?} is not an address such as \"127.0.0.1:8686\""),
+                            format!(
+                                "server.listen: {} is not an address such as \"127.0.0.1:8686\"",
+                                Self::shown(t, &v)
+                            ),
                         );
                         return None;
                     }
@@ -250,7 +276,10 @@ impl Check<'_> {
                 if !v.starts_with('/') || v.contains(['{', '}', '*', ' ']) {
                     self.problem(
                         Some(t.span()),
-                        format!("server.path: {v:?} must start with / and hold no {{ }} * or spaces"),
+                        format!(
+                            "server.path: {} must start with / and hold no {{ }} * or spaces",
+                            Self::shown(t, &v)
+                        ),
                     );
                     return None;
                 }
@@ -284,7 +313,11 @@ impl Check<'_> {
                 "buildkite.token is empty: set it to the webhook's token (also the HMAC key in signature mode)",
             );
         }
-        let mut tokens: Vec<Secret> = token.into_iter().filter(|t| !t.is_empty()).map(Secret::new).collect();
+        let mut tokens: Vec<Secret> = token
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .collect();
         for t in &bk.previous_tokens {
             match self.text(t, "buildkite.previous_tokens") {
                 Some(v) if v.is_empty() => {
@@ -296,19 +329,21 @@ impl Check<'_> {
         }
         let mode = match &bk.mode {
             None => Some(AuthMode::Auto),
-            Some(t) => match self.text(t, "buildkite.mode").as_deref() {
-                Some("auto") => Some(AuthMode::Auto),
-                Some("signature") => Some(AuthMode::Signature),
-                Some("token") => Some(AuthMode::Token),
-                Some(other) => {
-                    self.problem(
+            Some(t) => {
+                match self.text(t, "buildkite.mode").as_deref() {
+                    Some("auto") => Some(AuthMode::Auto),
+                    Some("signature") => Some(AuthMode::Signature),
+                    Some("token") => Some(AuthMode::Token),
+                    Some(other) => {
+                        self.problem(
                         Some(t.span()),
-                        format!("buildkite.mode: {other:?} is not one of \"signature\", \"token\", \"auto\""),
+                        format!("buildkite.mode: {} is not one of \"signature\", \"token\", \"auto\"", Self::shown(t, other)),
                     );
-                    None
+                        None
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
         };
         let replay_window = self.duration(
             bk.replay_window.as_ref(),
@@ -324,7 +359,7 @@ impl Check<'_> {
                 Ok(net) => allowed.push(net),
                 Err(_) => self.problem(
                     Some(t.span()),
-                    format!("buildkite.allowed_ips: {v:?} is not a CIDR such as \"192.0.2.0/24\" or an address"),
+                    format!("buildkite.allowed_ips: {} is not a CIDR such as \"192.0.2.0/24\" or an address", Self::shown(t, &v)),
                 ),
             }
         }
@@ -344,8 +379,15 @@ impl Check<'_> {
         for (name, dest) in &raw.destinations {
             let (name_span, name) = (name.span(), name.get_ref().clone());
             let what = format!("destination {name:?}");
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                self.problem(Some(name_span), format!("{what}: names may hold only letters, digits, - and _"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                self.problem(
+                    Some(name_span),
+                    format!("{what}: names may hold only letters, digits, - and _"),
+                );
                 continue;
             }
             let d = dest.get_ref();
@@ -355,13 +397,19 @@ impl Check<'_> {
             let Some(kind) = DestinationKind::parse(&kind_text) else {
                 self.problem(
                     Some(d.kind.span()),
-                    format!("{what}: kind {kind_text:?} is not one of \"slack\", \"teams\", \"console\""),
+                    format!(
+                        "{what}: kind {} is not one of \"slack\", \"teams\", \"console\"",
+                        Self::shown(&d.kind, &kind_text)
+                    ),
                 );
                 continue;
             };
             let url = match (&d.url, kind) {
                 (Some(t), DestinationKind::Console) => {
-                    self.problem(Some(t.span()), format!("{what}: a console destination takes no url"));
+                    self.problem(
+                        Some(t.span()),
+                        format!("{what}: a console destination takes no url"),
+                    );
                     continue;
                 }
                 (None, DestinationKind::Console) => None,
@@ -376,15 +424,25 @@ impl Check<'_> {
                     let Some(url) = self.text(t, &format!("{what} url")) else {
                         continue;
                     };
-                    if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+                    if !(url.is_empty()
+                        || url.starts_with("https://")
+                        || url.starts_with("http://"))
+                    {
                         // The URL is a secret: say what is wrong without repeating it.
-                        self.problem(Some(t.span()), format!("{what}: url must start with https:// (or http://)"));
+                        self.problem(
+                            Some(t.span()),
+                            format!("{what}: url must start with https:// (or http://)"),
+                        );
                         continue;
                     }
                     (!url.is_empty()).then(|| Secret::new(url))
                 }
             };
-            let timeout = self.duration(d.timeout.as_ref(), &format!("{what} timeout"), DEFAULT_TIMEOUT);
+            let timeout = self.duration(
+                d.timeout.as_ref(),
+                &format!("{what} timeout"),
+                DEFAULT_TIMEOUT,
+            );
             out.push(DestinationConfig {
                 name,
                 kind,
@@ -395,7 +453,11 @@ impl Check<'_> {
         out
     }
 
-    fn routes(&mut self, raw: &[toml::Spanned<RawRoute>], destinations: &HashSet<&str>) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        raw: &[toml::Spanned<RawRoute>],
+        destinations: &HashSet<&str>,
+    ) -> Vec<Route> {
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
         for (i, spanned) in raw.iter().enumerate() {
@@ -410,7 +472,10 @@ impl Check<'_> {
                 continue;
             }
             if !seen.insert(name.clone()) {
-                self.problem(Some(span), format!("route {name:?}: another route has the same name"));
+                self.problem(
+                    Some(span),
+                    format!("route {name:?}: another route has the same name"),
+                );
                 continue;
             }
             if let Some(route) = self.route(&name, r, destinations, span) {
@@ -448,20 +513,34 @@ impl Check<'_> {
         let branches = self.patterns(name, "branches", &r.branches);
         let states = self.patterns(name, "states", &r.states);
         if r.to.is_empty() {
-            self.problem(Some(span.clone()), format!("route {name:?}: `to` must name at least one destination"));
+            self.problem(
+                Some(span.clone()),
+                format!("route {name:?}: `to` must name at least one destination"),
+            );
         }
         let mut to = Vec::new();
         for t in &r.to {
-            let Some(dest) = self.text(t, &format!("route {name:?} to")) else { continue };
+            let Some(dest) = self.text(t, &format!("route {name:?} to")) else {
+                continue;
+            };
             if !destinations.contains(dest.as_str()) {
-                self.problem(Some(t.span()), format!("route {name:?}: unknown destination {dest:?}"));
+                self.problem(
+                    Some(t.span()),
+                    format!("route {name:?}: unknown destination {dest:?}"),
+                );
             } else if to.contains(&dest) {
-                self.problem(Some(t.span()), format!("route {name:?}: destination {dest:?} listed twice"));
+                self.problem(
+                    Some(t.span()),
+                    format!("route {name:?}: destination {dest:?} listed twice"),
+                );
             } else {
                 to.push(dest);
             }
         }
-        let template = r.template.as_ref().and_then(|t| self.text(t, &format!("route {name:?} template")));
+        let template = r
+            .template
+            .as_ref()
+            .and_then(|t| self.text(t, &format!("route {name:?} template")));
         let mut when = Vec::new();
         for w in &r.when {
             if let Some(c) = self.condition(name, w) {
@@ -479,7 +558,8 @@ impl Check<'_> {
             template,
             continue_matching: r.continue_matching,
         };
-        (route.to.len() == r.to.len() && route.when.len() == r.when.len() && !r.to.is_empty()).then_some(route)
+        (route.to.len() == r.to.len() && route.when.len() == r.when.len() && !r.to.is_empty())
+            .then_some(route)
     }
 
     fn condition(&mut self, route: &str, w: &toml::Spanned<raw::RawWhen>) -> Option<Condition> {
@@ -487,18 +567,27 @@ impl Check<'_> {
         let w = w.get_ref();
         let what = format!("route {route:?} when");
         let path = self.text(&w.path, &format!("{what} path"))?;
-        let ops = [w.equals.is_some(), w.in_.is_some(), w.matches.is_some(), w.exists.is_some()];
+        let ops = [
+            w.equals.is_some(),
+            w.in_.is_some(),
+            w.matches.is_some(),
+            w.exists.is_some(),
+        ];
         if ops.iter().filter(|o| **o).count() != 1 {
             self.problem(
-                Some(span),
+                Some(span.clone()),
                 format!("{what} {path:?}: give exactly one of equals, in, matches, exists"),
             );
             return None;
         }
         let test = if let Some(v) = &w.equals {
-            Test::Equals(self.json(v, &what)?)
+            Test::Equals(self.json(v, &what, &span)?)
         } else if let Some(list) = &w.in_ {
-            Test::In(list.iter().map(|v| self.json(v, &what)).collect::<Option<_>>()?)
+            Test::In(
+                list.iter()
+                    .map(|v| self.json(v, &what, &span))
+                    .collect::<Option<_>>()?,
+            )
         } else if let Some(re) = &w.matches {
             let pattern = self.text(re, &format!("{what} matches"))?;
             match Condition::regex(&pattern) {
@@ -521,12 +610,17 @@ impl Check<'_> {
     }
 
     /// A TOML value as JSON, interpolating strings.
-    fn json(&mut self, v: &toml::Value, what: &str) -> Option<serde_json::Value> {
+    fn json(
+        &mut self,
+        v: &toml::Value,
+        what: &str,
+        span: &Range<usize>,
+    ) -> Option<serde_json::Value> {
         Some(match v {
             toml::Value::String(s) => match interpolate::expand(s, |n| (self.env)(n)) {
                 Ok(s) => serde_json::Value::String(s),
                 Err(e) => {
-                    self.problem(None, format!("{what}: {e}"));
+                    self.problem(Some(span.clone()), format!("{what}: {e}"));
                     return None;
                 }
             },
@@ -534,7 +628,13 @@ impl Check<'_> {
             toml::Value::Float(f) => serde_json::Value::from(*f),
             toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
             other => {
-                self.problem(None, format!("{what}: compare with a string, number or boolean, not {}", other.type_str()));
+                self.problem(
+                    Some(span.clone()),
+                    format!(
+                        "{what}: compare with a string, number or boolean, not {}",
+                        other.type_str()
+                    ),
+                );
                 return None;
             }
         })

@@ -1,0 +1,225 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "TOKEN" => Some("tok-s3cr3t".into()),
+        "SLACK_URL" => Some("https://hooks.slack.com/services/T0/B0/s3cr3t".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("dir/kitebridge.toml"), text, env)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    parse(text).unwrap_err().problems
+}
+
+const MINIMAL: &str = r#"
+[buildkite]
+token = "${TOKEN}"
+
+[destinations.out]
+kind = "console"
+
+[[routes]]
+name = "all"
+to = ["out"]
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8686");
+    assert_eq!(c.server.path, "/webhooks/buildkite");
+    assert_eq!(c.server.max_body_bytes, 1_048_576);
+    assert_eq!(c.credentials.mode, AuthMode::Auto);
+    assert_eq!(c.credentials.replay_window, Duration::from_secs(300));
+    assert_eq!(c.credentials.tokens[0].expose(), "tok-s3cr3t");
+    assert_eq!(c.storage_path, Path::new("dir/kitebridge.db"));
+    assert!(c.templates_dir.is_none() && c.test_engine_key.is_none());
+    assert_eq!(c.routes[0].name, "all");
+}
+
+#[test]
+fn example_config_is_valid_without_any_secret_set() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = Config::parse(&path, &text, |_| None).unwrap();
+    assert!(c.destination("console").unwrap().enabled());
+    assert!(!c.destination("ci-slack").unwrap().enabled());
+    assert!(!c.destination("platform-teams").unwrap().enabled());
+    assert!(c.test_engine_key.is_none());
+}
+
+#[test]
+fn each_mistake_is_named_with_its_line() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[buildkite]\ntoken = \"t\"\ncolour = 1\n",
+            "dir/kitebridge.toml:3: unknown field `colour`",
+        ),
+        (
+            "[buildkite]\ntoken = \"${NOPE}\"\n",
+            "dir/kitebridge.toml:2: buildkite.token: environment variable NOPE is not set",
+        ),
+        (
+            "[buildkite]\ntoken = \"\"\n",
+            "dir/kitebridge.toml:2: buildkite.token is empty",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\nmode = \"hmac\"\n",
+            "dir/kitebridge.toml:3: buildkite.mode: \"hmac\" is not one of",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\nreplay_window = \"soon\"\n",
+            "dir/kitebridge.toml:3: buildkite.replay_window: \"soon\" is not a duration",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\nallowed_ips = [\"10.0.0.0/33\"]\n",
+            "dir/kitebridge.toml:3: buildkite.allowed_ips: \"10.0.0.0/33\" is not a CIDR",
+        ),
+        (
+            "[server]\nlisten = \"localhost\"\n[buildkite]\ntoken = \"t\"\n",
+            "dir/kitebridge.toml:2: server.listen",
+        ),
+        (
+            "[server]\npath = \"webhooks\"\n[buildkite]\ntoken = \"t\"\n",
+            "dir/kitebridge.toml:2: server.path",
+        ),
+        (
+            "[server]\nmax_body_bytes = 10\n[buildkite]\ntoken = \"t\"\n",
+            "dir/kitebridge.toml:2: server.max_body_bytes",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"email\"\n",
+            "dir/kitebridge.toml:4: destination \"x\": kind \"email\"",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"slack\"\n",
+            "dir/kitebridge.toml:3: destination \"x\": url is required",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"slack\"\nurl = \"ftp://x\"\n",
+            "dir/kitebridge.toml:5: destination \"x\": url must start with https://",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"console\"\nurl = \"https://x\"\n",
+            "destination \"x\": a console destination takes no url",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[[routes]]\nname = \"r\"\nto = [\"nowhere\"]\n",
+            "dir/kitebridge.toml:5: route \"r\": unknown destination \"nowhere\"",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[[routes]]\nto = []\n",
+            "dir/kitebridge.toml:3: route #1: name is required",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\n",
+            "route \"r\": `to` must name at least one destination",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\nbranches = [\"feature/[x\"]\n",
+            "dir/kitebridge.toml:8: route \"r\" branches: invalid pattern \"feature/[x\"",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n",
+            "dir/kitebridge.toml:8: route \"r\": another route has the same name",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n[[routes.when]]\npath = \"build.source\"\nmatches = \"(\"\n",
+            "dir/kitebridge.toml:10: route \"r\" when \"build.source\": invalid regex",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n[[routes.when]]\npath = \"build.source\"\nequals = \"x\"\nexists = true\n",
+            "dir/kitebridge.toml:8: route \"r\" when \"build.source\": give exactly one of",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n[[routes.when]]\npath = \"a..b\"\nexists = true\n",
+            "dir/kitebridge.toml:9: route \"r\" when: path \"a..b\"",
+        ),
+        (
+            "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"o\"]\n[[routes.when]]\npath = \"a\"\nequals = [1]\n",
+            "dir/kitebridge.toml:8: route \"r\" when: compare with a string, number or boolean, not array",
+        ),
+        ("[server]\n", "missing field `buildkite`"),
+        ("this is not toml", "dir/kitebridge.toml:1:"),
+    ];
+    for (text, want) in cases {
+        let got = problems(text);
+        assert!(
+            got.iter().any(|p| p.starts_with(want) || p.contains(want)),
+            "{text:?}\nwant {want:?}\ngot {got:?}"
+        );
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let got = problems("[buildkite]\ntoken = \"${A}\"\nmode = \"x\"\nreplay_window = \"y\"\n");
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+#[test]
+fn empty_optional_url_disables_a_destination() {
+    let c = parse(
+        "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"${UNSET:-}\"\n",
+    )
+    .unwrap();
+    assert!(!c.destination("s").unwrap().enabled());
+    let c = parse("[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"${SLACK_URL}\"\ntimeout = \"3s\"\n").unwrap();
+    let s = c.destination("s").unwrap();
+    assert!(s.enabled());
+    assert_eq!(s.timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn routes_compile_with_conditions_and_rotation_tokens() {
+    let c = parse(
+        r#"
+[buildkite]
+token = "new"
+previous_tokens = ["${TOKEN}"]
+mode = "signature"
+allowed_ips = ["192.0.2.0/24", "2001:db8::1"]
+
+[destinations.o]
+kind = "console"
+
+[[routes]]
+name = "r"
+events = ["build.*"]
+pipelines = ["web-*", "!web-sandbox"]
+to = ["o"]
+template = "custom"
+continue = true
+
+[[routes.when]]
+path = "build.source"
+in = ["webhook", "ui"]
+
+[[routes.when]]
+path = "build.number"
+equals = 7
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.credentials.tokens.len(), 2);
+    assert_eq!(c.credentials.mode, AuthMode::Signature);
+    assert_eq!(c.allowed_ips.len(), 2);
+    let r = &c.routes[0];
+    assert!(r.continue_matching);
+    assert_eq!(r.template.as_deref(), Some("custom"));
+    assert_eq!(r.when.len(), 2);
+}
+
+#[test]
+fn secrets_never_appear_in_problems() {
+    let text = "[buildkite]\ntoken = \"${TOKEN}\"\nmode = \"${TOKEN}\"\n[destinations.s]\nkind = \"slack\"\nurl = \"${TOKEN}\"\n";
+    let got = problems(text).join("\n");
+    assert!(!got.contains("s3cr3t"), "{got}");
+    let debug = format!("{:?}", parse(MINIMAL).unwrap());
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+}

@@ -98,7 +98,9 @@ impl Outcome {
     /// The HTTP status, if any.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Outcome::Sent { status } | Outcome::Retry { status, .. } | Outcome::Permanent { status, .. } => *status,
+            Outcome::Sent { status }
+            | Outcome::Retry { status, .. }
+            | Outcome::Permanent { status, .. } => *status,
         }
     }
 
@@ -130,7 +132,17 @@ pub fn build(config: &DestinationConfig, client: &reqwest::Client) -> Option<Arc
     let name = config.name.clone();
     Some(match config.kind {
         DestinationKind::Console => Arc::new(Console::new(name)),
-        DestinationKind::Slack => Arc::new(Slack::new(name, config.url.clone()?, config.timeout, client.clone())),
-        DestinationKind::Teams => Arc::new(Teams::new(name, config.url.clone()?, config.timeout, client.clone())),
+        DestinationKind::Slack => Arc::new(Slack::new(
+            name,
+            config.url.clone()?,
+            config.timeout,
+            client.clone(),
+        )),
+        DestinationKind::Teams => Arc::new(Teams::new(
+            name,
+            config.url.clone()?,
+            config.timeout,
+            client.clone(),
+        )),
     })
 }

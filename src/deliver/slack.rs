@@ -68,17 +68,32 @@ mod tests {
 
     #[test]
     fn classifies_slack_answers() {
-        assert_eq!(classify(&answer(200, "ok", None)), Outcome::Sent { status: Some(200) });
+        assert_eq!(
+            classify(&answer(200, "ok", None)),
+            Outcome::Sent { status: Some(200) }
+        );
         assert!(matches!(
             classify(&answer(429, "rate_limited", Some(3))),
             Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)
         ));
         for status in [408, 500, 502, 503] {
-            assert_eq!(classify(&answer(status, "", None)).label(), "retry", "{status}");
+            assert_eq!(
+                classify(&answer(status, "", None)).label(),
+                "retry",
+                "{status}"
+            );
         }
-        for (status, body) in [(400, "invalid_payload"), (403, "action_prohibited"), (404, "channel_not_found"), (410, "channel_is_archived")] {
+        for (status, body) in [
+            (400, "invalid_payload"),
+            (403, "action_prohibited"),
+            (404, "channel_not_found"),
+            (410, "channel_is_archived"),
+        ] {
             let outcome = classify(&answer(status, body, None));
-            assert!(matches!(&outcome, Outcome::Permanent { reason, .. } if reason.contains(body)), "{outcome:?}");
+            assert!(
+                matches!(&outcome, Outcome::Permanent { reason, .. } if reason.contains(body)),
+                "{outcome:?}"
+            );
         }
     }
 }

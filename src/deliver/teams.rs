@@ -36,7 +36,11 @@ pub fn is_legacy_connector(url: &str) -> bool {
     reqwest::Url::parse(url)
         .ok()
         .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
-        .is_some_and(|h| h.ends_with(".webhook.office.com") || h == "outlook.office.com" || h == "outlook.office365.com")
+        .is_some_and(|h| {
+            h.ends_with(".webhook.office.com")
+                || h == "outlook.office.com"
+                || h == "outlook.office365.com"
+        })
 }
 
 /// Judges a Teams answer; `legacy` for Office 365 connectors.
@@ -98,29 +102,59 @@ mod tests {
 
     #[test]
     fn workflows_accept_with_202_and_retry_throttling() {
-        assert_eq!(classify(&answer(202, ""), false), Outcome::Sent { status: Some(202) });
+        assert_eq!(
+            classify(&answer(202, ""), false),
+            Outcome::Sent { status: Some(202) }
+        );
         assert_eq!(classify(&answer(429, ""), false).label(), "retry");
         assert_eq!(classify(&answer(502, ""), false).label(), "retry");
-        assert_eq!(classify(&answer(400, "bad card"), false).label(), "permanent");
+        assert_eq!(
+            classify(&answer(400, "bad card"), false).label(),
+            "permanent"
+        );
         assert_eq!(classify(&answer(404, ""), false).label(), "permanent");
     }
 
     #[test]
     fn legacy_connectors_report_inside_200_bodies() {
-        assert_eq!(classify(&answer(200, "1"), true), Outcome::Sent { status: Some(200) });
+        assert_eq!(
+            classify(&answer(200, "1"), true),
+            Outcome::Sent { status: Some(200) }
+        );
         let throttled = classify(
-            &answer(200, "Microsoft Teams endpoint returned HTTP error 429 with ContextId …"),
+            &answer(
+                200,
+                "Microsoft Teams endpoint returned HTTP error 429 with ContextId …",
+            ),
             true,
         );
-        assert!(matches!(throttled, Outcome::Retry { status: Some(429), .. }), "{throttled:?}");
-        assert_eq!(classify(&answer(200, "Summary or Text is required."), true).label(), "permanent");
+        assert!(
+            matches!(
+                throttled,
+                Outcome::Retry {
+                    status: Some(429),
+                    ..
+                }
+            ),
+            "{throttled:?}"
+        );
+        assert_eq!(
+            classify(&answer(200, "Summary or Text is required."), true).label(),
+            "permanent"
+        );
     }
 
     #[test]
     fn recognises_legacy_connector_urls() {
-        assert!(is_legacy_connector("https://acme.webhook.office.com/webhookb2/x@y/IncomingWebhook/z/w"));
+        assert!(is_legacy_connector(
+            "https://acme.webhook.office.com/webhookb2/x@y/IncomingWebhook/z/w"
+        ));
         assert!(is_legacy_connector("https://outlook.office.com/webhook/x"));
-        assert!(!is_legacy_connector("https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=s"));
-        assert!(!is_legacy_connector("https://x.webhook.office.com.evil.example/"));
+        assert!(!is_legacy_connector(
+            "https://prod-12.westus.logic.azure.com/workflows/abc/triggers/manual/paths/invoke?sig=s"
+        ));
+        assert!(!is_legacy_connector(
+            "https://x.webhook.office.com.evil.example/"
+        ));
     }
 }

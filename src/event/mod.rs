@@ -37,7 +37,9 @@ pub enum EventError {
     #[error("body is JSON but not an object")]
     NotObject,
     /// Neither the body nor the header names the event.
-    #[error("no event name: the body has no \"event\" field and there is no X-Buildkite-Event header")]
+    #[error(
+        "no event name: the body has no \"event\" field and there is no X-Buildkite-Event header"
+    )]
     NoEventName,
     /// The event name is not a short printable token.
     #[error("event name is not a short printable string")]
@@ -201,17 +203,16 @@ mod tests {
     use serde_json::json;
 
     fn parse(body: &str, header: Option<&str>) -> Result<Event, EventError> {
-        Event::parse(
-            &VerifiedBody::trusted(body.to_string()),
-            header,
-            Utc::now(),
-        )
+        Event::parse(&VerifiedBody::trusted(body.to_string()), header, Utc::now())
     }
 
     #[test]
     fn parses_name_from_body_or_header() {
         assert_eq!(parse(r#"{"event":"ping"}"#, None).unwrap().name(), "ping");
-        assert_eq!(parse("{}", Some("build.finished")).unwrap().name(), "build.finished");
+        assert_eq!(
+            parse("{}", Some("build.finished")).unwrap().name(),
+            "build.finished"
+        );
         assert_eq!(
             parse(r#"{"event":"x.y"}"#, Some("x.y")).unwrap().family(),
             "x"
@@ -240,12 +241,24 @@ mod tests {
     fn subject_state_follows_the_family_and_blocked_flag() {
         let now = Utc::now();
         let build = |blocked| json!({"build": {"state": "passed", "blocked": blocked}});
-        assert_eq!(Event::from_value("build.finished", build(false), now).state(), Some("passed"));
-        assert_eq!(Event::from_value("build.finished", build(true), now).state(), Some("blocked"));
+        assert_eq!(
+            Event::from_value("build.finished", build(false), now).state(),
+            Some("passed")
+        );
+        assert_eq!(
+            Event::from_value("build.finished", build(true), now).state(),
+            Some("blocked")
+        );
         let job = json!({"job": {"state": "failed"}, "build": {"state": "failing"}});
-        assert_eq!(Event::from_value("job.finished", job, now).state(), Some("failed"));
+        assert_eq!(
+            Event::from_value("job.finished", job, now).state(),
+            Some("failed")
+        );
         let agent = json!({"agent": {"connection_state": "lost"}});
-        assert_eq!(Event::from_value("agent.lost", agent, now).state(), Some("lost"));
+        assert_eq!(
+            Event::from_value("agent.lost", agent, now).state(),
+            Some("lost")
+        );
         assert_eq!(Event::from_value("ping", json!({}), now).state(), None);
     }
 

@@ -93,7 +93,9 @@ impl SignatureHeader {
 
 fn parse_timestamp(value: &str) -> Result<i64, AuthError> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(AuthError::MalformedSignature("timestamp is not unix seconds"));
+        return Err(AuthError::MalformedSignature(
+            "timestamp is not unix seconds",
+        ));
     }
     value
         .parse()
@@ -244,13 +246,25 @@ mod tests {
     fn vector_is_stale_today_and_wrong_under_another_key_or_body() {
         let sig = SignatureHeader::parse(VECTOR_HEADER).unwrap();
         let c = creds(AuthMode::Auto, &[VECTOR_SECRET]);
-        assert_eq!(c.check_signature(&sig, PING, 1_800_000_000), Err(AuthError::Stale));
-        assert_eq!(c.check_signature(&sig, PING, 1_642_080_837 - 301), Err(AuthError::Stale));
+        assert_eq!(
+            c.check_signature(&sig, PING, 1_800_000_000),
+            Err(AuthError::Stale)
+        );
+        assert_eq!(
+            c.check_signature(&sig, PING, 1_642_080_837 - 301),
+            Err(AuthError::Stale)
+        );
         let other = creds(AuthMode::Auto, &["another"]);
-        assert_eq!(other.check_signature(&sig, PING, 1_642_080_837), Err(AuthError::BadSignature));
+        assert_eq!(
+            other.check_signature(&sig, PING, 1_642_080_837),
+            Err(AuthError::BadSignature)
+        );
         let mut body = PING.to_vec();
         body.push(b' ');
-        assert_eq!(c.check_signature(&sig, &body, 1_642_080_837), Err(AuthError::BadSignature));
+        assert_eq!(
+            c.check_signature(&sig, &body, 1_642_080_837),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
@@ -266,7 +280,8 @@ mod tests {
 
     #[test]
     fn parses_signature_headers_strictly() {
-        let good = SignatureHeader::parse(&(" timestamp=1 , signature=".to_string() + &"ab".repeat(32)));
+        let good =
+            SignatureHeader::parse(&(" timestamp=1 , signature=".to_string() + &"ab".repeat(32)));
         assert!(good.is_ok());
         let bad = [
             "",
@@ -274,7 +289,10 @@ mod tests {
             &format!("signature={}", "ab".repeat(32)),
             &format!("timestamp=,signature={}", "ab".repeat(32)),
             &format!("timestamp=-5,signature={}", "ab".repeat(32)),
-            &format!("timestamp=99999999999999999999999,signature={}", "ab".repeat(32)),
+            &format!(
+                "timestamp=99999999999999999999999,signature={}",
+                "ab".repeat(32)
+            ),
             "timestamp=1,signature=abc",
             &format!("timestamp=1,signature={}", "zz".repeat(32)),
             &format!("timestamp=1,signature={}", "ab".repeat(33)),
@@ -283,7 +301,10 @@ mod tests {
         ];
         for header in bad {
             assert!(
-                matches!(SignatureHeader::parse(header), Err(AuthError::MalformedSignature(_))),
+                matches!(
+                    SignatureHeader::parse(header),
+                    Err(AuthError::MalformedSignature(_))
+                ),
                 "{header:?}"
             );
         }
@@ -295,20 +316,42 @@ mod tests {
         let cases = [
             (AuthMode::Auto, Some("t"), None, Ok("token")),
             (AuthMode::Auto, None, Some(sig.as_str()), Ok("signature")),
-            (AuthMode::Auto, Some("t"), Some(sig.as_str()), Ok("signature")),
+            (
+                AuthMode::Auto,
+                Some("t"),
+                Some(sig.as_str()),
+                Ok("signature"),
+            ),
             (AuthMode::Auto, None, None, Err(AuthError::Missing)),
             (AuthMode::Token, Some("t"), None, Ok("token")),
             (AuthMode::Token, Some("t"), Some(sig.as_str()), Ok("token")),
-            (AuthMode::Token, None, Some(sig.as_str()), Err(AuthError::TokenRequired)),
-            (AuthMode::Signature, Some("t"), None, Err(AuthError::SignatureRequired)),
-            (AuthMode::Signature, None, Some(sig.as_str()), Ok("signature")),
+            (
+                AuthMode::Token,
+                None,
+                Some(sig.as_str()),
+                Err(AuthError::TokenRequired),
+            ),
+            (
+                AuthMode::Signature,
+                Some("t"),
+                None,
+                Err(AuthError::SignatureRequired),
+            ),
+            (
+                AuthMode::Signature,
+                None,
+                Some(sig.as_str()),
+                Ok("signature"),
+            ),
             (AuthMode::Signature, None, None, Err(AuthError::Missing)),
         ];
         for (mode, token, signature, want) in cases {
-            let got = creds(mode, &["t"]).presented(token, signature).map(|p| match p {
-                Presented::Token(_) => "token",
-                Presented::Signature(_) => "signature",
-            });
+            let got = creds(mode, &["t"])
+                .presented(token, signature)
+                .map(|p| match p {
+                    Presented::Token(_) => "token",
+                    Presented::Signature(_) => "signature",
+                });
             assert_eq!(got, want, "{mode:?} {token:?} {signature:?}");
         }
     }

@@ -42,7 +42,10 @@ pub fn router(state: AppState) -> axum::Router {
         .route(&state.config.server.path, post(buildkite))
         .route("/webhooks/test-engine/{key}", post(test_engine))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route(
+            "/readyz",
+            get(|| async { Json(json!({"status": "ready"})) }),
+        )
         .with_state(state)
 }
 
@@ -51,7 +54,10 @@ const SIGNATURE: &str = "x-buildkite-signature";
 const EVENT: &str = "x-buildkite-event";
 
 /// The value of a header that may appear at most once; `Err` names the header.
-fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, &'static str> {
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a str>, &'static str> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -88,15 +94,17 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, IngressError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge(limit));
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            IngressError::TooLarge(limit)
-        } else {
-            IngressError::BadRequest("could not read the request body".into())
-        }
-    })
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                IngressError::TooLarge(limit)
+            } else {
+                IngressError::BadRequest("could not read the request body".into())
+            }
+        })
 }
 
 fn refuse(err: IngressError, ip: Option<IpAddr>, request_id: Option<&str>) -> Response {
@@ -123,24 +131,37 @@ async fn buildkite(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-async fn receive_buildkite(state: &AppState, ip: Option<IpAddr>, req: Request) -> Result<Response, IngressError> {
+async fn receive_buildkite(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    req: Request,
+) -> Result<Response, IngressError> {
     let config = &state.config;
     check_address(config, ip)?;
     let headers = req.headers();
-    let bad_header = |name: &'static str| IngressError::Unauthorized(auth::AuthError::BadHeader(name));
+    let bad_header =
+        |name: &'static str| IngressError::Unauthorized(auth::AuthError::BadHeader(name));
     let token = single_header(headers, TOKEN).map_err(bad_header)?;
     let signature = single_header(headers, SIGNATURE).map_err(bad_header)?;
     let presented = config.credentials.presented(token, signature)?;
     let header_event = single_header(headers, EVENT)
-        .map_err(|name| IngressError::BadRequest(format!("{name} header must appear once, as text")))?
+        .map_err(|name| {
+            IngressError::BadRequest(format!("{name} header must appear once, as text"))
+        })?
         .map(str::to_string);
     let body = read_body(req, config.server.max_body_bytes).await?;
     let now = chrono::Utc::now();
-    let verified = config.credentials.verify(&presented, body, now.timestamp())?;
+    let verified = config
+        .credentials
+        .verify(&presented, body, now.timestamp())?;
     accept(state, &verified, header_event.as_deref(), now)
 }
 
-async fn test_engine(State(state): State<AppState>, Path(key): Path<String>, req: Request) -> Response {
+async fn test_engine(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    req: Request,
+) -> Response {
     let ip = peer(&req);
     match receive_test_engine(&state, ip, &key, req).await {
         Ok(response) => response,
@@ -163,11 +184,18 @@ async fn receive_test_engine(
         return Err(IngressError::BadKey);
     }
     let header_event = single_header(req.headers(), EVENT)
-        .map_err(|name| IngressError::BadRequest(format!("{name} header must appear once, as text")))?
+        .map_err(|name| {
+            IngressError::BadRequest(format!("{name} header must appear once, as text"))
+        })?
         .map(str::to_string);
     let body = read_body(req, config.server.max_body_bytes).await?;
     // The secret path segment is this endpoint's authentication.
-    accept(state, &VerifiedBody::trusted(body), header_event.as_deref(), chrono::Utc::now())
+    accept(
+        state,
+        &VerifiedBody::trusted(body),
+        header_event.as_deref(),
+        chrono::Utc::now(),
+    )
 }
 
 fn accept(

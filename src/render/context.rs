@@ -230,10 +230,18 @@ fn url(v: &Value, path: &str) -> Option<String> {
 
 /// The first non-blank line, trimmed.
 pub fn first_line(s: &str) -> &str {
-    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
-fn elapsed(v: &Value, from: &str, to: &str, now: DateTime<Utc>) -> (Option<String>, Option<String>) {
+fn elapsed(
+    v: &Value,
+    from: &str,
+    to: &str,
+    now: DateTime<Utc>,
+) -> (Option<String>, Option<String>) {
     let start = time(v, from);
     match (start, time(v, to)) {
         (Some(s), Some(f)) => (between(s, f).map(format_duration), None),
@@ -245,11 +253,14 @@ fn elapsed(v: &Value, from: &str, to: &str, now: DateTime<Utc>) -> (Option<Strin
 fn build_facts(p: &Value, now: DateTime<Utc>) -> BuildFacts {
     let commit = text(p, "build.commit");
     let (duration, running_for) = elapsed(p, "build.started_at", "build.finished_at", now);
-    let message = lookup(p, "build.message").and_then(Value::as_str).unwrap_or("");
-    let pull_request = text(p, "build.pull_request.id").map(|id| match text(p, "build.pull_request.base") {
-        Some(base) => format!("PR #{id} → {base}"),
-        None => format!("PR #{id}"),
-    });
+    let message = lookup(p, "build.message")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let pull_request =
+        text(p, "build.pull_request.id").map(|id| match text(p, "build.pull_request.base") {
+            Some(base) => format!("PR #{id} → {base}"),
+            None => format!("PR #{id}"),
+        });
     let blocked_on = (lookup(p, "build.blocked") == Some(&Value::Bool(true))).then(|| {
         let steps: Vec<String> = lookup(p, "pipeline.steps")
             .and_then(Value::as_array)
@@ -311,12 +322,14 @@ fn job_facts(p: &Value, now: DateTime<Utc>) -> JobFacts {
 }
 
 fn agent_facts(p: &Value) -> AgentFacts {
-    let tags = lookup(p, "agent.meta_data").and_then(Value::as_array).map(|tags| {
-        tags.iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
+    let tags = lookup(p, "agent.meta_data")
+        .and_then(Value::as_array)
+        .map(|tags| {
+            tags.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
     let queue = text(p, "agent.queue").or_else(|| {
         lookup(p, "agent.meta_data")?
             .as_array()?
@@ -371,7 +384,9 @@ fn fields(p: &Value) -> Vec<Field> {
             || key == "id"
             || key.ends_with("_id")
             || key.ends_with("url")
-            || ["token", "secret", "password"].iter().any(|s| key.contains(s))
+            || ["token", "secret", "password"]
+                .iter()
+                .any(|s| key.contains(s))
     }
     fn walk(prefix: &str, v: &Value, depth: usize, out: &mut Vec<Field>) {
         let Some(map) = v.as_object() else { return };
@@ -425,15 +440,29 @@ fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
     let exit = |s: Option<i64>| s.map(|s| format!(" with exit {s}")).unwrap_or_default();
     match event.name() {
         "job.activated" => {
-            let by = job.unblocked_by.as_deref().map(|n| format!(" by {n}")).unwrap_or_default();
+            let by = job
+                .unblocked_by
+                .as_deref()
+                .map(|n| format!(" by {n}"))
+                .unwrap_or_default();
             ("unblocked".into(), format!("was unblocked{by}"))
         }
         "job.promised_exit_status" => {
-            let key = if job.promised_exit_status.unwrap_or(0) == 0 { "running" } else { "promised_failure" };
-            let status = job.promised_exit_status.map(|s| format!(" {s}")).unwrap_or_default();
+            let key = if job.promised_exit_status.unwrap_or(0) == 0 {
+                "running"
+            } else {
+                "promised_failure"
+            };
+            let status = job
+                .promised_exit_status
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
             (key.into(), format!("will exit{status}"))
         }
-        _ if job.soft_failed => ("soft_failed".into(), format!("soft failed{}", exit(job.exit_status))),
+        _ if job.soft_failed => (
+            "soft_failed".into(),
+            format!("soft failed{}", exit(job.exit_status)),
+        ),
         _ => {
             let verb = match state.as_str() {
                 "passed" => "passed".into(),
@@ -444,7 +473,12 @@ fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
                 "broken" | "skipped" | "not_run" => "did not run".into(),
                 "scheduled" | "waiting" | "assigned" | "accepted" => "is scheduled".into(),
                 "running" => "started".into(),
-                "" => event.name().rsplit('.').next().unwrap_or("changed").replace('_', " "),
+                "" => event
+                    .name()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("changed")
+                    .replace('_', " "),
                 other => other.replace('_', " "),
             };
             (state, verb)
@@ -468,7 +502,11 @@ fn agent_verb(action: &str) -> (&'static str, String) {
 pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
     let p = event.payload();
     let family = event.family().to_string();
-    let action = event.name().split_once('.').map(|(_, a)| a.to_string()).unwrap_or_default();
+    let action = event
+        .name()
+        .split_once('.')
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_default();
     let pipeline = text(p, "pipeline.name").or_else(|| text(p, "pipeline.slug"));
     let state = event.state().unwrap_or_default().to_string();
     let mut subject = subject(p);
@@ -477,60 +515,99 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
     let agent = (family == "agent").then(|| agent_facts(p));
     let test = (event.name() == "workflow.alarm").then(|| test_facts(p));
     let build_ref = || {
-        let number = build.as_ref().and_then(|b| b.number).map(|n| format!(" #{n}")).unwrap_or_default();
+        let number = build
+            .as_ref()
+            .and_then(|b| b.number)
+            .map(|n| format!(" #{n}"))
+            .unwrap_or_default();
         format!("{}{number}", pipeline.as_deref().unwrap_or("pipeline"))
     };
 
-    let (look_key, verb, title_subject, url, url_label): (String, String, String, Option<String>, &'static str) =
-        match (family.as_str(), &build, &job, &agent, &test) {
-            ("build", Some(b), _, _, _) => {
-                (state.clone(), build_verb(&state), build_ref(), b.url.clone(), "View build")
+    let (look_key, verb, title_subject, url, url_label): (
+        String,
+        String,
+        String,
+        Option<String>,
+        &'static str,
+    ) = match (family.as_str(), &build, &job, &agent, &test) {
+        ("build", Some(b), _, _, _) => (
+            state.clone(),
+            build_verb(&state),
+            build_ref(),
+            b.url.clone(),
+            "View build",
+        ),
+        ("job", Some(_), Some(j), _, _) => {
+            let (key, verb) = job_verb(event, j);
+            let subject = format!("{}: {}", build_ref(), j.label);
+            // Block steps have no page of their own; their link falls back to the build.
+            let label = if url(p, "job.web_url").is_some() {
+                "View job"
+            } else {
+                "View build"
+            };
+            (key, verb, subject, j.url.clone(), label)
+        }
+        ("agent", _, _, Some(a), _) => {
+            let (key, mut verb) = agent_verb(&action);
+            if let Some(ip) = a.blocked_ip.as_deref().filter(|_| action == "blocked") {
+                verb = format!("{verb} from {ip}");
             }
-            ("job", Some(_), Some(j), _, _) => {
-                let (key, verb) = job_verb(event, j);
-                let subject = format!("{}: {}", build_ref(), j.label);
-                (key, verb, subject, j.url.clone(), "View job")
-            }
-            ("agent", _, _, Some(a), _) => {
-                let (key, mut verb) = agent_verb(&action);
-                if let Some(ip) = a.blocked_ip.as_deref().filter(|_| action == "blocked") {
-                    verb = format!("{verb} from {ip}");
-                }
-                (key.into(), verb, format!("Agent {}", a.name), a.url.clone(), "View agent")
-            }
-            (_, _, _, _, Some(t)) => (
-                "alarm".into(),
+            (
+                key.into(),
+                verb,
+                format!("Agent {}", a.name),
+                a.url.clone(),
+                "View agent",
+            )
+        }
+        (_, _, _, _, Some(t)) => (
+            "alarm".into(),
+            String::new(),
+            format!("Test Engine alarm: {}", t.name),
+            t.url.clone(),
+            "View test",
+        ),
+        ("ping", ..) => {
+            let org = text(p, "organization.name").unwrap_or_else(|| "unknown".into());
+            (
+                "ping".into(),
                 String::new(),
-                format!("Test Engine alarm: {}", t.name),
-                t.url.clone(),
-                "View test",
-            ),
-            ("ping", ..) => {
-                let org = text(p, "organization.name").unwrap_or_else(|| "unknown".into());
-                (
-                    "ping".into(),
-                    String::new(),
-                    format!("kitebridge connected to Buildkite org {org}"),
-                    url(p, "organization.web_url"),
-                    "Open Buildkite",
-                )
-            }
-            ("cluster_token", ..) => {
-                let ip = text(p, "blocked_ip").unwrap_or_else(|| "an unknown address".into());
-                (
-                    "registration_blocked".into(),
-                    String::new(),
-                    format!("Agent registration blocked from {ip}"),
-                    None,
-                    "View cluster",
-                )
-            }
-            _ => {
-                let name = subject.name.clone().map(|n| format!(": {n}")).unwrap_or_default();
-                let key = if action == "created" { "created".to_string() } else { state.clone() };
-                (key, String::new(), format!("{}{name}", event.name()), subject.url.clone(), "Open in Buildkite")
-            }
-        };
+                format!("kitebridge connected to Buildkite org {org}"),
+                url(p, "organization.web_url"),
+                "Open Buildkite",
+            )
+        }
+        ("cluster_token", ..) => {
+            let ip = text(p, "blocked_ip").unwrap_or_else(|| "an unknown address".into());
+            (
+                "registration_blocked".into(),
+                String::new(),
+                format!("Agent registration blocked from {ip}"),
+                None,
+                "View cluster",
+            )
+        }
+        _ => {
+            let name = subject
+                .name
+                .clone()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default();
+            let key = if action == "created" {
+                "created".to_string()
+            } else {
+                state.clone()
+            };
+            (
+                key,
+                String::new(),
+                format!("{}{name}", event.name()),
+                subject.url.clone(),
+                "Open in Buildkite",
+            )
+        }
+    };
     let Look {
         emoji,
         color,
@@ -560,7 +637,10 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         url_label,
         pipeline,
         org: text(p, "organization.name"),
-        received_at: event.received_at().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        received_at: event
+            .received_at()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
         build,
         job,
         agent,
@@ -576,7 +656,10 @@ mod tests {
     use serde_json::json;
 
     fn fixture(name: &str) -> Event {
-        let path = format!("{}/tests/fixtures/buildkite/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/buildkite/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let payload: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let event = payload["event"].as_str().unwrap().to_string();
         Event::from_value(&event, payload, Utc::now())
@@ -596,14 +679,32 @@ mod tests {
             ("build.failing", "🟠 Web App #1842 is failing"),
             ("build.running", "🔄 Web App #1842 is running"),
             ("build.skipped", "⏭️ Web App #1842 was skipped"),
-            ("job.finished", "❌ Web App #1842: :rspec: Checkout specs failed with exit 1"),
-            ("job.activated", "▶️ Web App #1842: :rocket: Deploy to production was unblocked by Maria López"),
-            ("job.promised_exit_status", "🟠 Web App #1842: :rspec: Checkout specs will exit 1"),
+            (
+                "job.finished",
+                "❌ Web App #1842: :rspec: Checkout specs failed with exit 1",
+            ),
+            (
+                "job.activated",
+                "▶️ Web App #1842: :rocket: Deploy to production was unblocked by Maria López",
+            ),
+            (
+                "job.promised_exit_status",
+                "🟠 Web App #1842: :rspec: Checkout specs will exit 1",
+            ),
             ("agent.lost", "🔴 Agent ci-agent-7f3a-1 was lost"),
-            ("agent.blocked", "🚫 Agent ci-agent-7f3a-1 was blocked from 202.188.43.20"),
-            ("cluster_token.registration_blocked", "🚫 Agent registration blocked from 202.188.43.20"),
+            (
+                "agent.blocked",
+                "🚫 Agent ci-agent-7f3a-1 was blocked from 202.188.43.20",
+            ),
+            (
+                "cluster_token.registration_blocked",
+                "🚫 Agent registration blocked from 202.188.43.20",
+            ),
             ("ping", "🔌 kitebridge connected to Buildkite org ACME Inc"),
-            ("workflow.alarm", "🚨 Test Engine alarm: Checkout applies discount codes"),
+            (
+                "workflow.alarm",
+                "🚨 Test Engine alarm: Checkout applies discount codes",
+            ),
             ("package.created", "📦 package.created: web-app"),
         ];
         for (file, want) in cases {
@@ -616,13 +717,18 @@ mod tests {
         let kb = derive(&fixture("build.finished.pull-request"), now());
         let b = kb.build.unwrap();
         assert_eq!(b.commit_short.as_deref(), Some("9f3c1e7"));
-        assert_eq!(b.message_title, "Retry payment mock before asserting totals");
+        assert_eq!(
+            b.message_title,
+            "Retry payment mock before asserting totals"
+        );
         assert_eq!(b.author, "Maria López");
         assert_eq!(b.duration.as_deref(), Some("8m 42s"));
         assert_eq!(b.pull_request.as_deref(), Some("PR #4211 → main"));
         assert_eq!(kb.color, "#a30200");
 
-        let blocked = derive(&fixture("build.finished.blocked"), now()).build.unwrap();
+        let blocked = derive(&fixture("build.finished.blocked"), now())
+            .build
+            .unwrap();
         assert_eq!(blocked.author, "[redacted]", "falls back to the creator");
         assert_eq!(blocked.blocked_on.as_deref(), Some("Run this CI job"));
         assert_eq!(blocked.duration, None, "never started");
@@ -658,14 +764,21 @@ mod tests {
         let kb = derive(&e, now());
         assert_eq!(kb.title, "ℹ️ widget.exploded: w1");
         assert_eq!(kb.url.as_deref(), Some("https://buildkite.com/w/1"));
-        let listed: Vec<String> = kb.fields.iter().map(|f| format!("{}={}", f.name, f.value)).collect();
+        let listed: Vec<String> = kb
+            .fields
+            .iter()
+            .map(|f| format!("{}={}", f.name, f.value))
+            .collect();
         assert_eq!(listed, ["widget.name=w1", "widget.size=3", "count=2"]);
     }
 
     #[test]
     fn urls_are_http_only_and_markup_safe() {
         assert_eq!(safe_url("javascript:alert(1)"), None);
-        assert_eq!(safe_url("https://x/a|b<c>"), Some("https://x/a%7Cb%3Cc%3E".into()));
+        assert_eq!(
+            safe_url("https://x/a|b<c>"),
+            Some("https://x/a%7Cb%3Cc%3E".into())
+        );
         assert_eq!(safe_url("HTTPS://x"), Some("HTTPS://x".into()));
     }
 }

@@ -60,8 +60,7 @@ pub fn teams_text(s: &str) -> String {
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
-    s.len() >= prefix.len()
-        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 #[cfg(test)]
@@ -70,7 +69,13 @@ mod tests {
 
     #[test]
     fn json_content_keeps_any_text_valid_inside_quotes() {
-        for s in ["plain", "quote \" and \\ back", "new\nline\ttab\r", "\u{0}\u{1f}", "emoji 🚀 é"] {
+        for s in [
+            "plain",
+            "quote \" and \\ back",
+            "new\nline\ttab\r",
+            "\u{0}\u{1f}",
+            "emoji 🚀 é",
+        ] {
             let json = format!("\"{}\"", json_content(s));
             assert_eq!(serde_json::from_str::<String>(&json).unwrap(), s);
         }
@@ -78,9 +83,18 @@ mod tests {
 
     #[test]
     fn slack_text_defuses_mentions_and_links() {
-        assert_eq!(slack_text("a & b <!channel> <@U123>"), "a &amp; b &lt;!channel&gt; &lt;@U123&gt;");
-        assert_eq!(slack_text("<https://evil|click>"), "&lt;https://evil|click&gt;");
-        assert_eq!(slack_text("ping @here and @Channel"), "ping @\u{2060}here and @\u{2060}Channel");
+        assert_eq!(
+            slack_text("a & b <!channel> <@U123>"),
+            "a &amp; b &lt;!channel&gt; &lt;@U123&gt;"
+        );
+        assert_eq!(
+            slack_text("<https://evil|click>"),
+            "&lt;https://evil|click&gt;"
+        );
+        assert_eq!(
+            slack_text("ping @here and @Channel"),
+            "ping @\u{2060}here and @\u{2060}Channel"
+        );
         assert_eq!(slack_text("mail me@example.com"), "mail me@example.com");
         assert_eq!(slack_text("héllo 🚀"), "héllo 🚀");
     }

@@ -70,7 +70,9 @@ fn truthy(v: Option<&Value>) -> bool {
 fn number(v: Option<&Value>, helper: &'static str) -> Result<usize, RenderError> {
     v.and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
         .map(|n| n as usize)
-        .ok_or_else(|| RenderErrorReason::ParamTypeMismatchForName(helper, "1".into(), "number".into()).into())
+        .ok_or_else(|| {
+            RenderErrorReason::ParamTypeMismatchForName(helper, "1".into(), "number".into()).into()
+        })
 }
 
 /// Applies the kind's markup escaping to every string inside `v`.
@@ -81,7 +83,9 @@ fn escape_strings(v: &Value, kind: TemplateKind) -> Value {
             TemplateKind::Teams => teams_text(s),
             TemplateKind::Console => s.clone(),
         }),
-        Value::Array(items) => Value::Array(items.iter().map(|i| escape_strings(i, kind)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| escape_strings(i, kind)).collect())
+        }
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), escape_strings(v, kind)))
@@ -120,15 +124,20 @@ impl HelperDef for KbHelper {
                     None => Some(Utc::now()),
                 };
                 match (from, to) {
-                    (Some(f), Some(t)) => between(f, t).map(format_duration).map_or(Value::Null, Value::String),
+                    (Some(f), Some(t)) => between(f, t)
+                        .map(format_duration)
+                        .map_or(Value::Null, Value::String),
                     _ => Value::Null,
                 }
             }
             "since" => parse_timestamp(&text(0))
                 .and_then(|t| between(t, Utc::now()))
-                .map_or(Value::Null, |d| Value::String(format!("{} ago", format_duration(d)))),
-            "datetime" => parse_timestamp(&text(0))
-                .map_or(Value::Null, |t| Value::String(t.format("%Y-%m-%d %H:%M UTC").to_string())),
+                .map_or(Value::Null, |d| {
+                    Value::String(format!("{} ago", format_duration(d)))
+                }),
+            "datetime" => parse_timestamp(&text(0)).map_or(Value::Null, |t| {
+                Value::String(t.format("%Y-%m-%d %H:%M UTC").to_string())
+            }),
             "state_emoji" => Value::String(look_of(&text(0)).emoji.into()),
             "state_color" => Value::String(look_of(&text(0)).color.into()),
             "teams_color" => Value::String(look_of(&text(0)).teams_color.into()),
@@ -144,7 +153,11 @@ impl HelperDef for KbHelper {
                 let sep = h.param(1).map_or_else(|| ", ".to_string(), |_| text(1));
                 match arg(0) {
                     Some(Value::Array(items)) => Value::String(
-                        items.iter().map(|i| as_text(Some(i))).collect::<Vec<_>>().join(&sep),
+                        items
+                            .iter()
+                            .map(|i| as_text(Some(i)))
+                            .collect::<Vec<_>>()
+                            .join(&sep),
                     ),
                     other => Value::String(as_text(other)),
                 }

@@ -50,21 +50,25 @@ pub fn truncate(s: &str, max: usize) -> String {
     let mut kept = &s[..end];
     // Back off to before an unfinished entity or link.
     if let Some(amp) = kept.rfind('&')
-        && !kept[amp..].contains(';') && kept.len() - amp <= 8 {
-            kept = &kept[..amp];
-        }
+        && !kept[amp..].contains(';')
+        && kept.len() - amp <= 8
+    {
+        kept = &kept[..amp];
+    }
     if let Some(lt) = kept.rfind('<')
-        && !kept[lt..].contains('>') {
-            kept = &kept[..lt];
-        }
+        && !kept[lt..].contains('>')
+    {
+        kept = &kept[..lt];
+    }
     format!("{kept}…")
 }
 
 fn clamp_text(slot: Option<&mut Value>, max: usize) {
     if let Some(Value::String(s)) = slot
-        && s.chars().count() > max {
-            *s = truncate(s, max);
-        }
+        && s.chars().count() > max
+    {
+        *s = truncate(s, max);
+    }
 }
 
 fn clamp_array(slot: Option<&mut Value>, max: usize) {
@@ -233,11 +237,31 @@ mod tests {
         assert_eq!(blocks.len(), SLACK_BLOCKS);
         assert_eq!(blocks[49]["text"]["text"], "59");
         let att = &body["attachments"][0]["blocks"];
-        assert_eq!(att[0]["text"]["text"].as_str().unwrap().chars().count(), SLACK_HEADER);
-        assert_eq!(att[1]["text"]["text"].as_str().unwrap().chars().count(), SLACK_SECTION);
+        assert_eq!(
+            att[0]["text"]["text"].as_str().unwrap().chars().count(),
+            SLACK_HEADER
+        );
+        assert_eq!(
+            att[1]["text"]["text"].as_str().unwrap().chars().count(),
+            SLACK_SECTION
+        );
         assert_eq!(att[1]["fields"].as_array().unwrap().len(), SLACK_FIELDS);
-        assert_eq!(att[1]["fields"][0]["text"].as_str().unwrap().chars().count(), SLACK_FIELD);
-        assert_eq!(att[2]["elements"][0]["text"]["text"].as_str().unwrap().chars().count(), SLACK_BUTTON);
+        assert_eq!(
+            att[1]["fields"][0]["text"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            SLACK_FIELD
+        );
+        assert_eq!(
+            att[2]["elements"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            SLACK_BUTTON
+        );
         assert_eq!(att[2]["elements"][0]["url"], "https://b");
     }
 
@@ -249,12 +273,17 @@ mod tests {
             "actions": [{"type": "Action.OpenUrl", "title": "View", "url": "https://buildkite.com/x"}]}}]});
         enforce_teams(&mut body).unwrap();
         assert!(serde_json::to_vec(&body).unwrap().len() <= TEAMS_BYTES);
-        assert_eq!(body["attachments"][0]["content"]["actions"][0]["url"], "https://buildkite.com/x");
+        assert_eq!(
+            body["attachments"][0]["content"]["actions"][0]["url"],
+            "https://buildkite.com/x"
+        );
     }
 
     #[test]
     fn teams_body_made_of_many_short_texts_is_reported() {
-        let facts: Vec<_> = (0..2_000).map(|_| json!({"title": "t", "value": "v".repeat(20)})).collect();
+        let facts: Vec<_> = (0..2_000)
+            .map(|_| json!({"title": "t", "value": "v".repeat(20)}))
+            .collect();
         let mut body = json!({"facts": facts});
         assert!(enforce_teams(&mut body).is_err());
     }

@@ -19,7 +19,10 @@ const WARN: (&str, &str, &str) = ("#daa038", "Warning", "warning");
 const INFO: (&str, &str, &str) = ("#3aa3e3", "Accent", "accent");
 const GREY: (&str, &str, &str) = ("#808080", "Default", "emphasis");
 
-const fn look(emoji: &'static str, (color, teams_color, teams_style): (&'static str, &'static str, &'static str)) -> Look {
+const fn look(
+    emoji: &'static str,
+    (color, teams_color, teams_style): (&'static str, &'static str, &'static str),
+) -> Look {
     Look {
         emoji,
         color,
@@ -76,7 +79,11 @@ mod tests {
         ];
         for (state, emoji, color, teams) in cases {
             let l = look_of(state);
-            assert_eq!((l.emoji, l.color, l.teams_color), (emoji, color, teams), "{state}");
+            assert_eq!(
+                (l.emoji, l.color, l.teams_color),
+                (emoji, color, teams),
+                "{state}"
+            );
         }
         assert_eq!(look_of("brand-new").emoji, "ℹ️");
     }

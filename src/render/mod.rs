@@ -130,7 +130,10 @@ pub struct TemplateData(handlebars::Context);
 impl TemplateData {
     /// The payload (secrets removed) plus the derived `kb` fields.
     pub fn new(event: &Event, now: DateTime<Utc>) -> Self {
-        Self(handlebars::Context::wraps(context::template_data(event, now)).expect("a JSON value wraps"))
+        Self(
+            handlebars::Context::wraps(context::template_data(event, now))
+                .expect("a JSON value wraps"),
+        )
     }
 
     /// The data as JSON, for documentation and tests.
@@ -147,15 +150,21 @@ pub struct Renderer {
 
 impl fmt::Debug for Renderer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Renderer").field("templates", &self.origins.len()).finish()
+        f.debug_struct("Renderer")
+            .field("templates", &self.origins.len())
+            .finish()
     }
 }
 
 fn registry(kind: TemplateKind) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     match kind {
-        TemplateKind::Slack => hb.register_escape_fn(|s| escape::json_content(&escape::slack_text(s))),
-        TemplateKind::Teams => hb.register_escape_fn(|s| escape::json_content(&escape::teams_text(s))),
+        TemplateKind::Slack => {
+            hb.register_escape_fn(|s| escape::json_content(&escape::slack_text(s)))
+        }
+        TemplateKind::Teams => {
+            hb.register_escape_fn(|s| escape::json_content(&escape::teams_text(s)))
+        }
         TemplateKind::Console => hb.register_escape_fn(handlebars::no_escape),
     }
     // Partials must not re-indent multi-line values, which would alter JSON strings.
@@ -192,7 +201,10 @@ impl Renderer {
             }
         }
         if problems.is_empty() {
-            Ok(Self { registries, origins })
+            Ok(Self {
+                registries,
+                origins,
+            })
         } else {
             Err(problems)
         }
@@ -225,7 +237,12 @@ impl Renderer {
 
     /// The template for `event`: `explicit` when the route names one, else the first of the
     /// event name, its family and `default` that exists.
-    pub fn select(&self, kind: TemplateKind, explicit: Option<&str>, event: &Event) -> Result<String, RenderError> {
+    pub fn select(
+        &self,
+        kind: TemplateKind,
+        explicit: Option<&str>,
+        event: &Event,
+    ) -> Result<String, RenderError> {
         let candidates: Vec<&str> = match explicit {
             Some(name) => vec![name],
             None => vec![event.name(), event.family(), "default"],
@@ -241,7 +258,12 @@ impl Renderer {
     }
 
     /// Renders template `name` of `kind` with `data`, and checks and limits the result.
-    pub fn render(&self, kind: TemplateKind, name: &str, data: &TemplateData) -> Result<Body, RenderError> {
+    pub fn render(
+        &self,
+        kind: TemplateKind,
+        name: &str,
+        data: &TemplateData,
+    ) -> Result<Body, RenderError> {
         let hb = &self.registries[kind.index()];
         if !hb.has_template(name) {
             return Err(RenderError::Missing {
@@ -250,20 +272,23 @@ impl Renderer {
             });
         }
         let origin = || self.origin(kind, name);
-        let text = hb.render_with_context(name, &data.0).map_err(|e| RenderError::Template {
-            origin: match e.line_no {
-                Some(line) => format!("{}:{line}", origin()),
-                None => origin(),
-            },
-            message: e.reason().to_string(),
-        })?;
+        let text = hb
+            .render_with_context(name, &data.0)
+            .map_err(|e| RenderError::Template {
+                origin: match e.line_no {
+                    Some(line) => format!("{}:{line}", origin()),
+                    None => origin(),
+                },
+                message: e.reason().to_string(),
+            })?;
         match kind {
             TemplateKind::Console => Ok(Body::Text(limits::enforce_console(text.trim_end()))),
             TemplateKind::Slack | TemplateKind::Teams => {
-                let mut value: Value = serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
-                    origin: origin(),
-                    message: e.to_string(),
-                })?;
+                let mut value: Value =
+                    serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
+                        origin: origin(),
+                        message: e.to_string(),
+                    })?;
                 if kind == TemplateKind::Slack {
                     limits::enforce_slack(&mut value);
                 } else {

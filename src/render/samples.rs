@@ -46,7 +46,10 @@ pub fn events() -> Vec<(&'static str, Event)> {
         .map(|(name, body)| {
             let payload: serde_json::Value =
                 serde_json::from_str(body).expect("built-in samples are valid JSON");
-            let event = payload["event"].as_str().expect("samples name their event").to_string();
+            let event = payload["event"]
+                .as_str()
+                .expect("samples name their event")
+                .to_string();
             (*name, Event::from_value(&event, payload, Utc::now()))
         })
         .collect()
@@ -54,5 +57,8 @@ pub fn events() -> Vec<(&'static str, Event)> {
 
 /// The sample named `name`.
 pub fn event(name: &str) -> Option<Event> {
-    events().into_iter().find(|(n, _)| *n == name).map(|(_, e)| e)
+    events()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, e)| e)
 }

@@ -26,27 +26,60 @@ macro_rules! builtin {
 const SLACK: [(TemplateKind, &str, &str); 9] = builtin!(
     Slack,
     "slack",
-    ["_message", "build", "job", "job.activated", "agent", "cluster_token", "ping", "workflow", "default"]
+    [
+        "_message",
+        "build",
+        "job",
+        "job.activated",
+        "agent",
+        "cluster_token",
+        "ping",
+        "workflow",
+        "default"
+    ]
 );
 const TEAMS: [(TemplateKind, &str, &str); 9] = builtin!(
     Teams,
     "teams",
-    ["_card", "build", "job", "job.activated", "agent", "cluster_token", "ping", "workflow", "default"]
+    [
+        "_card",
+        "build",
+        "job",
+        "job.activated",
+        "agent",
+        "cluster_token",
+        "ping",
+        "workflow",
+        "default"
+    ]
 );
 const CONSOLE: [(TemplateKind, &str, &str); 8] = builtin!(
     Console,
     "console",
-    ["build", "job", "job.activated", "agent", "cluster_token", "ping", "workflow", "default"]
+    [
+        "build",
+        "job",
+        "job.activated",
+        "agent",
+        "cluster_token",
+        "ping",
+        "workflow",
+        "default"
+    ]
 );
 
 /// The templates compiled into the binary (the repository's `templates/` folder).
 pub fn builtin() -> impl Iterator<Item = Source> {
-    SLACK.iter().chain(&TEAMS).chain(&CONSOLE).map(|(kind, name, text)| Source {
-        kind: *kind,
-        name: (*name).to_string(),
-        text: (*text).to_string(),
-        origin: format!("built-in {}/{name}", kind.as_str()),
-    })
+    SLACK
+        .iter()
+        .chain(&TEAMS)
+        .chain(&CONSOLE)
+        .map(|(kind, name, text)| Source {
+            kind: *kind,
+            name: (*name).to_string(),
+            text: (*text).to_string(),
+            origin: format!("built-in {}/{name}", kind.as_str()),
+        })
 }
 
 /// Reads `<dir>/<kind>/*.hbs`. A missing folder is no error (the defaults apply); an

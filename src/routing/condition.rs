@@ -59,7 +59,13 @@ impl Condition {
             .map(Test::Matches)
             .map_err(|e| ConditionError::BadRegex {
                 pattern: pattern.to_string(),
-                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+                reason: e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
             })
     }
 
@@ -103,7 +109,11 @@ mod tests {
             ("build.source", Test::Equals(json!("ui")), false),
             ("build.number", Test::Equals(json!(1842.0)), true),
             ("build.blocked", Test::Equals(json!(false)), true),
-            ("build.source", Test::In(vec![json!("ui"), json!("webhook")]), true),
+            (
+                "build.source",
+                Test::In(vec![json!("ui"), json!("webhook")]),
+                true,
+            ),
             ("build.source", Test::In(vec![json!("ui")]), false),
             ("build.number", Test::In(vec![json!(1), json!(1842)]), true),
             ("build.source", Condition::regex("^web").unwrap(), true),
@@ -114,7 +124,11 @@ mod tests {
             ("build.author", Test::Exists(true), false),
             ("build.author", Test::Exists(false), true),
             ("build.nope.deeper", Test::Exists(false), true),
-            ("build.meta_data.team", Test::Equals(json!("payments")), true),
+            (
+                "build.meta_data.team",
+                Test::Equals(json!("payments")),
+                true,
+            ),
         ];
         for (path, test, want) in cases {
             let c = Condition::new(path, test).unwrap();

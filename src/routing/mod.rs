@@ -172,7 +172,10 @@ mod tests {
         let r = router();
         let cases: Vec<(Event, &[&str])> = vec![
             (
-                event("build.finished", build("web-app", "main", "failed", "webhook")),
+                event(
+                    "build.finished",
+                    build("web-app", "main", "failed", "webhook"),
+                ),
                 &["main failures", "everything else"],
             ),
             (
@@ -180,19 +183,31 @@ mod tests {
                 &["main failures", "manual builds"],
             ),
             (
-                event("build.failing", build("web-app", "release/1.2", "failing", "webhook")),
+                event(
+                    "build.failing",
+                    build("web-app", "release/1.2", "failing", "webhook"),
+                ),
                 &["main failures", "everything else"],
             ),
             (
-                event("build.finished", build("web-sandbox", "main", "failed", "webhook")),
+                event(
+                    "build.finished",
+                    build("web-sandbox", "main", "failed", "webhook"),
+                ),
                 &["everything else"],
             ),
             (
-                event("build.finished", build("web-app", "feature/x", "failed", "webhook")),
+                event(
+                    "build.finished",
+                    build("web-app", "feature/x", "failed", "webhook"),
+                ),
                 &["everything else"],
             ),
             (
-                event("build.finished", build("web-app", "main", "passed", "webhook")),
+                event(
+                    "build.finished",
+                    build("web-app", "main", "passed", "webhook"),
+                ),
                 &["everything else"],
             ),
             (
@@ -208,7 +223,10 @@ mod tests {
                 &["agents"],
             ),
             (
-                event("agent.connected", json!({"agent": {"connection_state": "connected"}})),
+                event(
+                    "agent.connected",
+                    json!({"agent": {"connection_state": "connected"}}),
+                ),
                 &["everything else"],
             ),
             (event("brand.new_event", json!({})), &["everything else"]),
@@ -229,11 +247,18 @@ mod tests {
             .build(),
         ]);
         assert!(r.route(&event("agent.lost", json!({}))).is_empty());
-        assert!(r.route(&event("ping", json!({"pipeline": {"slug": 5}}))).is_empty());
+        assert!(
+            r.route(&event("ping", json!({"pipeline": {"slug": 5}})))
+                .is_empty()
+        );
     }
 
     #[test]
     fn no_routes_means_no_matches() {
-        assert!(Router::default().route(&event("ping", json!({}))).is_empty());
+        assert!(
+            Router::default()
+                .route(&event("ping", json!({})))
+                .is_empty()
+        );
     }
 }

@@ -1,0 +1,340 @@
+//! The command line, run as the real binary.
+
+use crate::helpers::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kitebridge");
+
+fn kitebridge(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SLACK_WEBHOOK_URL")
+        .env_remove("TEAMS_WEBHOOK_URL")
+        .env_remove("BUILDKITE_WEBHOOK_TOKEN")
+        .env_remove("KITEBRIDGE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn check_passes_on_the_example_config() {
+    let out = kitebridge(&["check", "--config", "config.example.toml"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_names_file_and_line_of_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n\n[destinations.c]\nkind = \"console\"\n\n[[routes]]\nname = \"r\"\nto = [\"c\", \"nope\"]\n",
+    )
+    .unwrap();
+    let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.toml:9: route \"r\": unknown destination \"nope\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_broken_templates_with_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
+    std::fs::write(
+        dir.path().join("templates/slack/build.hbs"),
+        "{\"text\": \"{{kb.title}}\",\n{{#if}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("templates/slack/agent.hbs"),
+        "{\"text\": {{kb.title}} }",
+    )
+    .unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n[templates]\ndir = \"templates\"\n",
+    )
+    .unwrap();
+    let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("templates/slack/build.hbs:") && err.contains("invalid handlebars syntax"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("templates/slack/build.hbs"),
+        "{\"text\": \"{{kb.title}}\"}",
+    )
+    .unwrap();
+    let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("templates/slack/agent.hbs (sample agent.")
+            && err.contains("rendered invalid JSON"),
+        "{err}"
+    );
+}
+
+#[test]
+fn render_prints_what_would_be_sent_for_every_fixture() {
+    for (name, _) in fixtures() {
+        let payload = format!("tests/fixtures/buildkite/{name}.json");
+        let out = kitebridge(&[
+            "render",
+            "--config",
+            "config.example.toml",
+            "--payload",
+            &payload,
+        ]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("route \"console\" → console (console, template"),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn render_json_lists_route_destination_kind_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/SECRET\"\n[destinations.c]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"s\", \"c\"]\n",
+    )
+    .unwrap();
+    let payload =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildkite/build.finished.json");
+    let out = kitebridge(&[
+        "render",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--payload",
+        payload.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["route"], "r");
+    assert_eq!(v[0]["destination"], "s");
+    assert_eq!(v[0]["kind"], "slack");
+    assert_eq!(v[0]["body"]["text"], "❌ Web App #1842 failed");
+    assert_eq!(v[1]["kind"], "console");
+    assert!(
+        v[1]["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("❌ Web App #1842 failed")
+    );
+    assert!(!text(&out.stdout).contains("SECRET"));
+
+    let out = kitebridge(&[
+        "render",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--payload",
+        payload.to_str().unwrap(),
+        "--event",
+        "build.failing",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["body"]["text"], "❌ Web App #1842 failed",
+        "--event picks the name; the state still comes from the payload"
+    );
+}
+
+#[tokio::test]
+async fn send_test_posts_to_the_destination_and_reports_the_answer() {
+    let rec = Recorder::start().await;
+    rec.script("gone", [Reply::Status(404, "channel_not_found")]);
+    rec.script("busy", [Reply::RateLimited(7)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.gone]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.t]\nkind = \"teams\"\nurl = \"{}\"\n[destinations.busy]\nkind = \"slack\"\nurl = \"{}\"\n",
+            rec.url("slack"),
+            rec.url("gone"),
+            rec.url("teams"),
+            rec.url("busy")
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let ok = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || kitebridge(&["send-test", "--config", &cfg, "--destination", "s"])
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("s: sent (HTTP 200"),
+        "{}",
+        text(&ok.stdout)
+    );
+    let got = rec.received_on("slack");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].json()["text"].as_str().unwrap().starts_with("🔌"));
+
+    let teams = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || {
+            kitebridge(&[
+                "send-test",
+                "--config",
+                &cfg,
+                "--destination",
+                "t",
+                "--sample",
+                "build.finished",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(teams.status.success(), "{}", text(&teams.stderr));
+    assert!(text(&teams.stdout).contains("HTTP 202"));
+
+    let busy = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || kitebridge(&["send-test", "--config", &cfg, "--destination", "busy"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(
+        text(&busy.stderr).contains("temporary failure (HTTP 429"),
+        "{}",
+        text(&busy.stderr)
+    );
+
+    let gone = tokio::task::spawn_blocking(move || {
+        kitebridge(&["send-test", "--config", &cfg, "--destination", "gone"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    let err = text(&gone.stderr);
+    assert!(
+        err.contains("refused (HTTP 404") && err.contains("channel_not_found"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&rec.addr.to_string()),
+        "the URL is never shown: {err}"
+    );
+}
+
+#[tokio::test]
+async fn serve_logs_one_json_line_per_event_and_per_delivery() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            config_for(&rec, "")
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "listening" {
+            addr = v["addr"].as_str().map(str::to_string);
+            break;
+        }
+    }
+    let addr = addr.expect("a listening line");
+    let body = fixture("build.finished");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/buildkite"))
+        .header("X-Buildkite-Token", TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen
+        .iter()
+        .filter(|v: &&serde_json::Value| v["message"] == "delivered")
+        .count()
+        < 2
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), lines.next_line()).await
+        {
+            seen.push(serde_json::from_str(&line).unwrap());
+        }
+    }
+    let accepted = seen
+        .iter()
+        .find(|v| v["message"] == "event accepted")
+        .expect("an event line");
+    assert_eq!(accepted["event"], "build.finished");
+    assert_eq!(accepted["pipeline"], "web-app");
+    assert_eq!(accepted["build"], 1842);
+    assert_eq!(accepted["routes"], "everything");
+    let delivered: Vec<_> = seen
+        .iter()
+        .filter(|v| v["message"] == "delivered")
+        .collect();
+    assert_eq!(delivered.len(), 2, "{seen:?}");
+    for d in delivered {
+        assert!(d["destination"] == "slack" || d["destination"] == "teams");
+        assert!(d["status"] == 200 || d["status"] == 202);
+        assert!(d["latency_ms"].is_u64());
+    }
+    let all = seen.iter().map(|v| v.to_string()).collect::<String>();
+    assert!(
+        !all.contains(TOKEN) && !all.contains(&rec.addr.to_string()),
+        "no secrets in logs"
+    );
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,352 @@
+//! Test harness: the real service on a random port, a recording server playing Slack and
+//! Teams, and Buildkite-style signing.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kitebridge::config::Config;
+use kitebridge::server::Service;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "test-token-7d1f";
+
+/// Every fixture, as `(file name, bytes)`.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildkite");
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    fixtures().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+pub fn fixture_json(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `X-Buildkite-Signature` for `body`, signed at `ts` with `token`.
+pub fn signature(token: &str, ts: i64, body: &[u8]) -> String {
+    kitebridge::ingress::auth::sign(token, ts, body)
+}
+
+/// What the recording server does with one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer with this status and body.
+    Status(u16, &'static str),
+    /// 429 with `Retry-After: secs`.
+    RateLimited(u64),
+    /// Never answer.
+    Hang,
+}
+
+/// One request the recording server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+#[derive(Default)]
+struct RecorderState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<HashMap<String, VecDeque<Reply>>>,
+}
+
+/// An HTTP server standing in for Slack and Teams. Paths starting with `teams` answer 202 by
+/// default, others `200 ok`; scripted replies per path come first.
+#[derive(Clone)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    state: Arc<RecorderState>,
+}
+
+async fn record(
+    State(state): State<Arc<RecorderState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    state.received.lock().unwrap().push(Received {
+        path: path.clone(),
+        headers,
+        body: body.to_vec(),
+    });
+    let scripted = state
+        .script
+        .lock()
+        .unwrap()
+        .get_mut(&path)
+        .and_then(|q| q.pop_front());
+    match scripted {
+        Some(Reply::Status(code, body)) => {
+            (StatusCode::from_u16(code).unwrap(), body).into_response()
+        }
+        Some(Reply::RateLimited(secs)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", secs.to_string())],
+            "rate_limited",
+        )
+            .into_response(),
+        Some(Reply::Hang) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        None if path.starts_with("teams") => StatusCode::ACCEPTED.into_response(),
+        None => (StatusCode::OK, "ok").into_response(),
+    }
+}
+
+impl Recorder {
+    pub async fn start() -> Self {
+        let state = Arc::new(RecorderState::default());
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::post(record))
+            .with_state(state.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// Queues replies for `path`, used before the default.
+    pub fn script(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until at least `n` requests arrived on `path`.
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.received_on(path);
+            if got.len() >= n || tokio::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The service under test.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A config sending every event to the recorder's `slack` and `teams` paths; `extra` is
+/// appended to `[buildkite]`.
+pub fn config_for(recorder: &Recorder, buildkite_extra: &str) -> String {
+    format!(
+        r#"
+[buildkite]
+token = "{TOKEN}"
+{buildkite_extra}
+
+[test_engine]
+key = "te-key-123"
+
+[destinations.slack]
+kind = "slack"
+url = "{slack}"
+
+[destinations.teams]
+kind = "teams"
+url = "{teams}"
+
+[[routes]]
+name = "everything"
+events = ["*"]
+to = ["slack", "teams"]
+"#,
+        slack = recorder.url("slack"),
+        teams = recorder.url("teams"),
+    )
+}
+
+impl TestApp {
+    /// Starts the service from TOML text on 127.0.0.1 with a random port.
+    pub async fn spawn(toml: &str) -> Self {
+        let config = Config::parse(std::path::Path::new("test.toml"), toml, |n| {
+            std::env::var(n).ok()
+        })
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+        let service = Service::build(config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            service
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts `body` to the Buildkite endpoint with the given extra headers.
+    pub async fn post(&self, body: impl Into<Vec<u8>>, headers: &[(&str, String)]) -> (u16, Value) {
+        self.post_to("/webhooks/buildkite", body, headers).await
+    }
+
+    pub async fn post_to(
+        &self,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
+        let mut req = self.client.post(self.url(path)).body(body.into());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Posts `body` signed with the test token at the current time.
+    pub async fn post_signed(&self, body: &[u8]) -> (u16, Value) {
+        let sig = signature(TOKEN, now(), body);
+        let event = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["event"].as_str().map(str::to_string));
+        let mut headers = vec![("X-Buildkite-Signature", sig)];
+        if let Some(e) = event {
+            headers.push(("X-Buildkite-Event", e));
+        }
+        self.post(body.to_vec(), &headers).await
+    }
+
+    /// Stops the service gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+/// The Adaptive Card 1.4 schema, compiled.
+pub fn card_validator() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/schemas/adaptive-card-1.4.json"
+    ))
+    .unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft6)
+        .build(&schema)
+        .expect("the Adaptive Card schema compiles")
+}
+
+/// Validates a Teams body's card against the schema, with the Teams-only `msteams` key set
+/// aside. Returns the schema errors.
+pub fn card_errors(validator: &jsonschema::Validator, body: &Value) -> Vec<String> {
+    assert_eq!(body["type"], "message", "{body}");
+    let att = &body["attachments"][0];
+    assert_eq!(
+        att["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    let mut card = att["content"].clone();
+    card.as_object_mut().unwrap().remove("msteams");
+    validator
+        .iter_errors(&card)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+/// Every string in a JSON value, depth-first.
+pub fn strings(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(m) => m.values().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// Sends raw bytes over a fresh connection and returns what came back, as text.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
