@@ -11,7 +11,10 @@
 //!   and the destination size limits.
 //! - [`deliver`]: one module per destination kind (Slack, Teams, console) behind one trait that
 //!   classifies each answer as sent, retry later or permanent failure.
-//! - [`dispatch`]: glues an accepted event to routing, rendering and delivery.
+//! - [`store`]: the durable store (SQLite, WAL, group commit) of accepted events and their
+//!   deliveries.
+//! - [`queue`]: stores each accepted event with one delivery per (route, destination) before
+//!   the answer, then per-destination workers render, pace, send and retry.
 //!
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
 //! [`cli`] (the `serve`, `check`, `render` and `send-test` commands), [`server`] (start-up and
@@ -20,11 +23,12 @@
 pub mod cli;
 pub mod config;
 pub mod deliver;
-pub mod dispatch;
 pub mod event;
 pub mod ingress;
+pub mod queue;
 pub mod render;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;

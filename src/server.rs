@@ -1,21 +1,19 @@
-//! Start-up and shutdown: builds the runtime from a validated config, serves HTTP until the
-//! shutdown signal, then waits (up to a deadline) for messages still being sent.
+//! Start-up and shutdown: opens the store, starts the delivery workers, serves HTTP until the
+//! shutdown signal, then lets attempts in flight finish (up to a deadline) and leaves the rest
+//! queued for the next start.
 
 use crate::config::Config;
 use crate::deliver;
-use crate::dispatch::Dispatcher;
 use crate::ingress::{self, AppState};
+use crate::queue::Queue;
 use crate::render::Renderer;
 use crate::routing::Router;
+use crate::store::{SqliteStore, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
-
-/// How long shutdown waits for in-flight sends.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -23,6 +21,14 @@ pub enum ServeError {
     /// Templates did not compile, or routes name templates that do not exist.
     #[error("{}", .0.join("\n"))]
     Templates(Vec<String>),
+    /// The store could not be opened.
+    #[error("{path}: {source}")]
+    Store {
+        /// The database file.
+        path: String,
+        /// What went wrong.
+        source: StoreError,
+    },
     /// The listener failed.
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
@@ -51,15 +57,32 @@ pub fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String
     problems
 }
 
-/// The assembled service.
+/// The assembled, running service.
 #[derive(Debug, Clone)]
 pub struct Service {
     state: AppState,
 }
 
 impl Service {
-    /// Compiles templates, builds destinations and routes.
-    pub fn build(config: Config) -> Result<Self, ServeError> {
+    /// Opens the configured store and starts the service's workers.
+    pub async fn start(config: Config) -> Result<Self, ServeError> {
+        let path = config.storage_path.clone();
+        let durability = config.durability;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability))
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+            .map_err(|source| ServeError::Store {
+                path: config.storage_path.display().to_string(),
+                source,
+            })?;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Starts the service on a given store.
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ServeError> {
         let renderer =
             Renderer::new(config.templates_dir.as_deref()).map_err(ServeError::Templates)?;
         let problems = check_route_templates(&config, &renderer);
@@ -70,19 +93,24 @@ impl Service {
         let mut destinations = Vec::new();
         for d in &config.destinations {
             match deliver::build(d, &client) {
-                Some(dest) => destinations.push(dest),
+                Some(dest) => destinations.push((dest, d.limits)),
                 None => {
                     tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url is empty")
                 }
             }
         }
-        let dispatcher = Dispatcher::new(Arc::new(renderer), destinations);
+        let queue = Queue::start(
+            store,
+            Arc::new(renderer),
+            destinations,
+            config.queue.clone(),
+        );
         let router = Arc::new(Router::new(config.routes.clone()));
         Ok(Self {
             state: AppState {
                 config: Arc::new(config),
                 router,
-                dispatcher,
+                queue,
             },
         })
     }
@@ -92,7 +120,8 @@ impl Service {
         ingress::router(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains in-flight sends.
+    /// Serves on `listener` until `shutdown` resolves; then stops the workers, waiting up to
+    /// the configured deadline for attempts in flight.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -103,29 +132,58 @@ impl Service {
             %addr,
             path = %self.state.config.server.path,
             routes = self.state.router.routes().len(),
+            store = %self.state.config.storage_path.display(),
             "listening"
         );
         let app = self
             .router()
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        tracing::info!("shutting down: waiting for messages in flight");
-        if !self.state.dispatcher.drain(DRAIN_DEADLINE).await {
-            tracing::warn!(deadline = ?DRAIN_DEADLINE, "gave up waiting for messages in flight");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
+        // Connections still open this long after the signal (a client holding one idle, say)
+        // do not keep the process alive.
+        let deadline = self.state.config.shutdown_deadline;
+        let cut_off = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(deadline).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = cut_off => tracing::warn!(?deadline, "closing connections still open at the shutdown deadline"),
         }
+        self.stop().await;
         Ok(())
+    }
+
+    /// Stops the workers: attempts in flight get the configured deadline, the rest stay queued.
+    pub async fn stop(&self) {
+        let deadline = self.state.config.shutdown_deadline;
+        tracing::info!(?deadline, "shutting down: finishing attempts in flight");
+        if !self.state.queue.shutdown(deadline).await {
+            tracing::warn!(
+                ?deadline,
+                "attempts still in flight at the deadline stay queued for the next start"
+            );
+        }
     }
 }
 
-/// Builds the service from `config` and serves on `listener` until `shutdown`.
+/// Opens the store, starts the service and serves on `listener` until `shutdown`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    Service::build(config)?.serve(listener, shutdown).await
+    Service::start(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check`, `render` and `send-test`.
 
 mod check;
+mod deliveries;
 mod render;
 mod send_test;
 
@@ -45,6 +46,51 @@ pub enum RenderFormat {
     Json,
 }
 
+/// `deliveries list --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Waiting for a first or next attempt.
+    Pending,
+    /// Sent.
+    Sent,
+    /// Dead letters.
+    Dead,
+}
+
+/// `deliveries` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only deliveries in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one delivery: its rendered body and every attempt.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The delivery's id.
+        id: i64,
+    },
+    /// Queue a dead (or pending) delivery, or every dead letter, to be sent again now.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The delivery's id.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -83,6 +129,11 @@ pub enum Command {
         #[arg(long)]
         sample: Option<String>,
     },
+    /// Inspect and replay the delivery queue.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -103,6 +154,37 @@ pub fn main() -> ExitCode {
             destination,
             sample,
         } => send_test::run(&config.config, &destination, sample.as_deref()),
+        Command::Deliveries { command } => run_deliveries(command),
+    }
+}
+
+fn run_deliveries(command: DeliveriesCommand) -> ExitCode {
+    use crate::store::{DeliveryState, RetrySelector};
+    let path = match &command {
+        DeliveriesCommand::List { config, .. }
+        | DeliveriesCommand::Show { config, .. }
+        | DeliveriesCommand::Retry { config, .. } => config.config.clone(),
+    };
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
+    };
+    match command {
+        DeliveriesCommand::List { state, limit, .. } => {
+            let state = state.map(|s| match s {
+                StateArg::Pending => DeliveryState::Pending,
+                StateArg::Sent => DeliveryState::Sent,
+                StateArg::Dead => DeliveryState::Dead,
+            });
+            deliveries::list(&config, state, limit)
+        }
+        DeliveriesCommand::Show { id, .. } => deliveries::show(&config, id),
+        DeliveriesCommand::Retry { id, all_dead, .. } => {
+            let selector = match (id, all_dead) {
+                (Some(id), false) => RetrySelector::Id(id),
+                _ => RetrySelector::AllDead,
+            };
+            deliveries::retry(&config, selector)
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! `kitebridge render`: a dry run of routing and rendering for one payload.
 
 use super::RenderFormat;
-use crate::dispatch::{Planned, plan};
 use crate::event::{Event, VerifiedBody};
+use crate::queue::plan;
 use crate::render::{Renderer, TemplateData};
 use crate::routing::Router;
+use crate::store::NewDelivery;
 use chrono::Utc;
 use serde_json::json;
 use std::path::Path;
@@ -63,7 +64,7 @@ pub fn run(
     let routes = router.route(&event);
     let enabled = |name: &str| config.destination(name).is_some_and(|d| d.enabled());
     let planned = plan(&routes, enabled);
-    let disabled: Vec<Planned> = plan(&routes, |d| !enabled(d));
+    let disabled: Vec<NewDelivery> = plan(&routes, |d| !enabled(d));
     let data = TemplateData::new(&event, now);
     let mut failed = false;
     let mut out = Vec::new();

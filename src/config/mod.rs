@@ -10,8 +10,10 @@ mod raw;
 
 use crate::deliver::DestinationKind;
 use crate::ingress::auth::{AuthMode, Credentials};
+use crate::queue::{Limits, RetryPolicy, Settings};
 use crate::routing::{Condition, PatternList, Route, Test};
 use crate::secret::Secret;
+use crate::store::sqlite::Durability;
 use ipnet::IpNet;
 use raw::{RawConfig, RawRoute, Text};
 use std::collections::HashSet;
@@ -58,6 +60,8 @@ pub struct DestinationConfig {
     pub url: Option<Secret>,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Pace and parallelism.
+    pub limits: Limits,
 }
 
 impl DestinationConfig {
@@ -82,6 +86,12 @@ pub struct Config {
     pub test_engine_key: Option<Secret>,
     /// `[storage] path`, resolved against the config file's folder.
     pub storage_path: PathBuf,
+    /// `[storage] durability`.
+    pub durability: Durability,
+    /// `[delivery]` and the queue parts of `[storage]`.
+    pub queue: Settings,
+    /// `[delivery] shutdown_deadline`: how long in-flight work may finish at shutdown.
+    pub shutdown_deadline: Duration,
     /// `[templates] dir`, resolved against the config file's folder.
     pub templates_dir: Option<PathBuf>,
     /// Destinations in name order.
@@ -114,7 +124,7 @@ impl Config {
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
-                c.problem(e.span(), e.message().trim_end());
+                c.problem(e.span(), without_literals(e.message().trim_end()));
                 return Err(ConfigError {
                     problems: c.problems,
                 });
@@ -134,6 +144,31 @@ impl Config {
     pub fn destination(&self, name: &str) -> Option<&DestinationConfig> {
         self.destinations.iter().find(|d| d.name == name)
     }
+}
+
+/// The parser quotes offending values (`invalid type: string "…"`); a value may be a secret,
+/// so quoted literals are left out. Key names, quoted with backticks, stay.
+fn without_literals(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    let mut escaped = false;
+    for c in message.chars() {
+        if in_quote {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_quote = false;
+                    out.push_str("\"…\"");
+                }
+                _ => escaped = false,
+            }
+        } else if c == '"' {
+            in_quote = true;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 struct Check<'a> {
@@ -225,6 +260,22 @@ impl Check<'_> {
             .as_ref()
             .and_then(|p| self.text(p, "storage.path"))
             .unwrap_or_else(|| "kitebridge.db".into());
+        let durability = self.durability(raw.storage.durability.as_ref());
+        let dedupe_window = match raw.storage.dedupe_window.as_ref() {
+            Some(t) if t.get_ref().trim() == "0" || t.get_ref().trim() == "0s" => None,
+            other => Some(self.duration(other, "storage.dedupe_window", Duration::from_secs(600))),
+        };
+        let retention = self.duration(
+            raw.storage.retention.as_ref(),
+            "storage.retention",
+            Duration::from_secs(7 * 86_400),
+        );
+        let policy = self.policy(&raw.delivery);
+        let shutdown_deadline = self.duration(
+            raw.delivery.shutdown_deadline.as_ref(),
+            "delivery.shutdown_deadline",
+            Duration::from_secs(10),
+        );
         let templates_dir = raw
             .templates
             .dir
@@ -242,6 +293,13 @@ impl Check<'_> {
             allowed_ips,
             test_engine_key,
             storage_path: base.join(storage_path),
+            durability,
+            queue: Settings {
+                policy,
+                dedupe_window,
+                retention,
+            },
+            shutdown_deadline,
             templates_dir,
             destinations,
             routes,
@@ -424,14 +482,14 @@ impl Check<'_> {
                     let Some(url) = self.text(t, &format!("{what} url")) else {
                         continue;
                     };
-                    if !(url.is_empty()
-                        || url.starts_with("https://")
-                        || url.starts_with("http://"))
-                    {
+                    let parsed = reqwest::Url::parse(&url).ok().filter(|u| {
+                        matches!(u.scheme(), "https" | "http") && u.host_str().is_some()
+                    });
+                    if !url.is_empty() && parsed.is_none() {
                         // The URL is a secret: say what is wrong without repeating it.
                         self.problem(
                             Some(t.span()),
-                            format!("{what}: url must start with https:// (or http://)"),
+                            format!("{what}: url is not an https:// (or http://) URL"),
                         );
                         continue;
                     }
@@ -443,14 +501,99 @@ impl Check<'_> {
                 &format!("{what} timeout"),
                 DEFAULT_TIMEOUT,
             );
+            let limits = self.limits(&what, kind, d);
             out.push(DestinationConfig {
                 name,
                 kind,
                 url,
                 timeout,
+                limits,
             });
         }
         out
+    }
+
+    fn durability(&mut self, t: Option<&Text>) -> Durability {
+        let Some(t) = t else { return Durability::Full };
+        match self.text(t, "storage.durability").as_deref() {
+            Some("full") | None => Durability::Full,
+            Some("normal") => Durability::Normal,
+            Some(other) => {
+                let shown = Self::shown(t, other);
+                self.problem(
+                    Some(t.span()),
+                    format!("storage.durability: {shown} is not \"full\" or \"normal\""),
+                );
+                Durability::Full
+            }
+        }
+    }
+
+    fn policy(&mut self, d: &raw::RawDelivery) -> RetryPolicy {
+        let defaults = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_age: self.duration(d.max_age.as_ref(), "delivery.max_age", defaults.max_age),
+            max_retry_after: self.duration(
+                d.max_retry_after.as_ref(),
+                "delivery.max_retry_after",
+                defaults.max_retry_after,
+            ),
+            backoff_initial: self.duration(
+                d.backoff_initial.as_ref(),
+                "delivery.backoff_initial",
+                defaults.backoff_initial,
+            ),
+            backoff_max: self.duration(
+                d.backoff_max.as_ref(),
+                "delivery.backoff_max",
+                defaults.backoff_max,
+            ),
+        };
+        if policy.backoff_initial > policy.backoff_max {
+            self.problem(
+                d.backoff_initial.as_ref().map(|t| t.span()),
+                "delivery.backoff_initial is longer than delivery.backoff_max",
+            );
+        }
+        policy
+    }
+
+    /// Pace and parallelism, with each kind's defaults: Slack about 1 message per second per
+    /// webhook, Teams about 4, the console unlimited.
+    fn limits(&mut self, what: &str, kind: DestinationKind, d: &raw::RawDestination) -> Limits {
+        let (rate, burst, concurrency) = match kind {
+            DestinationKind::Slack => (Some(1.0), 3, 1),
+            DestinationKind::Teams => (Some(4.0), 4, 2),
+            DestinationKind::Console => (None, 1, 1),
+        };
+        let rate = match &d.rate {
+            None => rate,
+            Some(r) if *r.get_ref() == 0.0 => None,
+            Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 => Some(*r.get_ref()),
+            Some(r) => {
+                self.problem(
+                    Some(r.span()),
+                    format!("{what}: rate must be messages per second, 0 for no limit"),
+                );
+                rate
+            }
+        };
+        let mut count = |v: &Option<toml::Spanned<i64>>, key: &str, default: usize| match v {
+            None => default,
+            Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    format!("{what}: {key} must be between 1 and 1000"),
+                );
+                default
+            }
+        };
+        Limits {
+            rate,
+            burst: count(&d.burst, "burst", burst) as u32,
+            concurrency: count(&d.concurrency, "concurrency", concurrency),
+        }
     }
 
     fn routes(

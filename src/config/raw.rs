@@ -22,6 +22,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub templates: RawTemplates,
     #[serde(default)]
+    pub delivery: RawDelivery,
+    #[serde(default)]
     pub destinations: BTreeMap<Spanned<String>, Spanned<RawDestination>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -61,6 +63,20 @@ pub struct RawTestEngine {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: Option<Text>,
+    pub durability: Option<Text>,
+    pub dedupe_window: Option<Text>,
+    pub retention: Option<Text>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub max_age: Option<Text>,
+    pub max_retry_after: Option<Text>,
+    pub backoff_initial: Option<Text>,
+    pub backoff_max: Option<Text>,
+    pub shutdown_deadline: Option<Text>,
 }
 
 /// `[templates]`.
@@ -77,6 +93,9 @@ pub struct RawDestination {
     pub kind: Text,
     pub url: Option<Text>,
     pub timeout: Option<Text>,
+    pub rate: Option<Spanned<f64>>,
+    pub burst: Option<Spanned<i64>>,
+    pub concurrency: Option<Spanned<i64>>,
 }
 
 /// `[[routes]]`.

@@ -102,7 +102,7 @@ fn each_mistake_is_named_with_its_line() {
         ),
         (
             "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"slack\"\nurl = \"ftp://x\"\n",
-            "dir/kitebridge.toml:5: destination \"x\": url must start with https://",
+            "dir/kitebridge.toml:5: destination \"x\": url is not an https://",
         ),
         (
             "[buildkite]\ntoken = \"t\"\n[destinations.x]\nkind = \"console\"\nurl = \"https://x\"\n",
@@ -217,6 +217,19 @@ equals = 7
 
 #[test]
 fn secrets_never_appear_in_problems() {
+    let typed = problems("[buildkite]\ntoken = \"t\"\nprevious_tokens = \"old-s3cr3t\"\n");
+    assert!(
+        typed[0].starts_with("dir/kitebridge.toml:3: invalid type: string \"…\""),
+        "{typed:?}"
+    );
+    assert!(!typed.join("").contains("s3cr3t"));
+    let url = problems(
+        "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"https://hooks s3cr3t.com/x\"\n",
+    );
+    assert!(
+        url[0].contains("url is not an https://") && !url[0].contains("s3cr3t"),
+        "{url:?}"
+    );
     let text = "[buildkite]\ntoken = \"${TOKEN}\"\nmode = \"${TOKEN}\"\n[destinations.s]\nkind = \"slack\"\nurl = \"${TOKEN}\"\n";
     let got = problems(text).join("\n");
     assert!(!got.contains("s3cr3t"), "{got}");

@@ -74,6 +74,13 @@ pub async fn post_json(
 }
 
 fn transport_failure(e: reqwest::Error, timeout: Duration) -> Outcome {
+    if e.is_builder() {
+        // The request cannot even be built (a malformed URL): trying again will not help.
+        return Outcome::Permanent {
+            status: None,
+            reason: "the destination URL cannot be used".into(),
+        };
+    }
     let reason = if e.is_timeout() {
         format!("no answer within {}", humantime::format_duration(timeout))
     } else {

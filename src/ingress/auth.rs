@@ -7,7 +7,7 @@ use crate::event::VerifiedBody;
 use crate::secret::Secret;
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -149,12 +149,13 @@ impl Credentials {
         }
     }
 
-    /// Checks a token against every configured token, in constant time per comparison.
+    /// Checks a token against every configured token, each in constant time.
     pub fn check_token(&self, token: &str) -> Result<(), AuthError> {
-        let any = self.tokens.iter().fold(subtle::Choice::from(0), |acc, t| {
-            acc | t.expose().as_bytes().ct_eq(token.as_bytes())
-        });
-        if bool::from(any) {
+        let matches = self
+            .tokens
+            .iter()
+            .fold(false, |acc, t| acc | secret_eq(t.expose(), token));
+        if matches {
             Ok(())
         } else {
             Err(AuthError::BadToken)
@@ -202,6 +203,14 @@ impl Credentials {
         }
         Ok(VerifiedBody::trusted(body))
     }
+}
+
+/// Compares a secret with a presented value in constant time. Both are hashed first, so the
+/// time taken does not depend on where they differ, nor reveal the secret's length.
+pub fn secret_eq(secret: &str, presented: &str) -> bool {
+    let a = Sha256::digest(secret.as_bytes());
+    let b = Sha256::digest(presented.as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// Signs `body` as Buildkite does; for tests, benchmarks and `send-test` style tooling.

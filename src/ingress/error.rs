@@ -26,12 +26,18 @@ pub enum IngressError {
     /// A header other than the auth ones is unusable.
     #[error("{0}")]
     BadRequest(String),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0:?}")]
+    SlowBody(std::time::Duration),
     /// The body is over `max_body_bytes`.
     #[error("body is larger than {0} bytes")]
     TooLarge(usize),
     /// The Test Engine endpoint is off.
     #[error("not found")]
     NotFound,
+    /// The event could not be stored; Buildkite should send it again.
+    #[error("storage unavailable, event not accepted: {0}")]
+    Unavailable(crate::store::StoreError),
 }
 
 impl IngressError {
@@ -42,7 +48,9 @@ impl IngressError {
             IngressError::Unauthorized(_) | IngressError::BadKey => StatusCode::UNAUTHORIZED,
             IngressError::BadEvent(_) | IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             IngressError::NotFound => StatusCode::NOT_FOUND,
+            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

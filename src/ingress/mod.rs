@@ -3,7 +3,8 @@
 //!
 //! Checks run cheapest first and on the raw bytes: caller address, auth headers, body size,
 //! token or signature, and only then JSON parsing. Every refusal is a 4xx with a one-line
-//! reason and a log line; an accepted event is handed to the dispatcher and answered at once.
+//! reason and a log line. An authentic event is stored with its deliveries before the answer
+//! goes back; if the store cannot take it, the answer is 503 and nothing is kept.
 
 pub mod auth;
 mod error;
@@ -11,9 +12,10 @@ mod error;
 pub use error::IngressError;
 
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, plan};
 use crate::event::{Event, VerifiedBody};
+use crate::queue::{Queue, plan};
 use crate::routing::Router;
+use crate::store::Accepted;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -23,7 +25,6 @@ use bytes::Bytes;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -32,8 +33,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The compiled routes.
     pub router: Arc<Router>,
-    /// Where accepted events go.
-    pub dispatcher: Dispatcher,
+    /// Where accepted events are kept until delivered.
+    pub queue: Queue,
 }
 
 /// The service's HTTP routes.
@@ -42,11 +43,33 @@ pub fn router(state: AppState) -> axum::Router {
         .route(&state.config.server.path, post(buildkite))
         .route("/webhooks/test-engine/{key}", post(test_engine))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route(
-            "/readyz",
-            get(|| async { Json(json!({"status": "ready"})) }),
-        )
+        .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Ready when the store takes a write within two seconds.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.queue.store().probe(),
+    )
+    .await;
+    match probe {
+        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "not ready: the store is not writable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "error": e.to_string()})),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": "the store did not answer within 2s"})),
+        )
+            .into_response(),
+    }
 }
 
 const TOKEN: &str = "x-buildkite-token";
@@ -85,6 +108,10 @@ fn check_address(config: &Config, ip: Option<IpAddr>) -> Result<(), IngressError
     }
 }
 
+/// How long a client may take to send its body. Buildkite sends it at once; a client that
+/// trickles bytes must not hold a connection (or shutdown) for ever.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn read_body(req: Request, limit: usize) -> Result<Bytes, IngressError> {
     let declared = req
         .headers()
@@ -94,16 +121,30 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, IngressError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge(limit));
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), limit));
+    match read.await {
+        Err(_) => Err(IngressError::SlowBody(BODY_TIMEOUT)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
-                IngressError::TooLarge(limit)
+                Err(IngressError::TooLarge(limit))
             } else {
-                IngressError::BadRequest("could not read the request body".into())
+                Err(IngressError::BadRequest(
+                    "could not read the request body".into(),
+                ))
             }
+        }
+    }
+}
+
+/// The `X-Buildkite-Event` header, if given once as text.
+fn event_header(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
+    single_header(headers, EVENT)
+        .map(|v| v.map(str::to_string))
+        .map_err(|name| {
+            IngressError::BadRequest(format!("{name} header must appear once, as text"))
         })
 }
 
@@ -144,17 +185,15 @@ async fn receive_buildkite(
     let token = single_header(headers, TOKEN).map_err(bad_header)?;
     let signature = single_header(headers, SIGNATURE).map_err(bad_header)?;
     let presented = config.credentials.presented(token, signature)?;
-    let header_event = single_header(headers, EVENT)
-        .map_err(|name| {
-            IngressError::BadRequest(format!("{name} header must appear once, as text"))
-        })?
-        .map(str::to_string);
+    // Judged only after authentication, so an unauthenticated caller always gets 401.
+    let header_event = event_header(headers);
     let body = read_body(req, config.server.max_body_bytes).await?;
     let now = chrono::Utc::now();
     let verified = config
         .credentials
         .verify(&presented, body, now.timestamp())?;
-    accept(state, &verified, header_event.as_deref(), now)
+    let event = Event::parse(&verified, header_event?.as_deref(), now)?;
+    accept(state, &verified, event, now).await
 }
 
 async fn test_engine(
@@ -180,54 +219,70 @@ async fn receive_test_engine(
         return Err(IngressError::NotFound);
     };
     check_address(config, ip)?;
-    if !bool::from(expected.expose().as_bytes().ct_eq(key.as_bytes())) {
+    if !auth::secret_eq(expected.expose(), key) {
         return Err(IngressError::BadKey);
     }
-    let header_event = single_header(req.headers(), EVENT)
-        .map_err(|name| {
-            IngressError::BadRequest(format!("{name} header must appear once, as text"))
-        })?
-        .map(str::to_string);
+    let header_event = event_header(req.headers())?;
     let body = read_body(req, config.server.max_body_bytes).await?;
-    // The secret path segment is this endpoint's authentication.
-    accept(
-        state,
-        &VerifiedBody::trusted(body),
-        header_event.as_deref(),
-        chrono::Utc::now(),
-    )
+    // The secret path segment is this endpoint's authentication; it vouches only for Test
+    // Engine's own events, so it cannot be used to inject build or agent events.
+    let now = chrono::Utc::now();
+    let verified = VerifiedBody::trusted(body);
+    let event = Event::parse(&verified, header_event.as_deref(), now)?;
+    if event.family() != "workflow" {
+        return Err(IngressError::BadRequest(
+            "the Test Engine endpoint takes only workflow.* events".into(),
+        ));
+    }
+    accept(state, &verified, event, now).await
 }
 
-fn accept(
+async fn accept(
     state: &AppState,
     body: &VerifiedBody,
-    header_event: Option<&str>,
+    event: Event,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Response, IngressError> {
-    let event = Event::parse(body, header_event, now)?;
     let routes = state.router.route(&event);
-    let planned = plan(&routes, |d| state.dispatcher.has_destination(d));
+    let planned = plan(&routes, |d| state.queue.has_destination(d));
+    let deliveries = planned.len();
     let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    let accepted = state
+        .queue
+        .accept(
+            event.name(),
+            body.bytes().clone(),
+            now.timestamp_millis(),
+            planned,
+        )
+        .await
+        .map_err(IngressError::Unavailable)?;
+    let (id, duplicate) = match accepted {
+        Accepted::New { event_id, .. } => (event_id, false),
+        Accepted::Duplicate { event_id } => (event_id, true),
+    };
     tracing::info!(
+        id,
         event = event.name(),
         pipeline = event.pipeline_slug(),
         build = event.build_number(),
         state = event.state(),
         routes = %route_names.join(", "),
-        deliveries = planned.len(),
+        deliveries = if duplicate { 0 } else { deliveries },
+        duplicate,
         "event accepted"
     );
-    let (status, label) = if event.name() == "ping" {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::ACCEPTED, "accepted")
+    let (status, label) = match (event.name() == "ping", duplicate) {
+        (true, _) => (StatusCode::OK, "ok"),
+        (false, false) => (StatusCode::ACCEPTED, "accepted"),
+        (false, true) => (StatusCode::ACCEPTED, "duplicate"),
     };
     let answer = json!({
         "status": label,
+        "id": id,
         "event": event.name(),
         "routes": route_names,
-        "deliveries": planned.len(),
+        "deliveries": if duplicate { 0 } else { deliveries },
     });
-    state.dispatcher.dispatch(event, planned);
     Ok((status, Json(answer)).into_response())
 }

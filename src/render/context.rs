@@ -41,6 +41,8 @@ pub struct Derived {
     pub pipeline: Option<String>,
     /// The organization's name, when the payload carries it.
     pub org: Option<String>,
+    /// Who set up the webhook (`sender.name`; not who triggered the build).
+    pub sender: Option<String>,
     /// When kitebridge received the event, `YYYY-MM-DD HH:MM:SS UTC`.
     pub received_at: String,
     /// Build facts, for build and job events.
@@ -51,6 +53,8 @@ pub struct Derived {
     pub agent: Option<AgentFacts>,
     /// Test facts, for Test Engine `workflow.alarm`.
     pub test: Option<TestFacts>,
+    /// Cluster token facts, for `agent.blocked` and `cluster_token.*`.
+    pub cluster_token: Option<ClusterTokenFacts>,
     /// The main object of any event: its name and link.
     pub subject: Subject,
     /// A compact listing of the payload's scalar fields (for unknown events).
@@ -145,6 +149,17 @@ pub struct TestFacts {
     pub url: Option<String>,
     /// The workflow's page.
     pub workflow_url: Option<String>,
+}
+
+/// Derived cluster token facts.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClusterTokenFacts {
+    /// The address that was refused.
+    pub blocked_ip: Option<String>,
+    /// The addresses the token allows.
+    pub allowed: Option<String>,
+    /// The token's description.
+    pub description: Option<String>,
 }
 
 /// The main object of an event.
@@ -349,6 +364,14 @@ fn agent_facts(p: &Value) -> AgentFacts {
     }
 }
 
+fn cluster_token_facts(p: &Value) -> ClusterTokenFacts {
+    ClusterTokenFacts {
+        blocked_ip: text(p, "blocked_ip"),
+        allowed: text(p, "cluster_token.allowed_ip_addresses"),
+        description: text(p, "cluster_token.description"),
+    }
+}
+
 fn test_facts(p: &Value) -> TestFacts {
     TestFacts {
         name: text(p, "subject.test_full_name").unwrap_or_else(|| "unknown test".into()),
@@ -514,6 +537,8 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
     let job = (family == "job").then(|| job_facts(p, now));
     let agent = (family == "agent").then(|| agent_facts(p));
     let test = (event.name() == "workflow.alarm").then(|| test_facts(p));
+    let cluster_token = (family == "cluster_token" || event.name() == "agent.blocked")
+        .then(|| cluster_token_facts(p));
     let build_ref = || {
         let number = build
             .as_ref()
@@ -637,6 +662,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         url_label,
         pipeline,
         org: text(p, "organization.name"),
+        sender: text(p, "sender.name"),
         received_at: event
             .received_at()
             .format("%Y-%m-%d %H:%M:%S UTC")
@@ -645,6 +671,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         job,
         agent,
         test,
+        cluster_token,
         subject,
         fields: fields(p),
     }

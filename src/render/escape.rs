@@ -59,6 +59,17 @@ pub fn teams_text(s: &str) -> String {
     out
 }
 
+/// Console text: drops control characters other than newline and tab, so a payload cannot move
+/// the cursor, recolour or clear an operator's terminal.
+pub fn console_text(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return s.to_string();
+    }
+    s.chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect()
+}
+
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
@@ -97,6 +108,14 @@ mod tests {
         );
         assert_eq!(slack_text("mail me@example.com"), "mail me@example.com");
         assert_eq!(slack_text("héllo 🚀"), "héllo 🚀");
+    }
+
+    #[test]
+    fn console_text_drops_terminal_escapes() {
+        assert_eq!(
+            console_text("red \u{1b}[31mX\u{1b}[0m\r\nline\ttab\u{7}"),
+            "red [31mX[0m\nline\ttab"
+        );
     }
 
     #[test]

@@ -165,7 +165,7 @@ fn registry(kind: TemplateKind) -> Handlebars<'static> {
         TemplateKind::Teams => {
             hb.register_escape_fn(|s| escape::json_content(&escape::teams_text(s)))
         }
-        TemplateKind::Console => hb.register_escape_fn(handlebars::no_escape),
+        TemplateKind::Console => hb.register_escape_fn(escape::console_text),
     }
     // Partials must not re-indent multi-line values, which would alter JSON strings.
     hb.set_prevent_indent(true);
@@ -313,5 +313,57 @@ impl Renderer {
         let name = self.select(kind, explicit, event)?;
         let body = self.render(kind, &name, data)?;
         Ok((name, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every payload field, at the top level and one below, replaced by values of the wrong
+    /// type: each default template still renders a valid body.
+    #[test]
+    fn default_templates_survive_fields_of_the_wrong_type() {
+        let renderer = Renderer::new(None).unwrap();
+        let now = Utc::now();
+        let wrong = [
+            json!([]),
+            json!("x"),
+            json!(null),
+            json!(7),
+            json!({"a": [1]}),
+        ];
+        for (name, event) in samples::events() {
+            let payload = event.payload().clone();
+            let mut variants = Vec::new();
+            for (key, value) in payload.as_object().unwrap() {
+                for w in &wrong {
+                    let mut p = payload.clone();
+                    p[key] = w.clone();
+                    variants.push(p);
+                }
+                for child in value
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+                {
+                    for w in &wrong[..3] {
+                        let mut p = payload.clone();
+                        p[key][&child] = w.clone();
+                        variants.push(p);
+                    }
+                }
+            }
+            for p in variants {
+                let e = Event::from_value(event.name(), p.clone(), now);
+                let data = TemplateData::new(&e, now);
+                for kind in TemplateKind::ALL {
+                    if let Err(err) = renderer.render_event(kind, None, &e, &data) {
+                        panic!("{name} {kind}: {err}\n{p}");
+                    }
+                }
+            }
+        }
     }
 }

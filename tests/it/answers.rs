@@ -330,3 +330,35 @@ async fn unknown_event_types_are_accepted_and_routed() {
     assert_eq!(got[0].json()["text"], "ℹ️ widget.exploded: w-1");
     assert_eq!(rec.wait_for("teams", 1).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_unauthenticated_request_gets_401_before_any_400() {
+    let (app, _) = app().await;
+    let headers = [
+        ("X-Buildkite-Token", "wrong".to_string()),
+        ("X-Buildkite-Event", "ping".to_string()),
+        ("X-Buildkite-Event", "ping".to_string()),
+    ];
+    assert_eq!(app.post(b"not json".to_vec(), &headers).await.0, 401);
+}
+
+#[tokio::test]
+async fn the_test_engine_key_vouches_only_for_workflow_events() {
+    let (app, rec) = app().await;
+    let (status, answer) = app
+        .post_to(
+            "/webhooks/test-engine/te-key-123",
+            fixture("build.finished"),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("only workflow.*")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(rec.received().is_empty());
+}

@@ -264,33 +264,15 @@ async fn serve_logs_one_json_line_per_event_and_per_delivery() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut addr = None;
-    while let Some(line) = lines.next_line().await.unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["message"] == "listening" {
-            addr = v["addr"].as_str().map(str::to_string);
-            break;
-        }
-    }
-    let addr = addr.expect("a listening line");
+    let mut running = start_binary(&cfg).await;
+    let addr = running.addr;
+    let mut seen: Vec<serde_json::Value> = running
+        .startup
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let body = fixture("build.finished");
-    let resp = reqwest::Client::new()
+    let resp = kitebridge::deliver::client()
         .post(format!("http://{addr}/webhooks/buildkite"))
         .header("X-Buildkite-Token", TOKEN)
         .body(body)
@@ -298,7 +280,6 @@ async fn serve_logs_one_json_line_per_event_and_per_delivery() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while seen
         .iter()
@@ -308,7 +289,7 @@ async fn serve_logs_one_json_line_per_event_and_per_delivery() {
         && tokio::time::Instant::now() < deadline
     {
         if let Ok(Ok(Some(line))) =
-            tokio::time::timeout(std::time::Duration::from_secs(5), lines.next_line()).await
+            tokio::time::timeout(std::time::Duration::from_secs(5), running.lines.next_line()).await
         {
             seen.push(serde_json::from_str(&line).unwrap());
         }
@@ -336,5 +317,38 @@ async fn serve_logs_one_json_line_per_event_and_per_delivery() {
         !all.contains(TOKEN) && !all.contains(&rec.addr.to_string()),
         "no secrets in logs"
     );
-    child.kill().await.unwrap();
+    running.child.kill().await.unwrap();
+}
+
+#[test]
+fn render_event_flag_overrides_the_payload_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n[destinations.c]\nkind = \"console\"\n[[routes]]\nname = \"failing only\"\nevents = [\"build.failing\"]\nto = [\"c\"]\n",
+    )
+    .unwrap();
+    let payload =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildkite/build.finished.json");
+    let (cfg, payload) = (cfg.to_str().unwrap(), payload.to_str().unwrap());
+    let plain = kitebridge(&["render", "--config", cfg, "--payload", payload]);
+    assert!(
+        text(&plain.stdout).contains("no route matches build.finished"),
+        "{}",
+        text(&plain.stdout)
+    );
+    let out = kitebridge(&[
+        "render",
+        "--config",
+        cfg,
+        "--payload",
+        payload,
+        "--event",
+        "build.failing",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["route"], "failing only");
 }

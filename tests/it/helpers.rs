@@ -60,6 +60,8 @@ pub enum Reply {
     RateLimited(u64),
     /// Never answer.
     Hang,
+    /// Answer `200 ok` after this many milliseconds.
+    Slow(u64),
 }
 
 /// One request the recording server received.
@@ -68,6 +70,7 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -101,6 +104,7 @@ async fn record(
         path: path.clone(),
         headers,
         body: body.to_vec(),
+        at: std::time::Instant::now(),
     });
     let scripted = state
         .script
@@ -118,6 +122,10 @@ async fn record(
             "rate_limited",
         )
             .into_response(),
+        Some(Reply::Slow(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (StatusCode::OK, "ok").into_response()
+        }
         Some(Reply::Hang) => {
             std::future::pending::<()>().await;
             unreachable!()
@@ -129,11 +137,16 @@ async fn record(
 
 impl Recorder {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address (to come back on the port a service already points at).
+    pub async fn start_on(addr: SocketAddr) -> Self {
         let state = Arc::new(RecorderState::default());
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::post(record))
             .with_state(state.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { addr, state }
@@ -182,8 +195,11 @@ impl Recorder {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The store's database file.
+    pub db: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A config sending every event to the recorder's `slack` and `teams` paths; `extra` is
@@ -198,13 +214,19 @@ token = "{TOKEN}"
 [test_engine]
 key = "te-key-123"
 
+[delivery]
+backoff_initial = "100ms"
+backoff_max = "1s"
+
 [destinations.slack]
 kind = "slack"
 url = "{slack}"
+rate = 0
 
 [destinations.teams]
 kind = "teams"
 url = "{teams}"
+rate = 0
 
 [[routes]]
 name = "everything"
@@ -217,13 +239,29 @@ to = ["slack", "teams"]
 }
 
 impl TestApp {
-    /// Starts the service from TOML text on 127.0.0.1 with a random port.
+    /// Starts the service from TOML text on 127.0.0.1 with a random port; unless the TOML
+    /// has a `[storage]` table, the store lives in a fresh temporary folder.
     pub async fn spawn(toml: &str) -> Self {
-        let config = Config::parse(std::path::Path::new("test.toml"), toml, |n| {
+        init_logs();
+        let mut config = Config::parse(std::path::Path::new("test.toml"), toml, |n| {
             std::env::var(n).ok()
         })
         .unwrap_or_else(|e| panic!("test config: {e}"));
-        let service = Service::build(config).unwrap();
+        let dir = (!toml.contains("[storage]")).then(|| tempfile::tempdir().unwrap());
+        if let Some(dir) = &dir {
+            config.storage_path = dir.path().join("kitebridge.db");
+        }
+        let db = config.storage_path.clone();
+        let service = Service::start(config).await.unwrap();
+        Self::serve(service, db, dir).await
+    }
+
+    /// Serves an already started service on a random port.
+    pub async fn serve(
+        service: Service,
+        db: std::path::PathBuf,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -237,9 +275,11 @@ impl TestApp {
         });
         Self {
             addr,
-            client: reqwest::Client::new(),
+            client: kitebridge::deliver::client(),
+            db,
             shutdown: Some(tx),
             handle: Some(handle),
+            _dir: dir,
         }
     }
 
@@ -285,13 +325,15 @@ impl TestApp {
     }
 
     /// Stops the service gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Returns the temporary folder holding the store, so it outlives the service.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.handle.take() {
             h.await.unwrap();
         }
+        self._dir.take()
     }
 }
 
@@ -349,4 +391,95 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Logs to the test output when `KITEBRIDGE_TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("KITEBRIDGE_TEST_LOG").is_some() {
+        kitebridge::telemetry::init(kitebridge::telemetry::LogFormat::Text);
+    }
+}
+
+/// A free port on 127.0.0.1 with nothing listening: a destination that is down.
+pub fn dead_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Opens a service's store, to look at its deliveries.
+pub fn open_store(db: &std::path::Path) -> kitebridge::store::SqliteStore {
+    kitebridge::store::SqliteStore::open(db, kitebridge::store::sqlite::Durability::Full).unwrap()
+}
+
+/// All deliveries in a store, oldest first.
+pub async fn deliveries(db: &std::path::Path) -> Vec<kitebridge::store::Delivery> {
+    use kitebridge::store::Store;
+    let mut all = open_store(db).list(None, 10_000).await.unwrap();
+    all.reverse();
+    all
+}
+
+/// Waits (up to 15 s) until `check` holds for the store's deliveries.
+pub async fn wait_for_deliveries(
+    db: &std::path::Path,
+    check: impl Fn(&[kitebridge::store::Delivery]) -> bool,
+) -> Vec<kitebridge::store::Delivery> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let all = deliveries(db).await;
+        if check(&all) || tokio::time::Instant::now() > deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The real binary, serving a config file.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    /// The log lines up to and including `listening`.
+    pub startup: Vec<String>,
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+/// Starts `kitebridge serve` with JSON logs and waits for its `listening` line; the config
+/// should listen on `127.0.0.1:0`.
+pub async fn start_binary(config: &std::path::Path) -> Running {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut startup = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await
+        else {
+            break;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        startup.push(line);
+        if v["message"] == "listening" {
+            let addr = v["addr"].as_str().unwrap().parse().unwrap();
+            return Running {
+                child,
+                addr,
+                startup,
+                lines,
+            };
+        }
+    }
+    panic!("kitebridge did not start");
 }

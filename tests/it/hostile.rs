@@ -117,3 +117,87 @@ async fn nulls_and_wrong_types_where_objects_are_expected_still_render() {
         assert!(card_errors(&validator, &m.json()).is_empty());
     }
 }
+
+#[tokio::test]
+async fn limits_hold_even_for_a_template_that_prints_the_raw_200kb_message() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["slack", "teams"] {
+        std::fs::create_dir_all(dir.path().join(kind)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("slack/raw.hbs"),
+        r#"{"text": "{{build.message}}", "blocks": [
+             {"type": "header", "text": {"type": "plain_text", "text": "{{build.message}}"}},
+             {"type": "section", "text": {"type": "mrkdwn", "text": "{{build.message}}"},
+              "fields": [{{#each build.env}}{"type": "mrkdwn", "text": "{{this}}"}{{#unless @last}},{{/unless}}{{/each}}]}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("teams/raw.hbs"),
+        r#"{"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": {
+             "type": "AdaptiveCard", "version": "1.4",
+             "body": [{"type": "TextBlock", "text": "{{build.message}}", "wrap": true},
+                      {"type": "TextBlock", "text": "{{build.message}}", "wrap": true}],
+             "actions": [{"type": "Action.OpenUrl", "title": "View", "url": "{{{plain kb.url}}}"}]}}]}"#,
+    )
+    .unwrap();
+    let toml = config_for(&rec, "").replace(
+        "to = [\"slack\", \"teams\"]",
+        &format!(
+            "to = [\"slack\", \"teams\"]\ntemplate = \"raw\"\n\n[templates]\ndir = \"{}\"",
+            dir.path().display()
+        ),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let mut payload = hostile_build();
+    payload["build"]["env"] = json!(
+        (0..15)
+            .map(|i| (format!("K{i}"), json!("v".repeat(3000))))
+            .collect::<serde_json::Map<String, Value>>()
+    );
+    assert_eq!(
+        app.post_signed(&serde_json::to_vec(&payload).unwrap())
+            .await
+            .0,
+        202
+    );
+
+    let slack = rec.wait_for("slack", 1).await[0].json();
+    assert_eq!(slack["text"].as_str().unwrap().chars().count(), 40_000);
+    assert_eq!(
+        slack["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        150
+    );
+    assert_eq!(
+        slack["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        3_000
+    );
+    assert_eq!(slack["blocks"][1]["fields"].as_array().unwrap().len(), 10);
+    assert_inert_slack_text(&slack);
+
+    let teams = &rec.wait_for("teams", 1).await[0];
+    assert!(teams.body.len() <= 28_000, "{} bytes", teams.body.len());
+    let card = &teams.json()["attachments"][0]["content"];
+    assert_eq!(
+        card["actions"][0]["url"], "https://buildkite.com/acme/web-app/builds/1842",
+        "the link is kept"
+    );
+    assert!(card["body"][0]["text"].as_str().unwrap().ends_with('…'));
+}
+
+fn assert_inert_slack_text(body: &Value) {
+    for s in strings(body) {
+        for bad in ["<!channel>", "<!here>", "<@U123>", "<https://evil"] {
+            assert!(!s.contains(bad), "{bad:?} survived");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 
 mod answers;
 mod cli;
+mod crash;
 mod delivery;
 mod helpers;
 mod hostile;
+mod queue;

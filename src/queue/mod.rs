@@ -1,0 +1,192 @@
+//! The durable delivery queue: an accepted event is stored with one delivery per (route,
+//! destination) before Buildkite gets its answer; per-destination workers then render and
+//! send each delivery, retrying as the destination asks, until it is sent or dead.
+
+mod pacer;
+mod policy;
+mod worker;
+
+pub use pacer::Pacer;
+pub use policy::{DESTINATION_PAUSE_MAX, RetryPolicy, Verdict};
+pub use worker::Limits;
+
+use crate::deliver::Destination;
+use crate::render::Renderer;
+use crate::routing::Route;
+use crate::store::{Accepted, NewDelivery, NewEvent, Store, StoreError, now_ms};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use worker::Worker;
+
+/// How often queue depth is logged and old deliveries pruned.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Queue-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Retry rules.
+    pub policy: RetryPolicy,
+    /// Identical bodies within this window are stored once; `None` turns it off.
+    pub dedupe_window: Option<Duration>,
+    /// Sent deliveries older than this are pruned.
+    pub retention: Duration,
+}
+
+/// The (route, destination) pairs for the matched routes, skipping disabled destinations.
+pub fn plan(routes: &[&Route], enabled: impl Fn(&str) -> bool) -> Vec<NewDelivery> {
+    routes
+        .iter()
+        .flat_map(|route| {
+            route.to.iter().filter(|d| enabled(d)).map(|d| NewDelivery {
+                route: route.name.clone(),
+                destination: d.clone(),
+                template: route.template.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The running queue.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    store: Arc<dyn Store>,
+    notify: Arc<HashMap<String, Arc<Notify>>>,
+    settings: Settings,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Queue {
+    /// Starts one worker per destination and the housekeeping task.
+    pub fn start(
+        store: Arc<dyn Store>,
+        renderer: Arc<Renderer>,
+        destinations: Vec<(Arc<dyn Destination>, Limits)>,
+        settings: Settings,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut notify = HashMap::new();
+        for (destination, limits) in destinations {
+            let bell = Arc::new(Notify::new());
+            notify.insert(destination.name().to_string(), bell.clone());
+            let worker = Worker {
+                destination,
+                limits,
+                store: store.clone(),
+                renderer: renderer.clone(),
+                policy: settings.policy.clone(),
+                notify: bell,
+                cancel: cancel.clone(),
+            };
+            tracker.spawn(worker.run());
+        }
+        let queue = Self {
+            store,
+            notify: Arc::new(notify),
+            settings,
+            cancel,
+            tracker,
+        };
+        let housekeeping = queue.clone();
+        queue
+            .tracker
+            .spawn(async move { housekeeping.housekeeping().await });
+        queue
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether a destination has a worker (is configured and enabled).
+    pub fn has_destination(&self, name: &str) -> bool {
+        self.notify.contains_key(name)
+    }
+
+    /// Stores an event and its deliveries, durably, and wakes their workers.
+    pub async fn accept(
+        &self,
+        name: &str,
+        body: Bytes,
+        received_at: i64,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Accepted, StoreError> {
+        let dedupe_since = self
+            .settings
+            .dedupe_window
+            .map(|w| received_at - w.as_millis() as i64);
+        let destinations: Vec<String> = deliveries.iter().map(|d| d.destination.clone()).collect();
+        let event = NewEvent {
+            name: name.to_string(),
+            body,
+            received_at,
+        };
+        let accepted = self.store.accept(event, deliveries, dedupe_since).await?;
+        if matches!(accepted, Accepted::New { .. }) {
+            for d in destinations {
+                if let Some(bell) = self.notify.get(&d) {
+                    bell.notify_one();
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Stops taking new messages and waits up to `deadline` for attempts in flight; whatever
+    /// is not sent stays queued for the next start. True when everything finished in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    async fn housekeeping(self) {
+        self.log_depth(true).await;
+        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.cancel.cancelled() => return,
+            }
+            self.log_depth(false).await;
+            let before = now_ms() - self.settings.retention.as_millis() as i64;
+            match self.store.prune(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deliveries = n, "pruned sent deliveries past retention"),
+                Err(e) => tracing::error!(error = %e, "cannot prune"),
+            }
+        }
+    }
+
+    /// Logs each destination's queue depth and oldest pending age (at start, also dead letters
+    /// and queues of destinations that are no longer configured).
+    async fn log_depth(&self, at_start: bool) {
+        let stats = match self.store.queue_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read queue depth");
+                return;
+            }
+        };
+        let now = now_ms();
+        for s in stats {
+            let oldest_age_s = s.oldest_created_at.map(|t| (now - t).max(0) / 1000);
+            let configured = self.has_destination(&s.destination);
+            if s.pending > 0 && !configured {
+                tracing::warn!(destination = %s.destination, pending = s.pending, "pending deliveries for a destination that is not configured or is disabled: they wait until it is back");
+            } else if s.pending > 0 || (at_start && s.dead > 0) {
+                tracing::info!(destination = %s.destination, pending = s.pending, oldest_age_s, dead = s.dead, "queue depth");
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! A token bucket: at most `rate` messages per second on average, `burst` at once.
+
+use std::time::{Duration, Instant};
+
+/// Paces one destination.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: Option<f64>,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    /// `rate` messages per second (`None`: no limit), up to `burst` back to back.
+    pub fn new(rate: Option<f64>, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: rate.filter(|r| *r > 0.0),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let Some(rate) = self.rate else { return Ok(()) };
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(Some(1.0), 3, t0);
+        for _ in 0..3 {
+            assert_eq!(p.take(t0), Ok(()));
+        }
+        let wait = p.take(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.0).abs() < 1e-6, "{wait:?}");
+        assert_eq!(p.take(t0 + Duration::from_millis(1000)), Ok(()));
+        assert!(p.take(t0 + Duration::from_millis(1500)).is_err());
+        assert_eq!(p.take(t0 + Duration::from_millis(2000)), Ok(()));
+    }
+
+    #[test]
+    fn four_per_second_and_unlimited() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(Some(4.0), 1, t0);
+        assert_eq!(p.take(t0), Ok(()));
+        assert_eq!(p.take(t0).unwrap_err(), Duration::from_millis(250));
+        let mut free = Pacer::new(None, 1, t0);
+        for _ in 0..10_000 {
+            assert_eq!(free.take(t0), Ok(()));
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The durable store: accepted events and their deliveries, kept until each is sent or an
+//! operator has seen why it could not be.
+//!
+//! [`Store`] is the boundary the queue and the CLI use; [`sqlite::SqliteStore`] is the embedded
+//! implementation (WAL mode, group commit). A PostgreSQL one can sit behind the same trait.
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A store failure. Cloneable so one commit's result can answer every request in it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The database refused (disk full, read-only, corrupt…).
+    #[error("storage error: {0}")]
+    Database(String),
+    /// The store's writer has stopped.
+    #[error("storage is closed")]
+    Closed,
+    /// No such delivery.
+    #[error("no delivery {0}")]
+    NotFound(i64),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// An authentic event to keep.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Event name.
+    pub name: String,
+    /// The verified body, byte for byte.
+    pub body: Bytes,
+    /// When it was received.
+    pub received_at: i64,
+}
+
+/// One message to keep for an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Route name.
+    pub route: String,
+    /// Destination name.
+    pub destination: String,
+    /// The route's template override.
+    pub template: Option<String>,
+}
+
+/// What `accept` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored, with its deliveries.
+    New {
+        /// The event's id.
+        event_id: i64,
+        /// The deliveries' ids, in the given order.
+        delivery_ids: Vec<i64>,
+    },
+    /// An identical body arrived within the dedupe window: nothing new was stored.
+    Duplicate {
+        /// The id of the first copy.
+        event_id: i64,
+    },
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    /// Waiting for its first or next attempt.
+    Pending,
+    /// Accepted by the destination.
+    Sent,
+    /// Given up on: a permanent failure, or still failing after `max_age`.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "sent" => Some(Self::Sent),
+            "dead" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its id.
+    pub id: i64,
+    /// The event's id.
+    pub event_id: i64,
+    /// The event's name.
+    pub event_name: String,
+    /// Route name.
+    pub route: String,
+    /// Destination name.
+    pub destination: String,
+    /// The route's template override.
+    pub template: Option<String>,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was accepted.
+    pub created_at: i64,
+    /// Where `max_age` counts from.
+    pub age_from: i64,
+    /// When it may next be tried.
+    pub next_attempt_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// The last answer's HTTP status.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The rendered body, once rendered.
+    pub body: Option<String>,
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// When it ended.
+    pub at: i64,
+    /// HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// `sent`, `retry`, `permanent`, `render` or `expired`.
+    pub outcome: String,
+    /// What went wrong, if anything.
+    pub reason: Option<String>,
+    /// How long the attempt took.
+    pub latency_ms: u64,
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// It was sent.
+    Sent,
+    /// Try again at this time.
+    RetryAt(i64),
+    /// Give up; keep it as a dead letter.
+    Dead,
+}
+
+/// Which deliveries `retry` re-queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySelector {
+    /// One delivery (pending or dead).
+    Id(i64),
+    /// Every dead letter.
+    AllDead,
+}
+
+/// Queue depth of one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStat {
+    /// Destination name.
+    pub destination: String,
+    /// Pending deliveries.
+    pub pending: u64,
+    /// When the oldest pending delivery was accepted.
+    pub oldest_created_at: Option<i64>,
+    /// Dead letters.
+    pub dead: u64,
+}
+
+/// The durable store.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Keeps an event and its deliveries in one transaction, unless an identical body was
+    /// received at or after `dedupe_since` (then nothing is stored).
+    async fn accept(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_since: Option<i64>,
+    ) -> Result<Accepted, StoreError>;
+
+    /// Pending deliveries of `destination` due at `now`, oldest first, at most `limit`.
+    async fn due(
+        &self,
+        destination: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The earliest time after `now` at which a pending delivery of `destination` becomes due.
+    async fn next_due_after(&self, destination: &str, now: i64) -> Result<Option<i64>, StoreError>;
+
+    /// The stored event: name, body and reception time.
+    async fn event(&self, event_id: i64) -> Result<(String, Bytes, i64), StoreError>;
+
+    /// Records an attempt and its consequence; `body` stores the rendered body the first time.
+    async fn finish_attempt(
+        &self,
+        delivery_id: i64,
+        attempt: Attempt,
+        body: Option<String>,
+        resolution: Resolution,
+    ) -> Result<(), StoreError>;
+
+    /// Re-queues dead (or pending) deliveries to be tried now, re-rendered, with `max_age`
+    /// counting from now. Returns how many.
+    async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError>;
+
+    /// Deliveries, newest first, optionally in one state.
+    async fn list(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// One delivery and its attempts.
+    async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError>;
+
+    /// Deletes sent deliveries last changed before `before`, and events older than `before`
+    /// that no delivery needs any more. Returns the deliveries deleted.
+    async fn prune(&self, before: i64) -> Result<usize, StoreError>;
+
+    /// Pending and dead counts per destination.
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;
+
+    /// Makes a small write, to prove the store is writable.
+    async fn probe(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,470 @@
+//! The durable queue: retries that respect Slack and Teams, dead letters, replay, duplicates,
+//! pacing, independence of destinations, storage failures and graceful shutdown.
+
+use crate::helpers::*;
+use async_trait::async_trait;
+use bytes::Bytes;
+use kitebridge::store::{
+    Accepted, Attempt, Delivery, DeliveryState, NewDelivery, NewEvent, QueueStat, Resolution,
+    RetrySelector, Store, StoreError,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A build.finished body made unique by its build number.
+fn build(n: u64) -> Vec<u8> {
+    let mut v = fixture_json("build.finished");
+    v["build"]["number"] = json!(n);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[tokio::test]
+async fn a_429_is_retried_no_sooner_than_its_retry_after() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::RateLimited(2)]);
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let got = rec.wait_for("slack", 2).await;
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at - got[0].at;
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    assert_eq!(got[0].body, got[1].body, "the same message");
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().all(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    let slack = all.iter().find(|d| d.destination == "slack").unwrap();
+    assert_eq!((slack.state, slack.attempts), (DeliveryState::Sent, 2));
+}
+
+#[tokio::test]
+async fn a_500_then_200_is_delivered_once() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Status(500, "oops")]);
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().all(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    let slack = all.iter().find(|d| d.destination == "slack").unwrap();
+    assert_eq!(
+        (slack.state, slack.attempts),
+        (DeliveryState::Sent, 2),
+        "{slack:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rec.received_on("slack").len(),
+        2,
+        "one failure, one success, nothing after"
+    );
+    let (_, attempts) = {
+        use kitebridge::store::Store;
+        open_store(&app.db).show(slack.id).await.unwrap()
+    };
+    let outcomes: Vec<(&str, Option<u16>)> = attempts
+        .iter()
+        .map(|a| (a.outcome.as_str(), a.status))
+        .collect();
+    assert_eq!(outcomes, [("retry", Some(500)), ("sent", Some(200))]);
+}
+
+#[tokio::test]
+async fn a_404_becomes_a_dead_letter_and_retry_resends_it_after_the_fix() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Status(404, "channel_not_found")]);
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().any(|d| d.state == DeliveryState::Dead)
+    })
+    .await;
+    let dead = all
+        .iter()
+        .find(|d| d.destination == "slack")
+        .unwrap()
+        .clone();
+    assert_eq!(dead.state, DeliveryState::Dead);
+    assert_eq!(dead.last_status, Some(404));
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap()
+            .contains("channel_not_found")
+    );
+    assert_eq!(
+        rec.received_on("slack").len(),
+        1,
+        "a permanent failure is not retried"
+    );
+
+    // The channel is fixed (the recorder now answers 200); an operator replays the message.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[storage]\npath = \"{}\"\n",
+            config_for(&rec, ""),
+            app.db.display()
+        ),
+    )
+    .unwrap();
+    let list = run_cli(&[
+        "deliveries",
+        "list",
+        "--state",
+        "dead",
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        list.contains(&format!("{:>8}  dead", dead.id)) && list.contains("channel_not_found"),
+        "{list}"
+    );
+    let show = run_cli(&[
+        "deliveries",
+        "show",
+        &dead.id.to_string(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        show.contains("HTTP 404") && show.contains("\"text\": \"❌ Web App #1 failed\""),
+        "{show}"
+    );
+    assert!(
+        !show.contains(&rec.addr.to_string()),
+        "no webhook URL in show: {show}"
+    );
+    let retry = run_cli(&[
+        "deliveries",
+        "retry",
+        &dead.id.to_string(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
+    .await;
+    assert!(retry.contains("re-queued 1 delivery"), "{retry}");
+
+    let got = rec.wait_for("slack", 2).await;
+    assert_eq!(got.len(), 2, "re-sent");
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().all(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    assert!(
+        all.iter().all(|d| d.state == DeliveryState::Sent),
+        "{all:?}"
+    );
+}
+
+async fn run_cli(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_throttled_destination_does_not_delay_another() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::RateLimited(3)]);
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    for n in 1..=3 {
+        assert_eq!(app.post_signed(&build(n)).await.0, 202);
+    }
+    let teams = rec.wait_for("teams", 3).await;
+    assert_eq!(teams.len(), 3);
+    let slack = rec.wait_for("slack", 4).await;
+    assert_eq!(slack.len(), 4, "one 429, then all three");
+    assert!(
+        slack[1].at - slack[0].at >= Duration::from_secs(3),
+        "slack paused for its Retry-After"
+    );
+    assert!(
+        teams[2].at < slack[1].at,
+        "teams went on while slack was paused"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_event_gives_one_message() {
+    let rec = Recorder::start().await;
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    let body = build(7);
+    let (status, first) = app.post_signed(&body).await;
+    assert_eq!((status, first["status"].as_str()), (202, Some("accepted")));
+    let (status, second) = app.post_signed(&body).await;
+    assert_eq!(
+        (status, second["status"].as_str()),
+        (202, Some("duplicate")),
+        "{second}"
+    );
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(
+        app.post_signed(&build(8)).await.1["status"],
+        "accepted",
+        "a different body is new"
+    );
+    assert_eq!(rec.wait_for("slack", 2).await.len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rec.received_on("slack").len(),
+        2,
+        "build 7 once, build 8 once"
+    );
+}
+
+#[tokio::test]
+async fn dedupe_can_be_turned_off() {
+    let rec = Recorder::start().await;
+    let toml = format!(
+        "{}\n[storage]\ndedupe_window = \"0s\"\n",
+        config_for(&rec, "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let toml = toml.replace(
+        "dedupe_window = \"0s\"",
+        &format!(
+            "dedupe_window = \"0s\"\npath = \"{}\"",
+            dir.path().join("k.db").display()
+        ),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let body = build(7);
+    app.post_signed(&body).await;
+    assert_eq!(app.post_signed(&body).await.1["status"], "accepted");
+    assert_eq!(rec.wait_for("slack", 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn pacing_spaces_messages_to_one_destination() {
+    let rec = Recorder::start().await;
+    let toml = config_for(&rec, "").replacen("rate = 0", "rate = 4\nburst = 1", 1);
+    let app = TestApp::spawn(&toml).await;
+    for n in 1..=5 {
+        app.post_signed(&build(n)).await;
+    }
+    let got = rec.wait_for("slack", 5).await;
+    assert_eq!(got.len(), 5);
+    let spread = got[4].at - got[0].at;
+    assert!(
+        spread >= Duration::from_millis(950),
+        "4 per second: 5 messages span at least ~1 s, got {spread:?}"
+    );
+    let numbers: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=5)
+            .map(|n| format!("❌ Web App #{n} failed"))
+            .collect::<Vec<_>>(),
+        "first in, first out"
+    );
+}
+
+#[tokio::test]
+async fn messages_still_failing_after_max_age_become_dead_letters() {
+    let rec = Recorder::start().await;
+    rec.script("slack", (0..50).map(|_| Reply::Status(503, "unavailable")));
+    let toml = config_for(&rec, "").replace(
+        "backoff_max = \"1s\"",
+        "backoff_max = \"200ms\"\nmax_age = \"1s\"",
+    );
+    let app = TestApp::spawn(&toml).await;
+    app.post_signed(&build(1)).await;
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().any(|d| d.state == DeliveryState::Dead)
+    })
+    .await;
+    let slack = all.iter().find(|d| d.destination == "slack").unwrap();
+    assert_eq!(slack.state, DeliveryState::Dead, "{slack:?}");
+    assert!(slack.attempts >= 2);
+    assert!(
+        slack
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("still failing after 1s"),
+        "{slack:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_template_that_renders_invalid_json_dead_letters_the_message() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("slack")).unwrap();
+    std::fs::write(
+        dir.path().join("slack/broken.hbs"),
+        "{\"text\": {{kb.title}} }",
+    )
+    .unwrap();
+    let toml = config_for(&rec, "").replace(
+        "to = [\"slack\", \"teams\"]",
+        &format!(
+            "to = [\"slack\"]\ntemplate = \"broken\"\n\n[templates]\ndir = \"{}\"",
+            dir.path().display()
+        ),
+    );
+    let app = TestApp::spawn(&toml).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().any(|d| d.state == DeliveryState::Dead)
+    })
+    .await;
+    assert_eq!(all[0].state, DeliveryState::Dead);
+    assert!(
+        all[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("rendered invalid JSON"),
+        "{:?}",
+        all[0]
+    );
+    assert!(rec.received().is_empty(), "never sent broken");
+}
+
+/// A store that refuses every write, as a full or read-only disk would.
+#[derive(Debug)]
+struct BrokenStore;
+
+#[async_trait]
+impl Store for BrokenStore {
+    async fn accept(
+        &self,
+        _: NewEvent,
+        _: Vec<NewDelivery>,
+        _: Option<i64>,
+    ) -> Result<Accepted, StoreError> {
+        Err(StoreError::Database("disk I/O error".into()))
+    }
+    async fn due(&self, _: &str, _: i64, _: usize) -> Result<Vec<Delivery>, StoreError> {
+        Ok(vec![])
+    }
+    async fn next_due_after(&self, _: &str, _: i64) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+    async fn event(&self, id: i64) -> Result<(String, Bytes, i64), StoreError> {
+        Err(StoreError::NotFound(id))
+    }
+    async fn finish_attempt(
+        &self,
+        _: i64,
+        _: Attempt,
+        _: Option<String>,
+        _: Resolution,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Database("disk I/O error".into()))
+    }
+    async fn retry(&self, _: RetrySelector, _: i64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    async fn list(&self, _: Option<DeliveryState>, _: usize) -> Result<Vec<Delivery>, StoreError> {
+        Ok(vec![])
+    }
+    async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError> {
+        Err(StoreError::NotFound(id))
+    }
+    async fn prune(&self, _: i64) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        Ok(vec![])
+    }
+    async fn probe(&self) -> Result<(), StoreError> {
+        Err(StoreError::Database("disk I/O error".into()))
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_store_answers_503_and_readyz_turns_503() {
+    let rec = Recorder::start().await;
+    let config = kitebridge::config::Config::parse(
+        std::path::Path::new("t.toml"),
+        &config_for(&rec, ""),
+        |_| None,
+    )
+    .unwrap();
+    let service = kitebridge::server::Service::start_with_store(config, Arc::new(BrokenStore))
+        .await
+        .unwrap();
+    let app = TestApp::serve(service, "unused.db".into(), None).await;
+    let (status, answer) = app.post_signed(&build(1)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("storage unavailable")
+    );
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "alive, just not ready");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rec.received().is_empty());
+}
+
+#[tokio::test]
+async fn stopping_leaves_unsent_messages_queued_for_the_next_start() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Slow(600)]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let toml = format!(
+        "{}\n[storage]\npath = \"{}\"\n",
+        config_for(&rec, ""),
+        db.display()
+    );
+    let app = TestApp::spawn(&toml).await;
+    for n in 1..=3 {
+        assert_eq!(app.post_signed(&build(n)).await.0, 202);
+    }
+    assert_eq!(
+        rec.wait_for("slack", 1).await.len(),
+        1,
+        "the first is in flight"
+    );
+    app.stop().await;
+    let after_stop = deliveries(&db).await;
+    let slack: Vec<_> = after_stop
+        .iter()
+        .filter(|d| d.destination == "slack")
+        .collect();
+    assert_eq!(
+        slack[0].state,
+        DeliveryState::Sent,
+        "the attempt in flight finished"
+    );
+    assert!(
+        slack[1..].iter().all(|d| d.state == DeliveryState::Pending),
+        "{slack:?}"
+    );
+
+    let again = TestApp::spawn(&toml).await;
+    let got = rec.wait_for("slack", 3).await;
+    assert_eq!(got.len(), 3);
+    let all = wait_for_deliveries(&db, |d| d.iter().all(|d| d.state == DeliveryState::Sent)).await;
+    assert!(all.iter().all(|d| d.state == DeliveryState::Sent));
+    again.stop().await;
+}
