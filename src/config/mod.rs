@@ -569,11 +569,11 @@ impl Check<'_> {
         let rate = match &d.rate {
             None => rate,
             Some(r) if *r.get_ref() == 0.0 => None,
-            Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 => Some(*r.get_ref()),
+            Some(r) if r.get_ref().is_finite() && *r.get_ref() >= 0.001 => Some(*r.get_ref()),
             Some(r) => {
                 self.problem(
                     Some(r.span()),
-                    format!("{what}: rate must be messages per second, 0 for no limit"),
+                    format!("{what}: rate must be messages per second (at least 0.001), or 0 for no limit"),
                 );
                 rate
             }

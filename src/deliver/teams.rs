@@ -54,19 +54,36 @@ pub fn classify(answer: &Answer, legacy: bool) -> Outcome {
     }
     let body = answer.body.as_str();
     if body == "1" || body.is_empty() {
-        Outcome::Sent { status }
-    } else if body.contains("429") || body.to_ascii_lowercase().contains("throttl") {
-        Outcome::Retry {
-            status: Some(429),
-            after: answer.retry_after,
-            reason: format!("throttled: {body}"),
-        }
-    } else {
-        Outcome::Permanent {
+        return Outcome::Sent { status };
+    }
+    // Legacy connectors wrap the real answer: "Microsoft Teams endpoint returned HTTP error 429
+    // with ContextId …". Judge that status as if it had come as one.
+    match embedded_status(body) {
+        Some(inner) if inner != answer.status => classify(
+            &Answer {
+                status: inner,
+                retry_after: answer.retry_after,
+                body: body.to_string(),
+            },
+            false,
+        ),
+        _ => Outcome::Permanent {
             status,
             reason: format!("HTTP {}: {body}", answer.status),
-        }
+        },
     }
+}
+
+/// The status in a legacy connector's "… HTTP error NNN …" body.
+fn embedded_status(body: &str) -> Option<u16> {
+    let lower = body.to_ascii_lowercase();
+    let rest = &lower[lower.find("http error")? + "http error".len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().filter(|s| (100..600).contains(s))
 }
 
 impl Destination for Teams {

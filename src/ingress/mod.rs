@@ -272,10 +272,15 @@ async fn accept(
         duplicate,
         "event accepted"
     );
-    let (status, label) = match (event.name() == "ping", duplicate) {
-        (true, _) => (StatusCode::OK, "ok"),
-        (false, false) => (StatusCode::ACCEPTED, "accepted"),
-        (false, true) => (StatusCode::ACCEPTED, "duplicate"),
+    let status = if event.name() == "ping" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let label = match (duplicate, event.name() == "ping") {
+        (true, _) => "duplicate",
+        (false, true) => "ok",
+        (false, false) => "accepted",
     };
     let answer = json!({
         "status": label,

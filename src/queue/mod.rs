@@ -26,6 +26,9 @@ use worker::Worker;
 /// How often queue depth is logged and old deliveries pruned.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
+/// Rows deleted per pruning write.
+const PRUNE_CHUNK: usize = 2_000;
+
 /// Queue-wide settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -159,12 +162,33 @@ impl Queue {
                 () = self.cancel.cancelled() => return,
             }
             self.log_depth(false).await;
-            let before = now_ms() - self.settings.retention.as_millis() as i64;
-            match self.store.prune(before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deliveries = n, "pruned sent deliveries past retention"),
-                Err(e) => tracing::error!(error = %e, "cannot prune"),
+            self.prune().await;
+        }
+    }
+
+    /// Deletes what retention no longer keeps, a chunk per write so webhooks are never held up.
+    async fn prune(&self) {
+        let before = now_ms() - self.settings.retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            match self.store.prune(before, PRUNE_CHUNK).await {
+                Ok(n) => {
+                    total += n;
+                    if n < PRUNE_CHUNK || self.cancel.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot prune");
+                    break;
+                }
             }
+        }
+        if total > 0 {
+            tracing::info!(
+                rows = total,
+                "pruned sent deliveries and events past retention"
+            );
         }
     }
 

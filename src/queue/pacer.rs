@@ -33,7 +33,10 @@ impl Pacer {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            // Config keeps rate ≥ 0.001; still, a wait is never absurdly long.
+            let wait =
+                Duration::try_from_secs_f64((1.0 - self.tokens) / rate).unwrap_or(Duration::MAX);
+            Err(wait.min(Duration::from_secs(86_400)))
         }
     }
 }

@@ -98,12 +98,22 @@ impl RetryPolicy {
                 ),
             };
         }
-        let message_delay = match after {
-            // Honour the destination's own answer, at least, within the cap.
-            Some(ra) if !ra.is_zero() => ra.min(self.max_retry_after),
-            _ => self.backoff(attempts, self.backoff_max, jitter),
-        };
-        let at = now.saturating_add(ms(message_delay)).min(deadline);
+        let honoured = after
+            .filter(|ra| !ra.is_zero())
+            .map(|ra| ra.min(self.max_retry_after));
+        let message_delay =
+            honoured.unwrap_or_else(|| self.backoff(attempts, self.backoff_max, jitter));
+        let wanted = now.saturating_add(ms(message_delay));
+        if honoured.is_some() && wanted > deadline {
+            // Never earlier than the destination asked: if that is past max_age, give up now.
+            return Verdict::Dead {
+                reason: format!(
+                    "still failing after {}: {reason}",
+                    humantime::format_duration(self.max_age)
+                ),
+            };
+        }
+        let at = wanted.min(deadline);
         let pause = if throttled || after.is_some() {
             message_delay
         } else {
@@ -217,6 +227,21 @@ mod tests {
             Verdict::Retry { pause_until, .. } => assert_eq!(pause_until - NOW, 30_000),
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn a_retry_after_past_the_deadline_is_never_shortened() {
+        let p = RetryPolicy::default();
+        let day = 24 * 3600 * 1000;
+        let v = p.decide(
+            &retry(Some(429), Some(60)),
+            3,
+            NOW,
+            NOW + day - 30_000,
+            1,
+            1.0,
+        );
+        assert!(matches!(v, Verdict::Dead { .. }), "{v:?}");
     }
 
     #[test]

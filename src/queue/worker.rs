@@ -1,16 +1,18 @@
-//! One destination's delivery worker: takes due messages oldest first, paces them, keeps at
-//! most `concurrency` in flight, and records each attempt's verdict.
+//! One destination's delivery worker: takes due messages in the order they came due, paces
+//! them, keeps at most `concurrency` in flight, and records each attempt's verdict.
 //!
-//! Destinations never share a worker, so a slow or throttled one delays no other.
+//! Destinations never share a worker, so a slow or throttled one delays no other. A message is
+//! only picked again once its last attempt is recorded, so a store that refuses writes delays
+//! messages but never sends one twice in a row.
 
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
 use crate::deliver::{Destination, Outcome};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData, TemplateKind};
-use crate::store::{Attempt, Delivery, Resolution, Store, now_ms};
+use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
 use chrono::{TimeZone, Utc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -20,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// How often an idle worker looks for work it was not told about (a `deliveries retry` from
 /// the command line, for instance).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// How long a worker waits before trying a store that failed again.
+const STORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Pace and parallelism of one destination.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,9 +56,23 @@ pub struct Worker {
     pub cancel: CancellationToken,
 }
 
-struct Done {
-    id: i64,
-    verdict: Option<Verdict>,
+/// An attempt's result that the store has not taken yet.
+#[derive(Debug, Clone)]
+struct Record {
+    started_at: i64,
+    attempt: Attempt,
+    body: Option<String>,
+    resolution: Resolution,
+}
+
+/// How one attempt ended, for the worker loop.
+enum Done {
+    /// Attempted and recorded.
+    Recorded(Option<Verdict>),
+    /// Attempted, but the store refused the record: keep it and try the store again.
+    Unrecorded(Option<Verdict>, Record),
+    /// Not attempted: the store could not be read. The delivery is untouched.
+    StoreTrouble(StoreError),
 }
 
 fn at(ms: i64) -> Instant {
@@ -65,116 +84,219 @@ fn at(ms: i64) -> Instant {
     }
 }
 
+/// The loop's own state.
+struct State {
+    pacer: Pacer,
+    in_flight: JoinSet<Done>,
+    /// Task id → delivery id, to find the delivery of a task that panicked.
+    tasks: HashMap<tokio::task::Id, i64>,
+    /// Deliveries being attempted, or attempted and not yet recorded.
+    busy: HashSet<i64>,
+    unrecorded: HashMap<i64, Record>,
+    paused_until: Instant,
+    failures: u32,
+}
+
 impl Worker {
     /// Runs until cancelled, then waits for the attempts in flight.
     pub async fn run(self) {
         let me = Arc::new(self);
-        let name = me.destination.name().to_string();
-        let mut pacer = Pacer::new(me.limits.rate, me.limits.burst, Instant::now());
-        let mut in_flight: JoinSet<Done> = JoinSet::new();
-        let mut flying: HashSet<i64> = HashSet::new();
-        let mut paused_until = Instant::now();
-        let mut failures: u32 = 0;
-        loop {
-            if me.cancel.is_cancelled() {
-                break;
-            }
-            let mut wake = Instant::now() + IDLE_POLL;
-            let free = me.limits.concurrency.saturating_sub(in_flight.len());
-            if paused_until > Instant::now() {
-                wake = paused_until;
-            } else if free > 0 {
-                match me.store.due(&name, now_ms(), free + flying.len()).await {
-                    Ok(rows) => {
-                        let rows: Vec<Delivery> = rows
-                            .into_iter()
-                            .filter(|r| !flying.contains(&r.id))
-                            .take(free)
-                            .collect();
-                        if rows.is_empty() {
-                            // Nothing due: sleep until a retry comes due, or a new message rings.
-                            if let Ok(Some(next)) = me.store.next_due_after(&name, now_ms()).await {
-                                wake = wake.min(at(next));
-                            }
-                        }
-                        for row in rows {
-                            if let Err(wait) = pacer.take(Instant::now()) {
-                                wake = Instant::now() + wait;
-                                break;
-                            }
-                            flying.insert(row.id);
-                            let me = me.clone();
-                            in_flight.spawn(async move { me.attempt(row, failures).await });
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(destination = %name, error = %e, "cannot read the queue")
-                    }
-                }
-            }
+        let mut st = State {
+            pacer: Pacer::new(me.limits.rate, me.limits.burst, Instant::now()),
+            in_flight: JoinSet::new(),
+            tasks: HashMap::new(),
+            busy: HashSet::new(),
+            unrecorded: HashMap::new(),
+            paused_until: Instant::now(),
+            failures: 0,
+        };
+        while !me.cancel.is_cancelled() {
+            let wake = me.turn(&mut st).await;
             tokio::select! {
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok(done) = done {
-                        flying.remove(&done.id);
-                        match done.verdict {
-                            Some(Verdict::Sent) => failures = 0,
-                            Some(Verdict::Retry { pause_until, .. }) => {
-                                failures += 1;
-                                paused_until = paused_until.max(at(pause_until));
-                            }
-                            _ => {}
-                        }
-                    }
+                Some(done) = st.in_flight.join_next_with_id(), if !st.in_flight.is_empty() => {
+                    me.settle(&mut st, done);
                 }
                 () = me.notify.notified() => {}
                 () = tokio::time::sleep_until(wake.into()) => {}
-                () = me.cancel.cancelled() => break,
+                () = me.cancel.cancelled() => {}
             }
         }
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = st.in_flight.join_next_with_id().await {
+            me.settle(&mut st, done);
+        }
+        me.flush_records(&mut st).await;
     }
 
-    async fn body(&self, row: &Delivery) -> Result<(Body, Option<String>), String> {
+    /// Starts what can start now; returns when to look again.
+    async fn turn(self: &Arc<Self>, st: &mut State) -> Instant {
+        let name = self.destination.name();
+        let now = Instant::now();
+        if !self.flush_records(st).await {
+            return now + STORE_PAUSE;
+        }
+        if st.paused_until > now {
+            return st.paused_until;
+        }
+        let free = self.limits.concurrency.saturating_sub(st.in_flight.len());
+        if free == 0 {
+            return now + IDLE_POLL;
+        }
+        let rows = match self.store.due(name, now_ms(), free + st.busy.len()).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(destination = name, error = %e, "cannot read the queue");
+                return now + STORE_PAUSE;
+            }
+        };
+        let rows: Vec<Delivery> = rows
+            .into_iter()
+            .filter(|r| !st.busy.contains(&r.id))
+            .take(free)
+            .collect();
+        if rows.is_empty() {
+            // Nothing due: sleep until a retry comes due, or a new message rings.
+            return match self.store.next_due_after(name, now_ms()).await {
+                Ok(Some(next)) => at(next).min(now + IDLE_POLL),
+                _ => now + IDLE_POLL,
+            };
+        }
+        for row in rows {
+            if let Err(wait) = st.pacer.take(Instant::now()) {
+                return Instant::now() + wait;
+            }
+            st.busy.insert(row.id);
+            let (me, failures, id) = (self.clone(), st.failures, row.id);
+            let handle = st
+                .in_flight
+                .spawn(async move { me.attempt(row, failures).await });
+            st.tasks.insert(handle.id(), id);
+        }
+        Instant::now() + IDLE_POLL
+    }
+
+    /// Takes in the end of one attempt.
+    fn settle(
+        &self,
+        st: &mut State,
+        done: Result<(tokio::task::Id, Done), tokio::task::JoinError>,
+    ) {
+        let name = self.destination.name();
+        let (task, done) = match done {
+            Ok((task, done)) => (task, done),
+            Err(e) => {
+                // A bug, not a verdict: leave the delivery pending for a later attempt.
+                let id = st.tasks.remove(&e.id());
+                tracing::error!(destination = name, delivery = ?id, error = %e, "an attempt panicked");
+                if let Some(id) = id {
+                    st.busy.remove(&id);
+                }
+                st.paused_until = Instant::now() + STORE_PAUSE;
+                return;
+            }
+        };
+        let Some(id) = st.tasks.remove(&task) else {
+            return;
+        };
+        let verdict = match done {
+            Done::Recorded(verdict) => {
+                st.busy.remove(&id);
+                verdict
+            }
+            Done::Unrecorded(verdict, record) => {
+                st.unrecorded.insert(id, record);
+                verdict
+            }
+            Done::StoreTrouble(e) => {
+                tracing::error!(destination = name, delivery = id, error = %e, "cannot load a message to send");
+                st.busy.remove(&id);
+                st.paused_until = Instant::now() + STORE_PAUSE;
+                None
+            }
+        };
+        match verdict {
+            Some(Verdict::Sent) => st.failures = 0,
+            Some(Verdict::Retry { pause_until, .. }) => {
+                st.failures += 1;
+                st.paused_until = st.paused_until.max(at(pause_until));
+            }
+            _ => {}
+        }
+    }
+
+    /// Hands the store the results it refused before; true when none is left.
+    async fn flush_records(&self, st: &mut State) -> bool {
+        let ids: Vec<i64> = st.unrecorded.keys().copied().collect();
+        for id in ids {
+            let record = st.unrecorded[&id].clone();
+            let stored = self
+                .store
+                .finish_attempt(
+                    id,
+                    record.started_at,
+                    record.attempt,
+                    record.body,
+                    record.resolution,
+                )
+                .await;
+            match stored {
+                Ok(()) => {
+                    st.unrecorded.remove(&id);
+                    st.busy.remove(&id);
+                }
+                Err(e) => {
+                    tracing::error!(destination = self.destination.name(), delivery = id, error = %e, "still cannot record an attempt");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The body to send: the stored rendering, or a fresh one.
+    async fn body(
+        &self,
+        row: &Delivery,
+    ) -> Result<Result<(Body, Option<String>), String>, StoreError> {
         let kind = self.destination.kind().template_kind();
         if let Some(text) = &row.body {
-            let body = match kind {
-                TemplateKind::Console => Body::Text(text.clone()),
-                _ => Body::Json(
-                    serde_json::from_str(text)
-                        .map_err(|e| format!("stored body is not JSON: {e}"))?,
-                ),
-            };
-            return Ok((body, None));
+            return Ok(match kind {
+                TemplateKind::Console => Ok((Body::Text(text.clone()), None)),
+                _ => serde_json::from_str(text)
+                    .map(|v| (Body::Json(v), None))
+                    .map_err(|e| format!("stored body is not JSON: {e}")),
+            });
         }
-        let (name, bytes, received_at) = self
-            .store
-            .event(row.event_id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (name, bytes, received_at) = self.store.event(row.event_id).await?;
         let received = Utc
             .timestamp_millis_opt(received_at)
             .single()
             .unwrap_or_else(Utc::now);
-        let event = Event::parse(&VerifiedBody::trusted(bytes), Some(&name), received)
-            .map_err(|e| e.to_string())?;
-        let data = TemplateData::new(&event, Utc::now());
-        let (_, body) = self
-            .renderer
-            .render_event(kind, row.template.as_deref(), &event, &data)
-            .map_err(|e| e.to_string())?;
-        let text = match &body {
-            Body::Text(t) => t.clone(),
-            Body::Json(v) => v.to_string(),
-        };
-        Ok((body, Some(text)))
+        let rendered = Event::parse(&VerifiedBody::trusted(bytes), Some(&name), received)
+            .map_err(|e| e.to_string())
+            .and_then(|event| {
+                let data = TemplateData::new(&event, Utc::now());
+                self.renderer
+                    .render_event(kind, row.template.as_deref(), &event, &data)
+                    .map_err(|e| e.to_string())
+            })
+            .map(|(_, body)| {
+                let text = match &body {
+                    Body::Text(t) => t.clone(),
+                    Body::Json(v) => v.to_string(),
+                };
+                (body, Some(text))
+            });
+        Ok(rendered)
     }
 
     async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
+        let started_at = now_ms();
         let started = Instant::now();
         let dest = self.destination.name();
         let (outcome, rendered) = match self.body(&row).await {
-            Ok((body, rendered)) => (self.destination.send(&body).await, rendered),
-            Err(reason) => {
+            Err(e) => return Done::StoreTrouble(e),
+            Ok(Ok((body, rendered))) => (self.destination.send(&body).await, rendered),
+            Ok(Err(reason)) => {
                 // A template that fails fails again: keep the message, never send it broken.
                 let reason = format!("cannot render: {reason}");
                 tracing::error!(delivery = row.id, destination = dest, route = %row.route, reason = %reason, "dead letter");
@@ -182,52 +304,48 @@ impl Worker {
                     at: now_ms(),
                     status: None,
                     outcome: "render".into(),
-                    reason: Some(reason),
+                    reason: Some(reason.clone()),
                     latency_ms: started.elapsed().as_millis() as u64,
                 };
-                self.record(&row, attempt, None, Resolution::Dead).await;
-                return Done {
-                    id: row.id,
-                    verdict: None,
+                let record = Record {
+                    started_at,
+                    attempt,
+                    body: None,
+                    resolution: Resolution::Dead,
                 };
+                return self
+                    .record(row.id, record, Some(Verdict::Dead { reason }))
+                    .await;
             }
         };
         let latency_ms = started.elapsed().as_millis() as u64;
         let now = now_ms();
         let attempts = row.attempts + 1;
-        let failures = if matches!(outcome, Outcome::Retry { .. }) {
-            failures_before + 1
-        } else {
-            failures_before
-        };
-        let verdict = self.policy.decide(
-            &outcome,
-            attempts,
-            row.age_from,
-            now,
-            failures,
-            0.5 + fastrand::f64() / 2.0,
-        );
+        let failures = failures_before + u32::from(matches!(outcome, Outcome::Retry { .. }));
+        let jitter = 0.5 + fastrand::f64() / 2.0;
+        let verdict = self
+            .policy
+            .decide(&outcome, attempts, row.age_from, now, failures, jitter);
         let (resolution, reason) = match &verdict {
             Verdict::Sent => (Resolution::Sent, None),
             Verdict::Retry { at, .. } => (Resolution::RetryAt(*at), failure_reason(&outcome)),
             Verdict::Dead { reason } => (Resolution::Dead, Some(reason.clone())),
         };
         let status = outcome.status();
-        let age_ms = now - row.created_at;
+        let status_code = status.map(i64::from).unwrap_or(-1);
         match &verdict {
             Verdict::Sent => tracing::info!(
                 delivery = row.id, event = %row.event_name, route = %row.route, destination = dest,
-                status = status.map(i64::from).unwrap_or(-1), latency_ms, attempts, age_ms, "delivered"
+                status = status_code, latency_ms, attempts, age_ms = now - row.created_at, "delivered"
             ),
             Verdict::Retry { at, .. } => tracing::warn!(
                 delivery = row.id, event = %row.event_name, route = %row.route, destination = dest,
-                status = status.map(i64::from).unwrap_or(-1), latency_ms, attempts,
-                retry_in_ms = at - now, reason = reason.as_deref().unwrap_or(""), "delivery failed, will retry"
+                status = status_code, latency_ms, attempts, retry_in_ms = at - now,
+                reason = reason.as_deref().unwrap_or(""), "delivery failed, will retry"
             ),
             Verdict::Dead { reason } => tracing::error!(
                 delivery = row.id, event = %row.event_name, route = %row.route, destination = dest,
-                status = status.map(i64::from).unwrap_or(-1), latency_ms, attempts, reason = %reason, "dead letter"
+                status = status_code, latency_ms, attempts, reason = %reason, "dead letter"
             ),
         }
         let attempt = Attempt {
@@ -237,27 +355,34 @@ impl Worker {
             reason,
             latency_ms,
         };
-        self.record(&row, attempt, rendered, resolution).await;
-        Done {
-            id: row.id,
-            verdict: Some(verdict),
-        }
+        let record = Record {
+            started_at,
+            attempt,
+            body: rendered,
+            resolution,
+        };
+        self.record(row.id, record, Some(verdict)).await
     }
 
-    async fn record(
-        &self,
-        row: &Delivery,
-        attempt: Attempt,
-        body: Option<String>,
-        resolution: Resolution,
-    ) {
-        if let Err(e) = self
+    async fn record(&self, id: i64, record: Record, verdict: Option<Verdict>) -> Done {
+        let stored = self
             .store
-            .finish_attempt(row.id, attempt, body, resolution)
-            .await
-        {
-            // The message stays pending in the store and will be tried again: at least once.
-            tracing::error!(delivery = row.id, error = %e, "cannot record an attempt");
+            .finish_attempt(
+                id,
+                record.started_at,
+                record.attempt.clone(),
+                record.body.clone(),
+                record.resolution.clone(),
+            )
+            .await;
+        match stored {
+            Ok(()) => Done::Recorded(verdict),
+            Err(e) => {
+                // Kept in memory and retried; the message is not picked again meanwhile. If the
+                // process dies first, it stays pending in the store and is sent again: at least once.
+                tracing::error!(delivery = id, error = %e, "cannot record an attempt");
+                Done::Unrecorded(verdict, record)
+            }
         }
     }
 }

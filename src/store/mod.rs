@@ -213,7 +213,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         dedupe_since: Option<i64>,
     ) -> Result<Accepted, StoreError>;
 
-    /// Pending deliveries of `destination` due at `now`, oldest first, at most `limit`.
+    /// Pending deliveries of `destination` due at `now`, in the order they came due (for new
+    /// messages, the order they were accepted), at most `limit`.
     async fn due(
         &self,
         destination: &str,
@@ -227,17 +228,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The stored event: name, body and reception time.
     async fn event(&self, event_id: i64) -> Result<(String, Bytes, i64), StoreError>;
 
-    /// Records an attempt and its consequence; `body` stores the rendered body the first time.
+    /// Records an attempt that started at `started_at`, and its consequence; `body` stores the
+    /// rendered body the first time. If the delivery changed after the attempt started (an
+    /// operator re-queued it), the attempt is recorded but the delivery is left as it is.
     async fn finish_attempt(
         &self,
         delivery_id: i64,
+        started_at: i64,
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
     ) -> Result<(), StoreError>;
 
-    /// Re-queues dead (or pending) deliveries to be tried now, re-rendered, with `max_age`
-    /// counting from now. Returns how many.
+    /// Re-queues dead (or pending) deliveries to be tried now, re-rendered, with `max_age` and
+    /// the attempt count (and so the backoff) starting afresh. Returns how many.
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError>;
 
     /// Deliveries, newest first, optionally in one state.
@@ -250,9 +254,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// One delivery and its attempts.
     async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError>;
 
-    /// Deletes sent deliveries last changed before `before`, and events older than `before`
-    /// that no delivery needs any more. Returns the deliveries deleted.
-    async fn prune(&self, before: i64) -> Result<usize, StoreError>;
+    /// Deletes up to `limit` sent deliveries last changed before `before`, and up to `limit`
+    /// events older than `before` that no delivery needs any more. Returns the rows deleted;
+    /// call again while it returns `limit` or more, so no single write holds the store long.
+    async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError>;
 
     /// Pending and dead counts per destination.
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;

@@ -27,8 +27,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error      TEXT,
     body            TEXT                    -- the rendered body, once rendered
 );
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (destination, id) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS deliveries_next ON deliveries (destination, next_attempt_at) WHERE state = 'pending';
+-- What each worker asks on every turn: its pending deliveries in the order they come due.
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, next_attempt_at, id) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (state, updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
 

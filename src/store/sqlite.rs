@@ -22,6 +22,9 @@ use tokio::sync::oneshot;
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 1024;
 
+/// Idle read connections kept open.
+const MAX_READERS: usize = 8;
+
 /// How hard SQLite pushes commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -42,7 +45,9 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
-    reader: Arc<Mutex<Connection>>,
+    /// Read connections, checked out one per read so readers never wait on each other.
+    readers: Arc<Mutex<Vec<Connection>>>,
+    durability: Durability,
     commits: Arc<AtomicU64>,
 }
 
@@ -82,7 +87,8 @@ impl SqliteStore {
         Ok(Self {
             path: path.to_path_buf(),
             writer: tx,
-            reader: Arc::new(Mutex::new(reader)),
+            readers: Arc::new(Mutex::new(vec![reader])),
+            durability,
             commits,
         })
     }
@@ -116,15 +122,25 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `f` on the read connection, off the async threads.
+    /// Runs `f` on a read connection, off the async threads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
+        let (readers, path, durability) =
+            (self.readers.clone(), self.path.clone(), self.durability);
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
-            f(&conn)
+            let spare = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let conn = match spare {
+                Some(conn) => conn,
+                None => open(&path, durability)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().map_err(|_| StoreError::Closed)?;
+            if pool.len() < MAX_READERS {
+                pool.push(conn);
+            }
+            result
         })
         .await
         .map_err(|_| StoreError::Closed)?
@@ -157,6 +173,10 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
                 Err(_) => break,
             }
         }
+        if !conn.is_autocommit() {
+            // A transaction left open by an earlier failure would make every BEGIN fail.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             let err = StoreError::from(e);
             tracing::error!(error = %err, "storage: cannot begin a transaction");
@@ -165,15 +185,35 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
             }
             continue;
         }
-        let finishes: Vec<Finish> = jobs.into_iter().map(|job| job(Some(&conn))).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        // Some errors (a full disk, say) make SQLite roll back the whole transaction, not just
+        // the failing job's savepoint. From then on nothing may run outside a transaction, and
+        // every job of the batch must learn that it was not kept.
+        let mut aborted = false;
+        let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if aborted {
+                finishes.push(job(None));
+                continue;
+            }
+            finishes.push(job(Some(&conn)));
+            aborted = conn.is_autocommit();
+        }
+        let commit = if aborted {
+            Err(StoreError::Database(
+                "the transaction was rolled back; nothing of this batch was kept".into(),
+            ))
+        } else {
+            conn.execute_batch("COMMIT").map_err(StoreError::from)
+        };
         match &commit {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(error = %e, "storage: commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
             }
         }
         for finish in finishes {
@@ -259,7 +299,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id \
-                 WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 ORDER BY d.id LIMIT ?3"
+                 WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![destination, now, limit as i64], delivery)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -296,6 +337,7 @@ impl Store for SqliteStore {
     async fn finish_attempt(
         &self,
         delivery_id: i64,
+        started_at: i64,
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
@@ -319,9 +361,19 @@ impl Store for SqliteStore {
             };
             conn.prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4, \
-                 last_status = ?5, last_error = ?6, body = COALESCE(?7, body) WHERE id = ?1",
+                 last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
+                 WHERE id = ?1 AND state = 'pending' AND updated_at <= ?8",
             )?
-            .execute(params![delivery_id, state, next, attempt.at, attempt.status, attempt.reason, body])?;
+            .execute(params![
+                delivery_id,
+                state,
+                next,
+                attempt.at,
+                attempt.status,
+                attempt.reason,
+                body,
+                started_at
+            ])?;
             Ok(())
         })
         .await
@@ -329,15 +381,19 @@ impl Store for SqliteStore {
 
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
-            let set = "SET state = 'pending', next_attempt_at = ?1, age_from = ?1, updated_at = ?1, body = NULL";
+            let set = "SET state = 'pending', attempts = 0, next_attempt_at = ?1, age_from = ?1, \
+                       updated_at = ?1, body = NULL";
             match selector {
                 RetrySelector::Id(id) => conn.execute(
-                    &format!("UPDATE deliveries {set} WHERE id = ?2 AND state IN ('dead', 'pending')"),
+                    &format!(
+                        "UPDATE deliveries {set} WHERE id = ?2 AND state IN ('dead', 'pending')"
+                    ),
                     params![now, id],
                 ),
-                RetrySelector::AllDead => {
-                    conn.execute(&format!("UPDATE deliveries {set} WHERE state = 'dead'"), params![now])
-                }
+                RetrySelector::AllDead => conn.execute(
+                    &format!("UPDATE deliveries {set} WHERE state = 'dead'"),
+                    params![now],
+                ),
             }
         })
         .await
@@ -391,18 +447,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune(&self, before: i64) -> Result<usize, StoreError> {
+    async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.write(move |conn| {
+            let limit = limit as i64;
+            let chosen = "SELECT id FROM deliveries WHERE state = 'sent' AND updated_at < ?1 LIMIT ?2";
             conn.execute(
-                "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE state = 'sent' AND updated_at < ?1)",
-                params![before],
+                &format!("DELETE FROM attempts WHERE delivery_id IN ({chosen})"),
+                params![before, limit],
             )?;
-            let n = conn.execute("DELETE FROM deliveries WHERE state = 'sent' AND updated_at < ?1", params![before])?;
-            conn.execute(
-                "DELETE FROM events WHERE received_at < ?1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                params![before],
+            let deliveries = conn.execute(
+                &format!("DELETE FROM deliveries WHERE id IN ({chosen})"),
+                params![before, limit],
             )?;
-            Ok(n)
+            let events = conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) LIMIT ?2)",
+                params![before, limit],
+            )?;
+            Ok(deliveries.max(events))
         })
         .await
     }
@@ -516,6 +578,89 @@ mod tests {
         assert_eq!(events, 0, "the event was not half-kept");
     }
 
+    /// A full disk makes SQLite roll back the whole shared transaction, not one savepoint:
+    /// every request in that batch is told so, and whatever was answered Ok is really kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_mid_batch_keeps_exactly_what_was_answered_ok() {
+        let (_dir, store) = store();
+        let pages: i64 = store
+            .read(|c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        store
+            .write(move |c| c.pragma_update(None, "max_page_count", pages + 40))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..120 {
+            let store = store.clone();
+            let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(3000));
+            tasks.spawn(async move {
+                (
+                    i,
+                    store
+                        .accept(event(&body, now_ms()), vec![to("a")], None)
+                        .await,
+                )
+            });
+        }
+        let (mut kept, mut refused) = (Vec::new(), 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                (_, Ok(Accepted::New { event_id, .. })) => kept.push(event_id),
+                (_, Ok(other)) => panic!("{other:?}"),
+                (_, Err(_)) => refused += 1,
+            }
+        }
+        assert!(
+            refused > 0 && !kept.is_empty(),
+            "the disk filled part-way: kept {}, refused {refused}",
+            kept.len()
+        );
+        let stored: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(
+            stored as usize,
+            kept.len(),
+            "nothing refused was kept, nothing kept was refused"
+        );
+        let deliveries = store.due("a", now_ms(), 1000).await.unwrap();
+        assert_eq!(deliveries.len(), kept.len());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_ending_after_a_manual_retry_does_not_undo_it() {
+        let (_dir, store) = store();
+        let t = now_ms();
+        let Accepted::New { delivery_ids, .. } = store
+            .accept(event("{}", t), vec![to("a")], None)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let id = delivery_ids[0];
+        // The attempt starts at t; an operator re-queues the delivery at t + 5 (say after a
+        // dead letter from an earlier attempt); then the attempt ends as a dead letter.
+        assert_eq!(store.retry(RetrySelector::Id(id), t + 5).await.unwrap(), 1);
+        let late = Attempt {
+            at: t + 10,
+            status: Some(404),
+            outcome: "permanent".into(),
+            reason: None,
+            latency_ms: 10,
+        };
+        store
+            .finish_attempt(id, t, late, None, Resolution::Dead)
+            .await
+            .unwrap();
+        let (d, attempts) = store.show(id).await.unwrap();
+        assert_eq!(d.state, DeliveryState::Pending, "the retry stands");
+        assert_eq!(attempts.len(), 1, "the attempt is still in the history");
+    }
+
     #[tokio::test]
     async fn identical_bodies_within_the_window_are_stored_once() {
         let (_dir, store) = store();
@@ -572,6 +717,7 @@ mod tests {
         store
             .finish_attempt(
                 delivery_ids[0],
+                t,
                 attempt("retry", Some(500)),
                 Some("{}".into()),
                 Resolution::RetryAt(t + 60_000),
@@ -589,6 +735,7 @@ mod tests {
         store
             .finish_attempt(
                 delivery_ids[0],
+                t,
                 attempt("permanent", Some(404)),
                 None,
                 Resolution::Dead,
@@ -617,13 +764,18 @@ mod tests {
         store
             .finish_attempt(
                 delivery_ids[1],
+                t,
                 attempt("sent", Some(200)),
                 None,
                 Resolution::Sent,
             )
             .await
             .unwrap();
-        assert_eq!(store.prune(t + 1).await.unwrap(), 1, "the sent one goes");
+        assert_eq!(
+            store.prune(t + 1, 1000).await.unwrap(),
+            1,
+            "the sent one goes"
+        );
         assert!(store.show(delivery_ids[1]).await.is_err());
         assert!(
             store.show(delivery_ids[0]).await.is_ok(),
