@@ -1,4 +1,5 @@
 use super::*;
+use crate::ingress::auth::AuthMode;
 
 fn env(name: &str) -> Option<String> {
     match name {

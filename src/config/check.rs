@@ -1,0 +1,321 @@
+//! The validation pass: turns the raw file into a [`Config`], collecting one problem (with
+//! file and line) per mistake instead of stopping at the first.
+
+use super::raw::{self, RawConfig, Text};
+use super::{Config, ServerConfig, interpolate};
+use crate::ingress::auth::{AuthMode, Credentials};
+use crate::queue::{RetryPolicy, Settings};
+use crate::secret::Secret;
+use crate::store::sqlite::Durability;
+use ipnet::IpNet;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The state of one validation pass.
+pub(super) struct Check<'a> {
+    pub(super) file: String,
+    pub(super) src: &'a str,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) problems: Vec<String>,
+}
+
+impl Check<'_> {
+    pub(super) fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.src.len());
+        self.src.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub(super) fn problem(&mut self, span: Option<Range<usize>>, msg: impl fmt::Display) {
+        let line = match span {
+            Some(span) => format!("{}:{}", self.file, self.line(&span)),
+            None => self.file.clone(),
+        };
+        self.problems.push(format!("{line}: {msg}"));
+    }
+
+    /// The interpolated value of `t`, or a problem naming `what`.
+    pub(super) fn text(&mut self, t: &Text, what: &str) -> Option<String> {
+        match interpolate::expand(t.get_ref(), |n| (self.env)(n)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(Some(t.span()), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn texts(&mut self, list: &[Text], what: &str) -> Vec<String> {
+        list.iter().filter_map(|t| self.text(t, what)).collect()
+    }
+
+    /// How to quote a value in a message: as written when it came from the environment, so
+    /// a secret put in the wrong place is not echoed.
+    pub(super) fn shown(t: &Text, value: &str) -> String {
+        if t.get_ref().contains("${") {
+            format!("{:?} (as interpolated)", t.get_ref())
+        } else {
+            format!("{value:?}")
+        }
+    }
+
+    pub(super) fn duration(&mut self, t: Option<&Text>, what: &str, default: Duration) -> Duration {
+        let Some(t) = t else { return default };
+        let Some(v) = self.text(t, what) else {
+            return default;
+        };
+        match humantime::parse_duration(&v) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.problem(
+                    Some(t.span()),
+                    format!(
+                        "{what}: {} is not a duration such as \"30s\" or \"5m\"",
+                        Self::shown(t, &v)
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn validate(&mut self, raw: RawConfig, base: &Path) -> Option<Config> {
+        let server = self.server(&raw);
+        let (credentials, allowed_ips) = self.buildkite(&raw);
+        let test_engine_key = raw
+            .test_engine
+            .key
+            .as_ref()
+            .and_then(|k| self.text(k, "test_engine.key"))
+            .filter(|k| !k.is_empty())
+            .map(Secret::new);
+        let storage_path = raw
+            .storage
+            .path
+            .as_ref()
+            .and_then(|p| self.text(p, "storage.path"))
+            .unwrap_or_else(|| "kitebridge.db".into());
+        let durability = self.durability(raw.storage.durability.as_ref());
+        let dedupe_window = match raw.storage.dedupe_window.as_ref() {
+            Some(t) if t.get_ref().trim() == "0" || t.get_ref().trim() == "0s" => None,
+            other => Some(self.duration(other, "storage.dedupe_window", Duration::from_secs(600))),
+        };
+        let retention = self.duration(
+            raw.storage.retention.as_ref(),
+            "storage.retention",
+            Duration::from_secs(7 * 86_400),
+        );
+        let policy = self.policy(&raw.delivery);
+        let shutdown_deadline = self.duration(
+            raw.delivery.shutdown_deadline.as_ref(),
+            "delivery.shutdown_deadline",
+            Duration::from_secs(10),
+        );
+        let templates_dir = raw
+            .templates
+            .dir
+            .as_ref()
+            .and_then(|d| self.text(d, "templates.dir"))
+            .filter(|d| !d.is_empty())
+            .map(|d| base.join(d));
+        let destinations = self.destinations(&raw);
+        let names: HashSet<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
+        let routes = self.routes(&raw.routes, &names);
+        Some(Config {
+            path: PathBuf::from(&self.file),
+            server: server?,
+            credentials: credentials?,
+            allowed_ips,
+            test_engine_key,
+            storage_path: base.join(storage_path),
+            durability,
+            queue: Settings {
+                policy,
+                dedupe_window,
+                retention,
+            },
+            shutdown_deadline,
+            templates_dir,
+            destinations,
+            routes,
+        })
+    }
+
+    fn server(&mut self, raw: &RawConfig) -> Option<ServerConfig> {
+        let s = &raw.server;
+        let listen = match &s.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 8686)),
+            Some(t) => {
+                let v = self.text(t, "server.listen")?;
+                match v.parse() {
+                    Ok(addr) => addr,
+                    Err(_) => {
+                        self.problem(
+                            Some(t.span()),
+                            format!(
+                                "server.listen: {} is not an address such as \"127.0.0.1:8686\"",
+                                Self::shown(t, &v)
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let path = match &s.path {
+            None => "/webhooks/buildkite".to_string(),
+            Some(t) => {
+                let v = self.text(t, "server.path")?;
+                if !v.starts_with('/') || v.contains(['{', '}', '*', ' ']) {
+                    self.problem(
+                        Some(t.span()),
+                        format!(
+                            "server.path: {} must start with / and hold no {{ }} * or spaces",
+                            Self::shown(t, &v)
+                        ),
+                    );
+                    return None;
+                }
+                v
+            }
+        };
+        let max_body_bytes = match &s.max_body_bytes {
+            None => 1024 * 1024,
+            Some(n) if (1024..=64 * 1024 * 1024).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    "server.max_body_bytes must be between 1024 and 67108864",
+                );
+                return None;
+            }
+        };
+        Some(ServerConfig {
+            listen,
+            path,
+            max_body_bytes,
+        })
+    }
+
+    fn buildkite(&mut self, raw: &RawConfig) -> (Option<Credentials>, Vec<IpNet>) {
+        let bk = raw.buildkite.get_ref();
+        let token = self.text(&bk.token, "buildkite.token");
+        if token.as_deref() == Some("") {
+            self.problem(
+                Some(bk.token.span()),
+                "buildkite.token is empty: set it to the webhook's token (also the HMAC key in signature mode)",
+            );
+        }
+        let mut tokens: Vec<Secret> = token
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .collect();
+        for t in &bk.previous_tokens {
+            match self.text(t, "buildkite.previous_tokens") {
+                Some(v) if v.is_empty() => {
+                    self.problem(Some(t.span()), "buildkite.previous_tokens: empty token")
+                }
+                Some(v) => tokens.push(Secret::new(v)),
+                None => {}
+            }
+        }
+        let mode = match &bk.mode {
+            None => Some(AuthMode::Auto),
+            Some(t) => {
+                match self.text(t, "buildkite.mode").as_deref() {
+                    Some("auto") => Some(AuthMode::Auto),
+                    Some("signature") => Some(AuthMode::Signature),
+                    Some("token") => Some(AuthMode::Token),
+                    Some(other) => {
+                        self.problem(
+                        Some(t.span()),
+                        format!("buildkite.mode: {} is not one of \"signature\", \"token\", \"auto\"", Self::shown(t, other)),
+                    );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        let replay_window = self.duration(
+            bk.replay_window.as_ref(),
+            "buildkite.replay_window",
+            Duration::from_secs(300),
+        );
+        let mut allowed = Vec::new();
+        for t in &bk.allowed_ips {
+            let Some(v) = self.text(t, "buildkite.allowed_ips") else {
+                continue;
+            };
+            match v.parse::<IpNet>().or_else(|_| v.parse::<IpAddr>().map(IpNet::from)) {
+                Ok(net) => allowed.push(net),
+                Err(_) => self.problem(
+                    Some(t.span()),
+                    format!("buildkite.allowed_ips: {} is not a CIDR such as \"192.0.2.0/24\" or an address", Self::shown(t, &v)),
+                ),
+            }
+        }
+        let credentials = match (tokens.is_empty(), mode) {
+            (false, Some(mode)) => Some(Credentials {
+                tokens,
+                mode,
+                replay_window,
+            }),
+            _ => None,
+        };
+        (credentials, allowed)
+    }
+
+    fn durability(&mut self, t: Option<&Text>) -> Durability {
+        let Some(t) = t else { return Durability::Full };
+        match self.text(t, "storage.durability").as_deref() {
+            Some("full") | None => Durability::Full,
+            Some("normal") => Durability::Normal,
+            Some(other) => {
+                let shown = Self::shown(t, other);
+                self.problem(
+                    Some(t.span()),
+                    format!("storage.durability: {shown} is not \"full\" or \"normal\""),
+                );
+                Durability::Full
+            }
+        }
+    }
+
+    fn policy(&mut self, d: &raw::RawDelivery) -> RetryPolicy {
+        let defaults = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_age: self.duration(d.max_age.as_ref(), "delivery.max_age", defaults.max_age),
+            max_retry_after: self.duration(
+                d.max_retry_after.as_ref(),
+                "delivery.max_retry_after",
+                defaults.max_retry_after,
+            ),
+            backoff_initial: self.duration(
+                d.backoff_initial.as_ref(),
+                "delivery.backoff_initial",
+                defaults.backoff_initial,
+            ),
+            backoff_max: self.duration(
+                d.backoff_max.as_ref(),
+                "delivery.backoff_max",
+                defaults.backoff_max,
+            ),
+        };
+        if policy.backoff_initial > policy.backoff_max {
+            self.problem(
+                d.backoff_initial.as_ref().map(|t| t.span()),
+                "delivery.backoff_initial is longer than delivery.backoff_max",
+            );
+        }
+        policy
+    }
+}

@@ -1,0 +1,129 @@
+//! Validation of `[destinations.NAME]`.
+
+use super::check::Check;
+use super::raw::{self, RawConfig};
+use super::{DEFAULT_TIMEOUT, DestinationConfig};
+use crate::deliver::DestinationKind;
+use crate::queue::Limits;
+use crate::secret::Secret;
+
+impl Check<'_> {
+    pub(super) fn destinations(&mut self, raw: &RawConfig) -> Vec<DestinationConfig> {
+        let mut out = Vec::new();
+        for (name, dest) in &raw.destinations {
+            let (name_span, name) = (name.span(), name.get_ref().clone());
+            let what = format!("destination {name:?}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                self.problem(
+                    Some(name_span),
+                    format!("{what}: names may hold only letters, digits, - and _"),
+                );
+                continue;
+            }
+            let d = dest.get_ref();
+            let Some(kind_text) = self.text(&d.kind, &format!("{what} kind")) else {
+                continue;
+            };
+            let Some(kind) = DestinationKind::parse(&kind_text) else {
+                self.problem(
+                    Some(d.kind.span()),
+                    format!(
+                        "{what}: kind {} is not one of \"slack\", \"teams\", \"console\"",
+                        Self::shown(&d.kind, &kind_text)
+                    ),
+                );
+                continue;
+            };
+            let url = match (&d.url, kind) {
+                (Some(t), DestinationKind::Console) => {
+                    self.problem(
+                        Some(t.span()),
+                        format!("{what}: a console destination takes no url"),
+                    );
+                    continue;
+                }
+                (None, DestinationKind::Console) => None,
+                (None, _) => {
+                    self.problem(
+                        Some(dest.span()),
+                        format!("{what}: url is required for kind {kind_text:?} (use \"${{VAR:-}}\" to make it optional)"),
+                    );
+                    continue;
+                }
+                (Some(t), _) => {
+                    let Some(url) = self.text(t, &format!("{what} url")) else {
+                        continue;
+                    };
+                    let parsed = reqwest::Url::parse(&url).ok().filter(|u| {
+                        matches!(u.scheme(), "https" | "http") && u.host_str().is_some()
+                    });
+                    if !url.is_empty() && parsed.is_none() {
+                        // The URL is a secret: say what is wrong without repeating it.
+                        self.problem(
+                            Some(t.span()),
+                            format!("{what}: url is not an https:// (or http://) URL"),
+                        );
+                        continue;
+                    }
+                    (!url.is_empty()).then(|| Secret::new(url))
+                }
+            };
+            let timeout = self.duration(
+                d.timeout.as_ref(),
+                &format!("{what} timeout"),
+                DEFAULT_TIMEOUT,
+            );
+            let limits = self.limits(&what, kind, d);
+            out.push(DestinationConfig {
+                name,
+                kind,
+                url,
+                timeout,
+                limits,
+            });
+        }
+        out
+    }
+
+    /// Pace and parallelism, with each kind's defaults: Slack about 1 message per second per
+    /// webhook, Teams about 4, the console unlimited.
+    fn limits(&mut self, what: &str, kind: DestinationKind, d: &raw::RawDestination) -> Limits {
+        let (rate, burst, concurrency) = match kind {
+            DestinationKind::Slack => (Some(1.0), 3, 1),
+            DestinationKind::Teams => (Some(4.0), 4, 2),
+            DestinationKind::Console => (None, 1, 1),
+        };
+        let rate = match &d.rate {
+            None => rate,
+            Some(r) if *r.get_ref() == 0.0 => None,
+            Some(r) if r.get_ref().is_finite() && *r.get_ref() >= 0.001 => Some(*r.get_ref()),
+            Some(r) => {
+                self.problem(
+                    Some(r.span()),
+                    format!("{what}: rate must be messages per second (at least 0.001), or 0 for no limit"),
+                );
+                rate
+            }
+        };
+        let mut count = |v: &Option<toml::Spanned<i64>>, key: &str, default: usize| match v {
+            None => default,
+            Some(n) if (1..=1000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    format!("{what}: {key} must be between 1 and 1000"),
+                );
+                default
+            }
+        };
+        Limits {
+            rate,
+            burst: count(&d.burst, "burst", burst) as u32,
+            concurrency: count(&d.concurrency, "concurrency", concurrency),
+        }
+    }
+}

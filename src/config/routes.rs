@@ -1,0 +1,197 @@
+//! Validation of `[[routes]]` and their `[[routes.when]]` conditions.
+
+use super::check::Check;
+use super::interpolate;
+use super::raw::{self, RawRoute, Text};
+use crate::routing::{Condition, PatternList, Route, Test};
+use std::collections::HashSet;
+use std::ops::Range;
+
+impl Check<'_> {
+    pub(super) fn routes(
+        &mut self,
+        raw: &[toml::Spanned<RawRoute>],
+        destinations: &HashSet<&str>,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, spanned) in raw.iter().enumerate() {
+            let span = spanned.span();
+            let r = spanned.get_ref();
+            let name = match &r.name {
+                Some(n) => self.text(n, "route name").unwrap_or_default(),
+                None => String::new(),
+            };
+            if name.is_empty() {
+                self.problem(Some(span), format!("route #{}: name is required", i + 1));
+                continue;
+            }
+            if !seen.insert(name.clone()) {
+                self.problem(
+                    Some(span),
+                    format!("route {name:?}: another route has the same name"),
+                );
+                continue;
+            }
+            if let Some(route) = self.route(&name, r, destinations, span) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    fn patterns(&mut self, route: &str, field: &str, list: &[Text]) -> Option<PatternList> {
+        let values = self.texts(list, &format!("route {route:?} {field}"));
+        match PatternList::new(&values) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let span = list
+                    .iter()
+                    .find(|t| t.get_ref() == &e.pattern)
+                    .map(|t| t.span())
+                    .or_else(|| list.first().map(|t| t.span()));
+                self.problem(span, format!("route {route:?} {field}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn route(
+        &mut self,
+        name: &str,
+        r: &RawRoute,
+        destinations: &HashSet<&str>,
+        span: Range<usize>,
+    ) -> Option<Route> {
+        let events = self.patterns(name, "events", &r.events);
+        let pipelines = self.patterns(name, "pipelines", &r.pipelines);
+        let branches = self.patterns(name, "branches", &r.branches);
+        let states = self.patterns(name, "states", &r.states);
+        if r.to.is_empty() {
+            self.problem(
+                Some(span.clone()),
+                format!("route {name:?}: `to` must name at least one destination"),
+            );
+        }
+        let mut to = Vec::new();
+        for t in &r.to {
+            let Some(dest) = self.text(t, &format!("route {name:?} to")) else {
+                continue;
+            };
+            if !destinations.contains(dest.as_str()) {
+                self.problem(
+                    Some(t.span()),
+                    format!("route {name:?}: unknown destination {dest:?}"),
+                );
+            } else if to.contains(&dest) {
+                self.problem(
+                    Some(t.span()),
+                    format!("route {name:?}: destination {dest:?} listed twice"),
+                );
+            } else {
+                to.push(dest);
+            }
+        }
+        let template = r
+            .template
+            .as_ref()
+            .and_then(|t| self.text(t, &format!("route {name:?} template")));
+        let mut when = Vec::new();
+        for w in &r.when {
+            if let Some(c) = self.condition(name, w) {
+                when.push(c);
+            }
+        }
+        let route = Route {
+            name: name.to_string(),
+            events: events?,
+            pipelines: pipelines?,
+            branches: branches?,
+            states: states?,
+            when,
+            to,
+            template,
+            continue_matching: r.continue_matching,
+        };
+        (route.to.len() == r.to.len() && route.when.len() == r.when.len() && !r.to.is_empty())
+            .then_some(route)
+    }
+
+    fn condition(&mut self, route: &str, w: &toml::Spanned<raw::RawWhen>) -> Option<Condition> {
+        let span = w.span();
+        let w = w.get_ref();
+        let what = format!("route {route:?} when");
+        let path = self.text(&w.path, &format!("{what} path"))?;
+        let ops = [
+            w.equals.is_some(),
+            w.in_.is_some(),
+            w.matches.is_some(),
+            w.exists.is_some(),
+        ];
+        if ops.iter().filter(|o| **o).count() != 1 {
+            self.problem(
+                Some(span.clone()),
+                format!("{what} {path:?}: give exactly one of equals, in, matches, exists"),
+            );
+            return None;
+        }
+        let test = if let Some(v) = &w.equals {
+            Test::Equals(self.json(v, &what, &span)?)
+        } else if let Some(list) = &w.in_ {
+            Test::In(
+                list.iter()
+                    .map(|v| self.json(v, &what, &span))
+                    .collect::<Option<_>>()?,
+            )
+        } else if let Some(re) = &w.matches {
+            let pattern = self.text(re, &format!("{what} matches"))?;
+            match Condition::regex(&pattern) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(Some(re.span()), format!("{what} {path:?}: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            Test::Exists(w.exists.unwrap_or(true))
+        };
+        match Condition::new(&path, test) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.problem(Some(w.path.span()), format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A TOML value as JSON, interpolating strings.
+    fn json(
+        &mut self,
+        v: &toml::Value,
+        what: &str,
+        span: &Range<usize>,
+    ) -> Option<serde_json::Value> {
+        Some(match v {
+            toml::Value::String(s) => match interpolate::expand(s, |n| (self.env)(n)) {
+                Ok(s) => serde_json::Value::String(s),
+                Err(e) => {
+                    self.problem(Some(span.clone()), format!("{what}: {e}"));
+                    return None;
+                }
+            },
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => serde_json::Value::from(*f),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            other => {
+                self.problem(
+                    Some(span.clone()),
+                    format!(
+                        "{what}: compare with a string, number or boolean, not {}",
+                        other.type_str()
+                    ),
+                );
+                return None;
+            }
+        })
+    }
+}

@@ -1,0 +1,337 @@
+//! The data a template sees: the payload as Buildkite sent it (minus secrets), plus `kb`, the
+//! derived fields every message needs (title, state look, short commit, durations, links).
+//!
+//! Computed once per event and shared by every destination it goes to.
+
+mod facts;
+
+pub use facts::{
+    AgentFacts, BuildFacts, ClusterTokenFacts, Field, JobFacts, Subject, TestFacts, first_line,
+    safe_url,
+};
+
+use super::look::{Look, look_of};
+use crate::event::Event;
+use chrono::{DateTime, Utc};
+use facts::{
+    agent_facts, build_facts, cluster_token_facts, fields, job_facts, subject, test_facts, text,
+    url,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Everything derived from an event for templates; serialised under the `kb` key.
+#[derive(Debug, Clone, Serialize)]
+pub struct Derived {
+    /// The event name, e.g. `build.finished`.
+    pub event: String,
+    /// The part before the first dot: `build`, `job`, `agent`…
+    pub family: String,
+    /// The part after the first dot: `finished`, `lost`… (empty for `ping`).
+    pub action: String,
+    /// The subject's state (`blocked` for a blocked build); empty when the event has none.
+    pub state: String,
+    /// Emoji for the message's look.
+    pub emoji: &'static str,
+    /// Slack attachment colour.
+    pub color: &'static str,
+    /// Adaptive Card text colour.
+    pub teams_color: &'static str,
+    /// Adaptive Card container style.
+    pub teams_style: &'static str,
+    /// What happened, as a verb phrase: `failed`, `is failing`, `was lost`…
+    pub verb: String,
+    /// The first line of every message: emoji, subject, verb.
+    pub title: String,
+    /// The main link (build, job, agent, test…), http(s) only and safe inside chat markup.
+    pub url: Option<String>,
+    /// The label for the main link's button: `View build`, `View job`…
+    pub url_label: &'static str,
+    /// The pipeline's name (or slug).
+    pub pipeline: Option<String>,
+    /// The organization's name, when the payload carries it.
+    pub org: Option<String>,
+    /// Who set up the webhook (`sender.name`; not who triggered the build).
+    pub sender: Option<String>,
+    /// When kitebridge received the event, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub received_at: String,
+    /// Build facts, for build and job events.
+    pub build: Option<BuildFacts>,
+    /// Job facts, for job events.
+    pub job: Option<JobFacts>,
+    /// Agent facts, for agent events.
+    pub agent: Option<AgentFacts>,
+    /// Test facts, for Test Engine `workflow.alarm`.
+    pub test: Option<TestFacts>,
+    /// Cluster token facts, for `agent.blocked` and `cluster_token.*`.
+    pub cluster_token: Option<ClusterTokenFacts>,
+    /// The main object of any event: its name and link.
+    pub subject: Subject,
+    /// A compact listing of the payload's scalar fields (for unknown events).
+    pub fields: Vec<Field>,
+}
+
+/// The payload with secrets removed and `kb` added: what templates render.
+pub fn template_data(event: &Event, now: DateTime<Utc>) -> Value {
+    let mut data = event.payload().clone();
+    redact(&mut data);
+    let derived = derive(event, now);
+    if let Value::Object(map) = &mut data {
+        map.insert(
+            "kb".into(),
+            serde_json::to_value(derived).expect("derived data serialises"),
+        );
+    }
+    data
+}
+
+/// Removes every `webhook_url` (Buildkite's secret build-trigger URL) at any depth.
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.remove("webhook_url");
+            map.values_mut().for_each(redact);
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn build_verb(state: &str) -> String {
+    match state {
+        "passed" | "failed" => state.into(),
+        "failing" => "is failing".into(),
+        "canceled" => "was canceled".into(),
+        "canceling" => "is canceling".into(),
+        "blocked" => "is blocked".into(),
+        "scheduled" => "is scheduled".into(),
+        "running" => "is running".into(),
+        "skipped" => "was skipped".into(),
+        "not_run" => "did not run".into(),
+        "creating" => "is being created".into(),
+        "" => "changed".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
+    let state = job.state.clone().unwrap_or_default();
+    let exit = |s: Option<i64>| s.map(|s| format!(" with exit {s}")).unwrap_or_default();
+    match event.name() {
+        "job.activated" => {
+            let by = job
+                .unblocked_by
+                .as_deref()
+                .map(|n| format!(" by {n}"))
+                .unwrap_or_default();
+            ("unblocked".into(), format!("was unblocked{by}"))
+        }
+        "job.promised_exit_status" => {
+            let key = if job.promised_exit_status.unwrap_or(0) == 0 {
+                "running"
+            } else {
+                "promised_failure"
+            };
+            let status = job
+                .promised_exit_status
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default();
+            (key.into(), format!("will exit{status}"))
+        }
+        _ if job.soft_failed => (
+            "soft_failed".into(),
+            format!("soft failed{}", exit(job.exit_status)),
+        ),
+        _ => {
+            let verb = match state.as_str() {
+                "passed" => "passed".into(),
+                "failed" => format!("failed{}", exit(job.exit_status)),
+                "timed_out" => "timed out".into(),
+                "canceled" => "was canceled".into(),
+                "expired" => "expired".into(),
+                "broken" | "skipped" | "not_run" => "did not run".into(),
+                "scheduled" | "waiting" | "assigned" | "accepted" => "is scheduled".into(),
+                "running" => "started".into(),
+                "" => event
+                    .name()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("changed")
+                    .replace('_', " "),
+                other => other.replace('_', " "),
+            };
+            (state, verb)
+        }
+    }
+}
+
+fn agent_verb(action: &str) -> (&'static str, String) {
+    match action {
+        "connected" => ("connected", "connected".into()),
+        "disconnected" => ("disconnected", "disconnected".into()),
+        "lost" => ("lost", "was lost".into()),
+        "stopping" => ("stopping", "is stopping".into()),
+        "stopped" => ("stopped", "stopped".into()),
+        "blocked" => ("never_connected", "was blocked".into()),
+        other => ("", other.replace('_', " ")),
+    }
+}
+
+/// Computes `kb` for an event.
+pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
+    let p = event.payload();
+    let family = event.family().to_string();
+    let action = event
+        .name()
+        .split_once('.')
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_default();
+    let pipeline = text(p, "pipeline.name").or_else(|| text(p, "pipeline.slug"));
+    let state = event.state().unwrap_or_default().to_string();
+    let mut subject = subject(p);
+    let build = matches!(family.as_str(), "build" | "job").then(|| build_facts(p, now));
+    let job = (family == "job").then(|| job_facts(p, now));
+    let agent = (family == "agent").then(|| agent_facts(p));
+    let test = (event.name() == "workflow.alarm").then(|| test_facts(p));
+    let cluster_token = (family == "cluster_token" || event.name() == "agent.blocked")
+        .then(|| cluster_token_facts(p));
+    let build_ref = || {
+        let number = build
+            .as_ref()
+            .and_then(|b| b.number)
+            .map(|n| format!(" #{n}"))
+            .unwrap_or_default();
+        format!("{}{number}", pipeline.as_deref().unwrap_or("pipeline"))
+    };
+
+    let (look_key, verb, title_subject, url, url_label): (
+        String,
+        String,
+        String,
+        Option<String>,
+        &'static str,
+    ) = match (family.as_str(), &build, &job, &agent, &test) {
+        ("build", Some(b), _, _, _) => (
+            state.clone(),
+            build_verb(&state),
+            build_ref(),
+            b.url.clone(),
+            "View build",
+        ),
+        ("job", Some(_), Some(j), _, _) => {
+            let (key, verb) = job_verb(event, j);
+            let subject = format!("{}: {}", build_ref(), j.label);
+            // Block steps have no page of their own; their link falls back to the build.
+            let label = if url(p, "job.web_url").is_some() {
+                "View job"
+            } else {
+                "View build"
+            };
+            (key, verb, subject, j.url.clone(), label)
+        }
+        ("agent", _, _, Some(a), _) => {
+            let (key, mut verb) = agent_verb(&action);
+            if let Some(ip) = a.blocked_ip.as_deref().filter(|_| action == "blocked") {
+                verb = format!("{verb} from {ip}");
+            }
+            (
+                key.into(),
+                verb,
+                format!("Agent {}", a.name),
+                a.url.clone(),
+                "View agent",
+            )
+        }
+        (_, _, _, _, Some(t)) => (
+            "alarm".into(),
+            String::new(),
+            format!("Test Engine alarm: {}", t.name),
+            t.url.clone(),
+            "View test",
+        ),
+        ("ping", ..) => {
+            let org = text(p, "organization.name").unwrap_or_else(|| "unknown".into());
+            (
+                "ping".into(),
+                String::new(),
+                format!("kitebridge connected to Buildkite org {org}"),
+                url(p, "organization.web_url"),
+                "Open Buildkite",
+            )
+        }
+        ("cluster_token", ..) => {
+            let ip = text(p, "blocked_ip").unwrap_or_else(|| "an unknown address".into());
+            (
+                "registration_blocked".into(),
+                String::new(),
+                format!("Agent registration blocked from {ip}"),
+                None,
+                "View cluster",
+            )
+        }
+        _ => {
+            let name = subject
+                .name
+                .clone()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default();
+            let key = if action == "created" {
+                "created".to_string()
+            } else {
+                state.clone()
+            };
+            (
+                key,
+                String::new(),
+                format!("{}{name}", event.name()),
+                subject.url.clone(),
+                "Open in Buildkite",
+            )
+        }
+    };
+    let Look {
+        emoji,
+        color,
+        teams_color,
+        teams_style,
+    } = look_of(&look_key);
+    let title = if verb.is_empty() {
+        format!("{emoji} {title_subject}")
+    } else {
+        format!("{emoji} {title_subject} {verb}")
+    };
+    if subject.url.is_none() {
+        subject.url = url.clone();
+    }
+    Derived {
+        event: event.name().to_string(),
+        family,
+        action,
+        state,
+        emoji,
+        color,
+        teams_color,
+        teams_style,
+        verb,
+        title,
+        url,
+        url_label,
+        pipeline,
+        org: text(p, "organization.name"),
+        sender: text(p, "sender.name"),
+        received_at: event
+            .received_at()
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string(),
+        build,
+        job,
+        agent,
+        test,
+        cluster_token,
+        subject,
+        fields: fields(p),
+    }
+}
+
+#[cfg(test)]
+mod tests;

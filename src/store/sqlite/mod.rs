@@ -1,0 +1,223 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! All writes go through one writer thread that drains whatever requests are waiting and
+//! applies them in a single transaction (group commit): under load, many concurrent webhooks
+//! share one commit, and each is answered only after that commit. Each request runs in its own
+//! savepoint, so one failing request does not undo the others. Reads use a small pool of
+//! other connections, so readers never wait on each other or on the writer (WAL).
+
+mod queries;
+
+use super::StoreError;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// The most requests one transaction takes.
+const MAX_BATCH: usize = 1024;
+
+/// Idle read connections kept open.
+const MAX_READERS: usize = 8;
+
+/// How hard SQLite pushes commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = FULL`: a committed event survives power loss.
+    Full,
+    /// `synchronous = NORMAL`: survives a crash of the process (`kill -9`), and may lose the
+    /// last commits on power loss; fewer disk flushes.
+    Normal,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write request: given the connection inside the shared transaction (or `None` when the
+/// transaction could not begin), it runs and returns how to answer once the commit is known.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<Job>,
+    /// Read connections, checked out one per read so readers never wait on each other.
+    readers: Arc<Mutex<Vec<Connection>>>,
+    durability: Durability,
+    commits: Arc<AtomicU64>,
+}
+
+fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+        }
+        let writer_conn = open(path, durability)?;
+        writer_conn.execute_batch(include_str!("../schema.sql"))?;
+        let reader = open(path, durability)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("kitebridge-store".into())
+            .spawn(move || write_loop(writer_conn, rx, &counter))
+            .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: tx,
+            readers: Arc::new(Mutex::new(vec![reader])),
+            durability,
+            commits,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Transactions committed so far (each may hold many writes).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` in the next group commit and returns its result once that commit is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f).map_err(StoreError::from),
+                None => Err(StoreError::Closed),
+            };
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (readers, path, durability) =
+            (self.readers.clone(), self.path.clone(), self.durability);
+        tokio::task::spawn_blocking(move || {
+            let spare = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let conn = match spare {
+                Some(conn) => conn,
+                None => open(&path, durability)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().map_err(|_| StoreError::Closed)?;
+            if pool.len() < MAX_READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if !conn.is_autocommit() {
+            // A transaction left open by an earlier failure would make every BEGIN fail.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = StoreError::from(e);
+            tracing::error!(error = %err, "storage: cannot begin a transaction");
+            for job in jobs {
+                job(None)(Err(err.clone()));
+            }
+            continue;
+        }
+        // Some errors (a full disk, say) make SQLite roll back the whole transaction, not just
+        // the failing job's savepoint. From then on nothing may run outside a transaction, and
+        // every job of the batch must learn that it was not kept.
+        let mut aborted = false;
+        let mut finishes: Vec<Finish> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if aborted {
+                finishes.push(job(None));
+                continue;
+            }
+            finishes.push(job(Some(&conn)));
+            aborted = conn.is_autocommit();
+        }
+        let commit = if aborted {
+            Err(StoreError::Database(
+                "the transaction was rolled back; nothing of this batch was kept".into(),
+            ))
+        } else {
+            conn.execute_batch("COMMIT").map_err(StoreError::from)
+        };
+        match &commit {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage: commit failed");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+            }
+        }
+        for finish in finishes {
+            finish(commit.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

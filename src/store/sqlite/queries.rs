@@ -1,0 +1,290 @@
+//! The [`Store`] operations, as SQL.
+
+use super::SqliteStore;
+use crate::store::{
+    Accepted, Attempt, Delivery, DeliveryState, NewDelivery, NewEvent, QueueStat, Resolution,
+    RetrySelector, Store, StoreError,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, Row, params};
+use sha2::{Digest, Sha256};
+
+fn body_hash(body: &[u8]) -> Vec<u8> {
+    Sha256::digest(body).to_vec()
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.name, d.route, d.destination, d.template, d.state, d.attempts, \
+     d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body";
+
+fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let state: String = row.get(6)?;
+    Ok(Delivery {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        event_name: row.get(2)?,
+        route: row.get(3)?,
+        destination: row.get(4)?,
+        template: row.get(5)?,
+        state: DeliveryState::parse(&state).unwrap_or(DeliveryState::Pending),
+        attempts: row.get(7)?,
+        created_at: row.get(8)?,
+        age_from: row.get(9)?,
+        next_attempt_at: row.get(10)?,
+        updated_at: row.get(11)?,
+        last_status: row.get(12)?,
+        last_error: row.get(13)?,
+        body: row.get(14)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_since: Option<i64>,
+    ) -> Result<Accepted, StoreError> {
+        let hash = body_hash(&event.body);
+        self.write(move |conn| {
+            if let Some(since) = dedupe_since {
+                let first: Option<i64> = conn
+                    .query_row(
+                        "SELECT id FROM events WHERE body_hash = ?1 AND received_at >= ?2 ORDER BY id LIMIT 1",
+                        params![hash, since],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(event_id) = first {
+                    return Ok(Accepted::Duplicate { event_id });
+                }
+            }
+            conn.prepare_cached("INSERT INTO events (name, body, body_hash, received_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![event.name, &event.body[..], hash, event.received_at])?;
+            let event_id = conn.last_insert_rowid();
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, next_attempt_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5, ?5)",
+            )?;
+            let mut delivery_ids = Vec::with_capacity(deliveries.len());
+            for d in &deliveries {
+                insert.execute(params![event_id, d.route, d.destination, d.template, event.received_at])?;
+                delivery_ids.push(conn.last_insert_rowid());
+            }
+            Ok(Accepted::New { event_id, delivery_ids })
+        })
+        .await
+    }
+
+    async fn due(
+        &self,
+        destination: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id \
+                 WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![destination, now, limit as i64], delivery)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn next_due_after(&self, destination: &str, now: i64) -> Result<Option<i64>, StoreError> {
+        let destination = destination.to_string();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_attempt_at) FROM deliveries \
+                 WHERE destination = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+                params![destination, now],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn event(&self, event_id: i64) -> Result<(String, Bytes, i64), StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT name, body, received_at FROM events WHERE id = ?1",
+                params![event_id],
+                |r| Ok((r.get(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?), r.get(2)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(event_id))
+        })
+        .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        delivery_id: i64,
+        started_at: i64,
+        attempt: Attempt,
+        body: Option<String>,
+        resolution: Resolution,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                delivery_id,
+                attempt.at,
+                attempt.status,
+                attempt.outcome,
+                attempt.reason,
+                attempt.latency_ms as i64
+            ])?;
+            let (state, next) = match resolution {
+                Resolution::Sent => ("sent", attempt.at),
+                Resolution::RetryAt(at) => ("pending", at),
+                Resolution::Dead => ("dead", attempt.at),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4, \
+                 last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
+                 WHERE id = ?1 AND state = 'pending' AND updated_at <= ?8",
+            )?
+            .execute(params![
+                delivery_id,
+                state,
+                next,
+                attempt.at,
+                attempt.status,
+                attempt.reason,
+                body,
+                started_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let set = "SET state = 'pending', attempts = 0, next_attempt_at = ?1, age_from = ?1, \
+                       updated_at = ?1, body = NULL";
+            match selector {
+                RetrySelector::Id(id) => conn.execute(
+                    &format!(
+                        "UPDATE deliveries {set} WHERE id = ?2 AND state IN ('dead', 'pending')"
+                    ),
+                    params![now, id],
+                ),
+                RetrySelector::AllDead => conn.execute(
+                    &format!("UPDATE deliveries {set} WHERE state = 'dead'"),
+                    params![now],
+                ),
+            }
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id \
+                 WHERE (?1 IS NULL OR d.state = ?1) ORDER BY d.id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(
+                params![state.map(DeliveryState::as_str), limit as i64],
+                delivery,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError> {
+        self.read(move |conn| {
+            let d = conn
+                .query_row(
+                    &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?1"),
+                    params![id],
+                    delivery,
+                )
+                .optional()?
+                .ok_or(StoreError::NotFound(id))?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, status, outcome, reason, latency_ms FROM attempts WHERE delivery_id = ?1 ORDER BY rowid",
+            )?;
+            let attempts = stmt
+                .query_map(params![id], |r| {
+                    Ok(Attempt {
+                        at: r.get(0)?,
+                        status: r.get(1)?,
+                        outcome: r.get(2)?,
+                        reason: r.get(3)?,
+                        latency_ms: r.get::<_, i64>(4)? as u64,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((d, attempts))
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let limit = limit as i64;
+            let chosen = "SELECT id FROM deliveries WHERE state = 'sent' AND updated_at < ?1 LIMIT ?2";
+            conn.execute(
+                &format!("DELETE FROM attempts WHERE delivery_id IN ({chosen})"),
+                params![before, limit],
+            )?;
+            let deliveries = conn.execute(
+                &format!("DELETE FROM deliveries WHERE id IN ({chosen})"),
+                params![before, limit],
+            )?;
+            let events = conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) LIMIT ?2)",
+                params![before, limit],
+            )?;
+            Ok(deliveries.max(events))
+        })
+        .await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT destination, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN created_at END), SUM(state = 'dead') \
+                 FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY destination ORDER BY destination",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(QueueStat {
+                    destination: r.get(0)?,
+                    pending: r.get::<_, i64>(1)? as u64,
+                    oldest_created_at: r.get(2)?,
+                    dead: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let now = crate::store::now_ms();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = ?1",
+                params![now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}

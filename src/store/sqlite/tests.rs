@@ -1,0 +1,287 @@
+use super::*;
+use crate::store::{
+    Accepted, Attempt, DeliveryState, NewDelivery, NewEvent, Resolution, RetrySelector, Store,
+    StoreError, now_ms,
+};
+use bytes::Bytes;
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("k.db"), Durability::Full).unwrap();
+    (dir, store)
+}
+
+fn event(body: &str, at: i64) -> NewEvent {
+    NewEvent {
+        name: "build.finished".into(),
+        body: Bytes::from(body.to_string()),
+        received_at: at,
+    }
+}
+
+fn to(dest: &str) -> NewDelivery {
+    NewDelivery {
+        route: "r".into(),
+        destination: dest.into(),
+        template: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits() {
+    let (_dir, store) = store();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .accept(
+                    event(&format!("{{\"n\":{i}}}"), now_ms()),
+                    vec![to("a")],
+                    None,
+                )
+                .await
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap().unwrap() {
+            Accepted::New { event_id, .. } => assert!(ids.insert(event_id)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 400);
+    assert!(
+        store.commits() < 400,
+        "{} commits for 400 writes",
+        store.commits()
+    );
+    assert_eq!(store.due("a", now_ms(), 1000).await.unwrap().len(), 400);
+}
+
+#[tokio::test]
+async fn a_failed_accept_keeps_nothing() {
+    let (_dir, store) = store();
+    store
+        .write(|c| c.execute_batch("DROP TABLE attempts; DROP TABLE deliveries"))
+        .await
+        .unwrap();
+    let failed = store
+        .accept(event("{}", now_ms()), vec![to("a")], None)
+        .await;
+    assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+    let events: i64 = store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "the event was not half-kept");
+}
+
+/// A full disk makes SQLite roll back the whole shared transaction, not one savepoint:
+/// every request in that batch is told so, and whatever was answered Ok is really kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_mid_batch_keeps_exactly_what_was_answered_ok() {
+    let (_dir, store) = store();
+    let pages: i64 = store
+        .read(|c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    store
+        .write(move |c| c.pragma_update(None, "max_page_count", pages + 40))
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let store = store.clone();
+        let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(3000));
+        tasks.spawn(async move {
+            (
+                i,
+                store
+                    .accept(event(&body, now_ms()), vec![to("a")], None)
+                    .await,
+            )
+        });
+    }
+    let (mut kept, mut refused) = (Vec::new(), 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (_, Ok(Accepted::New { event_id, .. })) => kept.push(event_id),
+            (_, Ok(other)) => panic!("{other:?}"),
+            (_, Err(_)) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 0 && !kept.is_empty(),
+        "the disk filled part-way: kept {}, refused {refused}",
+        kept.len()
+    );
+    let stored: i64 = store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored as usize,
+        kept.len(),
+        "nothing refused was kept, nothing kept was refused"
+    );
+    let deliveries = store.due("a", now_ms(), 1000).await.unwrap();
+    assert_eq!(deliveries.len(), kept.len());
+}
+
+#[tokio::test]
+async fn an_attempt_ending_after_a_manual_retry_does_not_undo_it() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let Accepted::New { delivery_ids, .. } = store
+        .accept(event("{}", t), vec![to("a")], None)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let id = delivery_ids[0];
+    // The attempt starts at t; an operator re-queues the delivery at t + 5 (say after a
+    // dead letter from an earlier attempt); then the attempt ends as a dead letter.
+    assert_eq!(store.retry(RetrySelector::Id(id), t + 5).await.unwrap(), 1);
+    let late = Attempt {
+        at: t + 10,
+        status: Some(404),
+        outcome: "permanent".into(),
+        reason: None,
+        latency_ms: 10,
+    };
+    store
+        .finish_attempt(id, t, late, None, Resolution::Dead)
+        .await
+        .unwrap();
+    let (d, attempts) = store.show(id).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending, "the retry stands");
+    assert_eq!(attempts.len(), 1, "the attempt is still in the history");
+}
+
+#[tokio::test]
+async fn identical_bodies_within_the_window_are_stored_once() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let first = store
+        .accept(event("{\"a\":1}", t), vec![to("a")], Some(t - 1000))
+        .await
+        .unwrap();
+    let Accepted::New { event_id, .. } = first else {
+        panic!()
+    };
+    let again = store
+        .accept(
+            event("{\"a\":1}", t + 10),
+            vec![to("a")],
+            Some(t + 10 - 1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Accepted::Duplicate { event_id });
+    let later = store
+        .accept(
+            event("{\"a\":1}", t + 5000),
+            vec![to("a")],
+            Some(t + 5000 - 1000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(later, Accepted::New { .. }),
+        "outside the window it is new"
+    );
+    assert_eq!(store.due("a", t + 5000, 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn attempts_retries_and_pruning() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let Accepted::New { delivery_ids, .. } = store
+        .accept(event("{}", t), vec![to("a"), to("b")], None)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let attempt = |outcome: &str, status| Attempt {
+        at: t,
+        status,
+        outcome: outcome.into(),
+        reason: Some("why".into()),
+        latency_ms: 3,
+    };
+    store
+        .finish_attempt(
+            delivery_ids[0],
+            t,
+            attempt("retry", Some(500)),
+            Some("{}".into()),
+            Resolution::RetryAt(t + 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.due("a", t, 10).await.unwrap().is_empty(),
+        "not due before its retry time"
+    );
+    assert_eq!(
+        store.next_due_after("a", t).await.unwrap(),
+        Some(t + 60_000)
+    );
+    store
+        .finish_attempt(
+            delivery_ids[0],
+            t,
+            attempt("permanent", Some(404)),
+            None,
+            Resolution::Dead,
+        )
+        .await
+        .unwrap();
+    let (dead, attempts) = store.show(delivery_ids[0]).await.unwrap();
+    assert_eq!(
+        (dead.state, dead.attempts, dead.last_status),
+        (DeliveryState::Dead, 2, Some(404))
+    );
+    assert_eq!(
+        dead.body.as_deref(),
+        Some("{}"),
+        "the first rendering is kept"
+    );
+    assert_eq!(attempts.len(), 2);
+
+    assert_eq!(store.retry(RetrySelector::AllDead, t + 1).await.unwrap(), 1);
+    let (retried, _) = store.show(delivery_ids[0]).await.unwrap();
+    assert_eq!(
+        (retried.state, retried.age_from, retried.body),
+        (DeliveryState::Pending, t + 1, None)
+    );
+
+    store
+        .finish_attempt(
+            delivery_ids[1],
+            t,
+            attempt("sent", Some(200)),
+            None,
+            Resolution::Sent,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.prune(t + 1, 1000).await.unwrap(),
+        1,
+        "the sent one goes"
+    );
+    assert!(store.show(delivery_ids[1]).await.is_err());
+    assert!(
+        store.show(delivery_ids[0]).await.is_ok(),
+        "the pending one stays"
+    );
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].destination.as_str(), stats[0].pending), ("a", 1));
+    store.probe().await.unwrap();
+}
