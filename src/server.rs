@@ -83,8 +83,8 @@ impl Service {
         config: Config,
         store: Arc<dyn Store>,
     ) -> Result<Self, ServeError> {
-        let renderer =
-            Renderer::new(config.templates_dir.as_deref()).map_err(ServeError::Templates)?;
+        let renderer = Renderer::new(config.templates_dir.as_deref(), config.people.clone())
+            .map_err(ServeError::Templates)?;
         let problems = check_route_templates(&config, &renderer);
         if !problems.is_empty() {
             return Err(ServeError::Templates(problems));
@@ -92,7 +92,7 @@ impl Service {
         let client = deliver::client();
         let mut destinations = Vec::new();
         for d in &config.destinations {
-            match deliver::build(d, &client) {
+            match deliver::build(d, &client, store.clone()) {
                 Some(dest) => destinations.push((dest, d.limits)),
                 None => {
                     tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url is empty")

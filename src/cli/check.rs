@@ -28,7 +28,7 @@ pub fn run(path: &Path) -> ExitCode {
 
 /// Every problem with templates, or a one-line summary when there is none.
 pub fn problems(config: &Config) -> Result<String, Vec<String>> {
-    let renderer = Renderer::new(config.templates_dir.as_deref())?;
+    let renderer = Renderer::new(config.templates_dir.as_deref(), config.people.clone())?;
     let mut problems = check_route_templates(config, &renderer);
     let samples = samples::events();
     let mut rendered = 0;
@@ -40,8 +40,16 @@ pub fn problems(config: &Config) -> Result<String, Vec<String>> {
             } else {
                 samples.iter().collect()
             };
+            // A digest renders many events at once: try it on all the samples together.
+            let digest = (name == "digest").then(|| {
+                let all: Vec<_> = samples.iter().map(|(_, e)| e.clone()).collect();
+                TemplateData::group(&all, Utc::now())
+            });
             for (sample, event) in chosen {
-                let data = TemplateData::new(event, Utc::now());
+                let data = match &digest {
+                    Some(_) => TemplateData::group(std::slice::from_ref(event), Utc::now()),
+                    None => TemplateData::new(event, Utc::now()),
+                };
                 let result = renderer
                     .render(kind, &name, &data)
                     .map_err(|e| e.to_string())
@@ -50,6 +58,19 @@ pub fn problems(config: &Config) -> Result<String, Vec<String>> {
                     Ok(()) => rendered += 1,
                     Err(e) => problems.push(format!(
                         "{} (sample {sample}): {e}",
+                        renderer.origin(kind, &name)
+                    )),
+                }
+            }
+            if let Some(data) = &digest {
+                match renderer
+                    .render(kind, &name, data)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| shape(kind, &b))
+                {
+                    Ok(()) => rendered += 1,
+                    Err(e) => problems.push(format!(
+                        "{} (all samples as one digest): {e}",
                         renderer.origin(kind, &name)
                     )),
                 }

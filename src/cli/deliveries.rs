@@ -105,9 +105,10 @@ pub fn show(config: &Config, id: i64) -> ExitCode {
     let summary = rt
         .block_on(store.event(d.event_id))
         .ok()
-        .and_then(|(name, body, at)| {
-            let at = Utc.timestamp_millis_opt(at).single()?;
-            let event = Event::parse(&VerifiedBody::trusted(body), Some(&name), at).ok()?;
+        .and_then(|stored| {
+            let at = Utc.timestamp_millis_opt(stored.received_at).single()?;
+            let event =
+                Event::parse(&VerifiedBody::trusted(stored.body), Some(&stored.name), at).ok()?;
             let mut parts = vec![];
             if let Some(p) = event.pipeline_slug() {
                 parts.push(format!("pipeline {p}"));

@@ -2,6 +2,7 @@
 
 use super::RenderFormat;
 use crate::event::{Event, VerifiedBody};
+use crate::mute::Muted;
 use crate::queue::plan;
 use crate::render::{Renderer, TemplateData};
 use crate::routing::Router;
@@ -21,7 +22,7 @@ pub fn run(
     let Some(config) = super::load(config_path) else {
         return ExitCode::FAILURE;
     };
-    let renderer = match Renderer::new(config.templates_dir.as_deref()) {
+    let renderer = match Renderer::new(config.templates_dir.as_deref(), config.people.clone()) {
         Ok(r) => r,
         Err(problems) => {
             problems.iter().for_each(|p| eprintln!("{p}"));
@@ -60,15 +61,21 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
+    // No store is read in a dry run: a finished build is taken as the first of its branch.
+    let mut event = event;
+    let transition = crate::transition::outcome(&event)
+        .and_then(|b| crate::transition::next(None, &b))
+        .map(|(t, _)| t);
+    event.set_transition(transition);
     let router = Router::new(config.routes.clone());
     let routes = router.route(&event);
     let enabled = |name: &str| config.destination(name).is_some_and(|d| d.enabled());
-    let planned = plan(&routes, enabled);
-    let disabled: Vec<NewDelivery> = plan(&routes, |d| !enabled(d));
+    let planned = plan(&routes, &event, enabled);
+    let disabled: Vec<NewDelivery> = plan(&routes, &event, |d| !enabled(d)).deliveries;
     let data = TemplateData::new(&event, now);
     let mut failed = false;
     let mut out = Vec::new();
-    for p in &planned {
+    for p in &planned.deliveries {
         let dest = config
             .destination(&p.destination)
             .expect("planned destinations exist");
@@ -115,6 +122,23 @@ pub fn run(
                 println!(
                     "route {:?} → {}: not sent, destination disabled (url empty)",
                     p.route, p.destination
+                );
+            }
+            for (route, dest, muted) in &planned.muted {
+                match muted {
+                    Muted::Drop(window) => {
+                        println!("route {route:?} → {dest}: muted by {window:?}: dropped")
+                    }
+                    Muted::Hold(window, until) => println!(
+                        "route {route:?} → {dest}: muted by {window:?}: held until {}",
+                        until.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                }
+            }
+            if let Some(t) = event.transition() {
+                println!(
+                    "(dry run: no build history is read, so this build counts as the first of its branch: {})",
+                    t.kind.as_str()
                 );
             }
         }

@@ -1,12 +1,14 @@
 //! `kitebridge send-test`: one real message to one destination, to prove the URL works.
 
-use crate::deliver::{self, Outcome};
+use crate::deliver::{self, Context, Outcome};
 use crate::event::Event;
 use crate::render::{Renderer, TemplateData, samples};
+use crate::store::SqliteStore;
 use chrono::Utc;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Sends a connection test (or a named sample event) and reports the answer.
@@ -27,7 +29,7 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let renderer = match Renderer::new(config.templates_dir.as_deref()) {
+    let renderer = match Renderer::new(config.templates_dir.as_deref(), config.people.clone()) {
         Ok(r) => r,
         Err(problems) => {
             problems.iter().for_each(|p| eprintln!("{p}"));
@@ -50,7 +52,15 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
             Utc::now(),
         ),
     };
-    let Some(dest) = deliver::build(dest_config, &deliver::client()) else {
+    // A Slack app keeps message ids in the store; a test message needs none, but shares it.
+    let store = match SqliteStore::open(&config.storage_path, config.durability) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", config.storage_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(dest) = deliver::build(dest_config, &deliver::client(), Arc::new(store)) else {
         eprintln!(
             "destination {name:?} is disabled: its url is empty (is its environment variable set?)"
         );
@@ -66,7 +76,11 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
             }
         };
     let started = Instant::now();
-    let outcome = super::runtime().block_on(dest.send(&body));
+    let context = Context {
+        event_name: event.name().to_string(),
+        ..Context::default()
+    };
+    let outcome = super::runtime().block_on(dest.send(&body, &context));
     let ms = started.elapsed().as_millis();
     let status = outcome
         .status()

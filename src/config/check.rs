@@ -127,7 +127,9 @@ impl Check<'_> {
             .map(|d| base.join(d));
         let destinations = self.destinations(&raw);
         let names: HashSet<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
-        let routes = self.routes(&raw.routes, &names);
+        let people = self.people(&raw);
+        let mutes = self.mutes(&raw);
+        let routes = self.routes(&raw.routes, &names, &mutes);
         Some(Config {
             path: PathBuf::from(&self.file),
             server: server?,
@@ -145,6 +147,7 @@ impl Check<'_> {
             templates_dir,
             destinations,
             routes,
+            people: std::sync::Arc::new(people),
         })
     }
 

@@ -7,6 +7,9 @@ use crate::deliver::DestinationKind;
 use crate::queue::Limits;
 use crate::secret::Secret;
 
+/// Where the Slack Web API lives, unless a destination's `url` says otherwise.
+pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
+
 impl Check<'_> {
     pub(super) fn destinations(&mut self, raw: &RawConfig) -> Vec<DestinationConfig> {
         let mut out = Vec::new();
@@ -47,6 +50,7 @@ impl Check<'_> {
                     continue;
                 }
                 (None, DestinationKind::Console) => None,
+                (None, DestinationKind::SlackApp) => Some(Secret::new(DEFAULT_SLACK_API)),
                 (None, _) => {
                     self.problem(
                         Some(dest.span()),
@@ -72,6 +76,10 @@ impl Check<'_> {
                     (!url.is_empty()).then(|| Secret::new(url))
                 }
             };
+            let (token, channel) = match self.slack_app(&what, kind, d) {
+                Some(found) => found,
+                None => continue,
+            };
             let timeout = self.duration(
                 d.timeout.as_ref(),
                 &format!("{what} timeout"),
@@ -82,6 +90,8 @@ impl Check<'_> {
                 name,
                 kind,
                 url,
+                token,
+                channel,
                 timeout,
                 limits,
             });
@@ -89,11 +99,59 @@ impl Check<'_> {
         out
     }
 
+    /// `token` and `channel`: required for `slack_app`, refused elsewhere. `None` on a problem.
+    fn slack_app(
+        &mut self,
+        what: &str,
+        kind: DestinationKind,
+        d: &raw::RawDestination,
+    ) -> Option<(Option<Secret>, Option<String>)> {
+        if kind != DestinationKind::SlackApp {
+            if let Some(t) = d.token.as_ref().or(d.channel.as_ref()) {
+                self.problem(
+                    Some(t.span()),
+                    format!("{what}: token and channel are for kind \"slack_app\" only"),
+                );
+                return None;
+            }
+            return Some((None, None));
+        }
+        let Some(token) = &d.token else {
+            self.problem(
+                None,
+                format!("{what}: token is required for kind \"slack_app\" (a bot token, xoxb-…)"),
+            );
+            return None;
+        };
+        let token = self.text(token, &format!("{what} token"))?;
+        let Some(channel_text) = &d.channel else {
+            self.problem(None, format!("{what}: channel is required for kind \"slack_app\" (a channel id such as \"C0123ABCD\")"));
+            return None;
+        };
+        let channel = self.text(channel_text, &format!("{what} channel"))?;
+        let valid = channel.len() >= 3
+            && channel.starts_with(['C', 'G', 'D'])
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if !valid {
+            self.problem(
+                Some(channel_text.span()),
+                format!("{what}: channel must be a channel id such as \"C0123ABCD\" (updates need the id, not the name)"),
+            );
+            return None;
+        }
+        Some((
+            (!token.is_empty()).then(|| Secret::new(token)),
+            Some(channel),
+        ))
+    }
+
     /// Pace and parallelism, with each kind's defaults: Slack about 1 message per second per
     /// webhook, Teams about 4, the console unlimited.
     fn limits(&mut self, what: &str, kind: DestinationKind, d: &raw::RawDestination) -> Limits {
         let (rate, burst, concurrency) = match kind {
-            DestinationKind::Slack => (Some(1.0), 3, 1),
+            DestinationKind::Slack | DestinationKind::SlackApp => (Some(1.0), 3, 1),
             DestinationKind::Teams => (Some(4.0), 4, 2),
             DestinationKind::Console => (None, 1, 1),
         };

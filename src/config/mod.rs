@@ -8,12 +8,14 @@
 mod check;
 mod destinations;
 pub mod interpolate;
+mod people;
 mod raw;
 mod routes;
 
 use crate::deliver::DestinationKind;
 use crate::ingress::auth::Credentials;
 use crate::queue::{Limits, Settings};
+use crate::render::People;
 use crate::routing::Route;
 use crate::secret::Secret;
 use crate::store::sqlite::Durability;
@@ -23,6 +25,7 @@ use raw::RawConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -57,9 +60,13 @@ pub struct DestinationConfig {
     pub name: String,
     /// What it is.
     pub kind: DestinationKind,
-    /// The webhook URL; `None` for `console`, and for a Slack or Teams destination whose URL
-    /// interpolated to empty (it is then disabled).
+    /// The webhook URL (for `slack_app`, the Web API base); `None` for `console`, and for a
+    /// destination whose URL or token interpolated to empty (it is then disabled).
     pub url: Option<Secret>,
+    /// `slack_app`: the bot token.
+    pub token: Option<Secret>,
+    /// `slack_app`: the channel id.
+    pub channel: Option<String>,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Pace and parallelism.
@@ -67,9 +74,14 @@ pub struct DestinationConfig {
 }
 
 impl DestinationConfig {
-    /// Whether messages are sent to it (a webhook destination needs its URL).
+    /// Whether messages are sent to it (a webhook destination needs its URL, a Slack app its
+    /// token).
     pub fn enabled(&self) -> bool {
-        self.kind == DestinationKind::Console || self.url.is_some()
+        match self.kind {
+            DestinationKind::Console => true,
+            DestinationKind::SlackApp => self.token.is_some(),
+            DestinationKind::Slack | DestinationKind::Teams => self.url.is_some(),
+        }
     }
 }
 
@@ -100,6 +112,8 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     /// Routes in file order.
     pub routes: Vec<Route>,
+    /// `[[people]]`: who `mention` can mention.
+    pub people: Arc<People>,
 }
 
 impl Config {

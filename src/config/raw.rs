@@ -27,6 +27,36 @@ pub struct RawConfig {
     pub destinations: BTreeMap<Spanned<String>, Spanned<RawDestination>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub people: Vec<Spanned<RawPerson>>,
+    #[serde(default)]
+    pub mute: Vec<Spanned<RawMute>>,
+}
+
+/// `[[people]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerson {
+    pub name: Option<Text>,
+    #[serde(default)]
+    pub emails: Vec<Text>,
+    #[serde(default)]
+    pub buildkite: Vec<Text>,
+    pub slack: Option<Text>,
+    pub teams: Option<Text>,
+}
+
+/// `[[mute]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMute {
+    pub name: Option<Text>,
+    #[serde(default)]
+    pub days: Vec<Text>,
+    pub from: Option<Text>,
+    pub to: Option<Text>,
+    pub timezone: Option<Text>,
+    pub action: Option<Text>,
 }
 
 /// `[server]`.
@@ -92,6 +122,8 @@ pub struct RawTemplates {
 pub struct RawDestination {
     pub kind: Text,
     pub url: Option<Text>,
+    pub token: Option<Text>,
+    pub channel: Option<Text>,
     pub timeout: Option<Text>,
     pub rate: Option<Spanned<f64>>,
     pub burst: Option<Spanned<i64>>,
@@ -114,6 +146,13 @@ pub struct RawRoute {
     #[serde(default)]
     pub to: Vec<Text>,
     pub template: Option<Text>,
+    #[serde(default)]
+    pub transitions: Vec<Text>,
+    pub group_window: Option<Text>,
+    #[serde(default)]
+    pub group_by: Vec<Text>,
+    #[serde(default)]
+    pub mute: Vec<Text>,
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
     #[serde(default)]

@@ -3,15 +3,21 @@
 use super::check::Check;
 use super::interpolate;
 use super::raw::{self, RawRoute, Text};
-use crate::routing::{Condition, PatternList, Route, Test};
-use std::collections::HashSet;
+use crate::mute::MuteWindow;
+use crate::routing::{Condition, Grouping, PatternList, Route, Test};
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TRANSITIONS: [&str; 4] = ["broken", "fixed", "still_failing", "passing"];
 
 impl Check<'_> {
     pub(super) fn routes(
         &mut self,
         raw: &[toml::Spanned<RawRoute>],
         destinations: &HashSet<&str>,
+        mutes: &HashMap<String, Arc<MuteWindow>>,
     ) -> Vec<Route> {
         let mut routes = Vec::new();
         let mut seen = HashSet::new();
@@ -33,7 +39,7 @@ impl Check<'_> {
                 );
                 continue;
             }
-            if let Some(route) = self.route(&name, r, destinations, span) {
+            if let Some(route) = self.route(&name, r, destinations, mutes, span) {
                 routes.push(route);
             }
         }
@@ -61,12 +67,28 @@ impl Check<'_> {
         name: &str,
         r: &RawRoute,
         destinations: &HashSet<&str>,
+        mutes: &HashMap<String, Arc<MuteWindow>>,
         span: Range<usize>,
     ) -> Option<Route> {
         let events = self.patterns(name, "events", &r.events);
         let pipelines = self.patterns(name, "pipelines", &r.pipelines);
         let branches = self.patterns(name, "branches", &r.branches);
         let states = self.patterns(name, "states", &r.states);
+        let transitions = self.transitions(name, &r.transitions);
+        let group = self.grouping(name, r, &span);
+        let mut mute = Vec::new();
+        for t in &r.mute {
+            let Some(m) = self.text(t, &format!("route {name:?} mute")) else {
+                continue;
+            };
+            match mutes.get(&m) {
+                Some(window) => mute.push(window.clone()),
+                None => self.problem(
+                    Some(t.span()),
+                    format!("route {name:?}: unknown mute {m:?}"),
+                ),
+            }
+        }
         if r.to.is_empty() {
             self.problem(
                 Some(span.clone()),
@@ -108,13 +130,70 @@ impl Check<'_> {
             pipelines: pipelines?,
             branches: branches?,
             states: states?,
+            transitions: transitions?,
             when,
             to,
             template,
             continue_matching: r.continue_matching,
+            group: group?,
+            mute,
         };
-        (route.to.len() == r.to.len() && route.when.len() == r.when.len() && !r.to.is_empty())
-            .then_some(route)
+        let complete = route.to.len() == r.to.len()
+            && route.when.len() == r.when.len()
+            && route.mute.len() == r.mute.len()
+            && !r.to.is_empty();
+        complete.then_some(route)
+    }
+
+    fn transitions(&mut self, route: &str, list: &[Text]) -> Option<PatternList> {
+        for t in list {
+            let v = t.get_ref().trim_start_matches('!');
+            if !TRANSITIONS.contains(&v) {
+                self.problem(
+                    Some(t.span()),
+                    format!("route {route:?} transitions: {v:?} is not one of broken, fixed, still_failing, passing"),
+                );
+                return None;
+            }
+        }
+        self.patterns(route, "transitions", list)
+    }
+
+    /// `group_window` and `group_by`; `Some(None)` when the route does not group.
+    fn grouping(
+        &mut self,
+        route: &str,
+        r: &RawRoute,
+        span: &Range<usize>,
+    ) -> Option<Option<Grouping>> {
+        let Some(window) = &r.group_window else {
+            if !r.group_by.is_empty() {
+                self.problem(
+                    Some(span.clone()),
+                    format!("route {route:?}: group_by needs group_window"),
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let window = self.duration(
+            Some(window),
+            &format!("route {route:?} group_window"),
+            Duration::ZERO,
+        );
+        let mut by = Vec::new();
+        for t in &r.group_by {
+            let path = self.text(t, &format!("route {route:?} group_by"))?;
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                self.problem(
+                    Some(t.span()),
+                    format!("route {route:?} group_by: {path:?} is not a dot path"),
+                );
+                return None;
+            }
+            by.push(path);
+        }
+        (!window.is_zero()).then_some(Some(Grouping { window, by }))
     }
 
     fn condition(&mut self, route: &str, w: &toml::Spanned<raw::RawWhen>) -> Option<Condition> {

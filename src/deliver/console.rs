@@ -1,7 +1,7 @@
 //! The `console` destination: prints messages to standard output, for trying kitebridge out
 //! and for local development.
 
-use super::{Destination, DestinationKind, Outcome, SendFuture};
+use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
 use crate::render::Body;
 use std::io::Write;
 
@@ -27,7 +27,7 @@ impl Destination for Console {
         DestinationKind::Console
     }
 
-    fn send<'a>(&'a self, body: &'a Body) -> SendFuture<'a> {
+    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
         Box::pin(async move {
             let text = match body {
                 Body::Text(t) => t.clone(),

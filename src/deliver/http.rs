@@ -9,6 +9,9 @@ use std::time::Duration;
 /// How much of an error answer is kept as the reason.
 const REASON_BYTES: usize = 300;
 
+/// How much of any answer is read (a Slack Web API answer echoes the whole message).
+const ANSWER_BYTES: usize = 64 * 1024;
+
 /// The process-wide HTTP client: rustls with the ring provider, pooled connections.
 pub fn client() -> reqwest::Client {
     static PROVIDER: Once = Once::new();
@@ -42,7 +45,7 @@ pub struct Answer {
     pub status: u16,
     /// `Retry-After`, parsed.
     pub retry_after: Option<Duration>,
-    /// The start of the body, as text.
+    /// The body (its first 64 KiB), as text.
     pub body: String,
 }
 
@@ -51,21 +54,26 @@ pub struct Answer {
 pub async fn post_json(
     client: &reqwest::Client,
     url: &Secret,
+    bearer: Option<&Secret>,
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Answer, Outcome> {
-    let response = client
+    let mut request = client
         .post(url.expose())
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
         .timeout(timeout)
-        .body(body)
+        .body(body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| transport_failure(e, timeout))?;
     let status = response.status().as_u16();
     let retry_after = parse_retry_after(response.headers());
     let bytes = response.bytes().await.unwrap_or_default();
-    let end = bytes.len().min(REASON_BYTES);
+    let end = bytes.len().min(ANSWER_BYTES);
     Ok(Answer {
         status,
         retry_after,
@@ -111,7 +119,8 @@ pub fn classify_common(answer: &Answer) -> Option<Outcome> {
         if answer.body.is_empty() {
             format!("HTTP {}", answer.status)
         } else {
-            format!("HTTP {}: {}", answer.status, answer.body)
+            let body: String = answer.body.chars().take(REASON_BYTES).collect();
+            format!("HTTP {}: {body}", answer.status)
         }
     };
     match answer.status {

@@ -6,15 +6,18 @@
 mod console;
 mod http;
 mod slack;
+mod slack_app;
 mod teams;
 
 pub use console::Console;
 pub use http::{client, parse_retry_after};
 pub use slack::{Slack, classify as classify_slack};
+pub use slack_app::{SlackApp, classify_api_error};
 pub use teams::{Teams, classify as classify_teams, is_legacy_connector};
 
 use crate::config::DestinationConfig;
 use crate::render::{Body, TemplateKind};
+use crate::store::Store;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +29,8 @@ use std::time::Duration;
 pub enum DestinationKind {
     /// Slack incoming webhook.
     Slack,
+    /// Slack app (bot token): one message per build, updated in place, failed jobs in its thread.
+    SlackApp,
     /// Teams Workflows webhook (or a legacy Office 365 connector).
     Teams,
     /// Standard output.
@@ -37,6 +42,7 @@ impl DestinationKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "slack" => Some(Self::Slack),
+            "slack_app" => Some(Self::SlackApp),
             "teams" => Some(Self::Teams),
             "console" => Some(Self::Console),
             _ => None,
@@ -47,6 +53,7 @@ impl DestinationKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Slack => "slack",
+            Self::SlackApp => "slack_app",
             Self::Teams => "teams",
             Self::Console => "console",
         }
@@ -55,7 +62,7 @@ impl DestinationKind {
     /// Which templates render for it.
     pub fn template_kind(self) -> TemplateKind {
         match self {
-            Self::Slack => TemplateKind::Slack,
+            Self::Slack | Self::SlackApp => TemplateKind::Slack,
             Self::Teams => TemplateKind::Teams,
             Self::Console => TemplateKind::Console,
         }
@@ -114,6 +121,19 @@ impl Outcome {
     }
 }
 
+/// What a destination may need to know about a message besides its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// The delivery's id.
+    pub delivery_id: i64,
+    /// The (first) event's id; ids grow with arrival.
+    pub event_id: i64,
+    /// The event's name.
+    pub event_name: String,
+    /// The build the message belongs to (`pipeline#number`), for build and job events.
+    pub thread_key: Option<String>,
+}
+
 /// A boxed send future.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
@@ -124,11 +144,16 @@ pub trait Destination: Send + Sync + fmt::Debug {
     /// Its kind.
     fn kind(&self) -> DestinationKind;
     /// Makes one attempt to deliver `body`.
-    fn send<'a>(&'a self, body: &'a Body) -> SendFuture<'a>;
+    fn send<'a>(&'a self, body: &'a Body, context: &'a Context) -> SendFuture<'a>;
 }
 
-/// Builds the destination for a config entry, or `None` when it is disabled (no URL).
-pub fn build(config: &DestinationConfig, client: &reqwest::Client) -> Option<Arc<dyn Destination>> {
+/// Builds the destination for a config entry, or `None` when it is disabled (no URL or token).
+/// `store` keeps what a Slack app needs between messages (which message is which build's).
+pub fn build(
+    config: &DestinationConfig,
+    client: &reqwest::Client,
+    store: Arc<dyn Store>,
+) -> Option<Arc<dyn Destination>> {
     let name = config.name.clone();
     Some(match config.kind {
         DestinationKind::Console => Arc::new(Console::new(name)),
@@ -144,5 +169,14 @@ pub fn build(config: &DestinationConfig, client: &reqwest::Client) -> Option<Arc
             config.timeout,
             client.clone(),
         )),
+        DestinationKind::SlackApp => Arc::new(SlackApp {
+            name,
+            api: config.url.clone()?,
+            token: config.token.clone()?,
+            channel: config.channel.clone()?,
+            timeout: config.timeout,
+            client: client.clone(),
+            store,
+        }),
     })
 }

@@ -2,7 +2,7 @@
 //! `invalid_payload`, `channel_not_found` or `no_service` come back as 4xx text bodies.
 
 use super::http::{Answer, classify_common, post_json};
-use super::{Destination, DestinationKind, Outcome, SendFuture};
+use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
 use crate::render::Body;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -44,9 +44,9 @@ impl Destination for Slack {
         DestinationKind::Slack
     }
 
-    fn send<'a>(&'a self, body: &'a Body) -> SendFuture<'a> {
+    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
         Box::pin(async move {
-            match post_json(&self.client, &self.url, body.to_bytes(), self.timeout).await {
+            match post_json(&self.client, &self.url, None, body.to_bytes(), self.timeout).await {
                 Ok(answer) => classify(&answer),
                 Err(outcome) => outcome,
             }

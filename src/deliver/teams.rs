@@ -3,7 +3,7 @@
 //! other errors inside a `200` body.
 
 use super::http::{Answer, classify_common, post_json};
-use super::{Destination, DestinationKind, Outcome, SendFuture};
+use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
 use crate::render::Body;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -95,9 +95,9 @@ impl Destination for Teams {
         DestinationKind::Teams
     }
 
-    fn send<'a>(&'a self, body: &'a Body) -> SendFuture<'a> {
+    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
         Box::pin(async move {
-            match post_json(&self.client, &self.url, body.to_bytes(), self.timeout).await {
+            match post_json(&self.client, &self.url, None, body.to_bytes(), self.timeout).await {
                 Ok(answer) => classify(&answer, self.legacy),
                 Err(outcome) => outcome,
             }

@@ -5,6 +5,7 @@
 
 pub mod time;
 
+use crate::transition::Transition;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -63,6 +64,7 @@ pub struct Event {
     name: String,
     payload: Value,
     received_at: DateTime<Utc>,
+    transition: Option<Transition>,
 }
 
 impl Event {
@@ -100,6 +102,7 @@ impl Event {
             name: name.to_string(),
             payload,
             received_at,
+            transition: None,
         })
     }
 
@@ -114,7 +117,18 @@ impl Event {
             name: name.to_string(),
             payload,
             received_at,
+            transition: None,
         }
+    }
+
+    /// What this finished build did to its branch, once the store has worked it out.
+    pub fn transition(&self) -> Option<&Transition> {
+        self.transition.as_ref()
+    }
+
+    /// Attaches the transition the store worked out.
+    pub fn set_transition(&mut self, transition: Option<Transition>) {
+        self.transition = transition;
     }
 
     /// The event name, e.g. `build.finished`.

@@ -13,7 +13,8 @@ pub use error::IngressError;
 
 use crate::config::Config;
 use crate::event::{Event, VerifiedBody};
-use crate::queue::{Queue, plan};
+use crate::mute::Muted;
+use crate::queue::Queue;
 use crate::routing::Router;
 use crate::store::Accepted;
 use axum::Json;
@@ -193,7 +194,7 @@ async fn receive_buildkite(
         .credentials
         .verify(&presented, body, now.timestamp())?;
     let event = Event::parse(&verified, header_event?.as_deref(), now)?;
-    accept(state, &verified, event, now).await
+    accept(state, &verified, event).await
 }
 
 async fn test_engine(
@@ -234,60 +235,80 @@ async fn receive_test_engine(
             "the Test Engine endpoint takes only workflow.* events".into(),
         ));
     }
-    accept(state, &verified, event, now).await
+    accept(state, &verified, event).await
 }
 
 async fn accept(
     state: &AppState,
     body: &VerifiedBody,
     event: Event,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Response, IngressError> {
-    let routes = state.router.route(&event);
-    let planned = plan(&routes, |d| state.queue.has_destination(d));
-    let deliveries = planned.len();
-    let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
-    let accepted = state
+    let (name, pipeline, build, subject_state) = (
+        event.name().to_string(),
+        event.pipeline_slug().map(str::to_string),
+        event.build_number(),
+        event.state().map(str::to_string),
+    );
+    let intake = state
         .queue
-        .accept(
-            event.name(),
-            body.bytes().clone(),
-            now.timestamp_millis(),
-            planned,
-        )
+        .accept(event, body.bytes().clone(), state.router.clone())
         .await
         .map_err(IngressError::Unavailable)?;
-    let (id, duplicate) = match accepted {
-        Accepted::New { event_id, .. } => (event_id, false),
-        Accepted::Duplicate { event_id } => (event_id, true),
+    let (id, duplicate, transition) = match &intake.accepted {
+        Accepted::New {
+            event_id,
+            transition,
+            ..
+        } => (
+            *event_id,
+            false,
+            transition.as_ref().map(|t| t.kind.as_str()),
+        ),
+        Accepted::Duplicate { event_id } => (*event_id, true, None),
     };
+    let plan = &intake.plan;
+    let held = plan
+        .muted
+        .iter()
+        .filter(|m| matches!(m.2, Muted::Hold(..)))
+        .count();
+    let dropped = plan.muted.len() - held;
     tracing::info!(
         id,
-        event = event.name(),
-        pipeline = event.pipeline_slug(),
-        build = event.build_number(),
-        state = event.state(),
-        routes = %route_names.join(", "),
-        deliveries = if duplicate { 0 } else { deliveries },
+        event = %name,
+        pipeline,
+        build,
+        state = subject_state,
+        transition,
+        routes = %plan.routes.join(", "),
+        deliveries = plan.deliveries.len(),
+        held,
+        dropped,
         duplicate,
         "event accepted"
     );
-    let status = if event.name() == "ping" {
+    let status = if name == "ping" {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    let label = match (duplicate, event.name() == "ping") {
+    let label = match (duplicate, name == "ping") {
         (true, _) => "duplicate",
         (false, true) => "ok",
         (false, false) => "accepted",
     };
-    let answer = json!({
+    let mut answer = json!({
         "status": label,
         "id": id,
-        "event": event.name(),
-        "routes": route_names,
-        "deliveries": if duplicate { 0 } else { deliveries },
+        "event": name,
+        "routes": plan.routes,
+        "deliveries": plan.deliveries.len(),
     });
+    if let Some(t) = transition {
+        answer["transition"] = json!(t);
+    }
+    if !plan.muted.is_empty() {
+        answer["muted"] = json!({"held": held, "dropped": dropped});
+    }
     Ok((status, Json(answer)).into_response())
 }

@@ -3,20 +3,24 @@
 //! send each delivery, retrying as the destination asks, until it is sent or dead.
 
 mod pacer;
+mod plan;
 mod policy;
 mod worker;
 
 pub use pacer::Pacer;
+pub use plan::{Plan, group_key, plan, thread_key};
 pub use policy::{DESTINATION_PAUSE_MAX, RetryPolicy, Verdict};
 pub use worker::Limits;
 
 use crate::deliver::Destination;
+use crate::event::Event;
 use crate::render::Renderer;
-use crate::routing::Route;
-use crate::store::{Accepted, NewDelivery, NewEvent, Store, StoreError, now_ms};
+use crate::routing::Router;
+use crate::store::{Accepted, NewEvent, Planner, Store, StoreError, now_ms};
+use crate::transition;
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,18 +44,13 @@ pub struct Settings {
     pub retention: Duration,
 }
 
-/// The (route, destination) pairs for the matched routes, skipping disabled destinations.
-pub fn plan(routes: &[&Route], enabled: impl Fn(&str) -> bool) -> Vec<NewDelivery> {
-    routes
-        .iter()
-        .flat_map(|route| {
-            route.to.iter().filter(|d| enabled(d)).map(|d| NewDelivery {
-                route: route.name.clone(),
-                destination: d.clone(),
-                template: route.template.clone(),
-            })
-        })
-        .collect()
+/// What `accept` did with an event.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    /// Stored or duplicate.
+    pub accepted: Accepted,
+    /// The routes and messages it made (empty for a duplicate).
+    pub plan: Plan,
 }
 
 /// The running queue.
@@ -113,33 +112,46 @@ impl Queue {
         self.notify.contains_key(name)
     }
 
-    /// Stores an event and its deliveries, durably, and wakes their workers.
+    /// Stores an event and its deliveries, durably, and wakes their workers. Routing happens
+    /// inside the store's transaction, once the event's transition is known.
     pub async fn accept(
         &self,
-        name: &str,
+        event: Event,
         body: Bytes,
-        received_at: i64,
-        deliveries: Vec<NewDelivery>,
-    ) -> Result<Accepted, StoreError> {
+        router: Arc<Router>,
+    ) -> Result<Intake, StoreError> {
+        let received_at = event.received_at().timestamp_millis();
         let dedupe_since = self
             .settings
             .dedupe_window
             .map(|w| received_at - w.as_millis() as i64);
-        let destinations: Vec<String> = deliveries.iter().map(|d| d.destination.clone()).collect();
-        let event = NewEvent {
-            name: name.to_string(),
+        let new = NewEvent {
+            name: event.name().to_string(),
             body,
             received_at,
+            build: transition::outcome(&event),
         };
-        let accepted = self.store.accept(event, deliveries, dedupe_since).await?;
-        if matches!(accepted, Accepted::New { .. }) {
-            for d in destinations {
-                if let Some(bell) = self.notify.get(&d) {
-                    bell.notify_one();
-                }
+        let planned: Arc<Mutex<Plan>> = Arc::default();
+        let planner: Planner = {
+            let (planned, enabled) = (planned.clone(), self.notify.clone());
+            Box::new(move |transition| {
+                let mut event = event;
+                event.set_transition(transition.cloned());
+                let routes = router.route(&event);
+                let p = plan(&routes, &event, |d| enabled.contains_key(d));
+                let deliveries = p.deliveries.clone();
+                *planned.lock().expect("the plan lock is never poisoned") = p;
+                deliveries
+            })
+        };
+        let accepted = self.store.accept(new, planner, dedupe_since).await?;
+        let plan = std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
+        for d in &plan.deliveries {
+            if let Some(bell) = self.notify.get(&d.destination) {
+                bell.notify_one();
             }
         }
-        Ok(accepted)
+        Ok(Intake { accepted, plan })
     }
 
     /// Stops taking new messages and waits up to `deadline` for attempts in flight; whatever

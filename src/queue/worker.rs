@@ -7,7 +7,7 @@
 
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
-use crate::deliver::{Destination, Outcome};
+use crate::deliver::{Context, Destination, Outcome};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData, TemplateKind};
 use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
@@ -252,7 +252,7 @@ impl Worker {
         true
     }
 
-    /// The body to send: the stored rendering, or a fresh one.
+    /// The body to send: the stored rendering, or a fresh one (of all a digest's events).
     async fn body(
         &self,
         row: &Delivery,
@@ -266,27 +266,31 @@ impl Worker {
                     .map_err(|e| format!("stored body is not JSON: {e}")),
             });
         }
-        let (name, bytes, received_at) = self.store.event(row.event_id).await?;
-        let received = Utc
-            .timestamp_millis_opt(received_at)
-            .single()
-            .unwrap_or_else(Utc::now);
-        let rendered = Event::parse(&VerifiedBody::trusted(bytes), Some(&name), received)
-            .map_err(|e| e.to_string())
-            .and_then(|event| {
-                let data = TemplateData::new(&event, Utc::now());
+        let stored = if row.grouped {
+            self.store.group_events(row.id).await?
+        } else {
+            vec![self.store.event(row.event_id).await?]
+        };
+        let events: Result<Vec<Event>, String> = stored.into_iter().map(to_event).collect();
+        let rendered = events.and_then(|events| {
+            let now = Utc::now();
+            let result = if row.grouped {
                 self.renderer
-                    .render_event(kind, row.template.as_deref(), &event, &data)
-                    .map_err(|e| e.to_string())
-            })
-            .map(|(_, body)| {
-                let text = match &body {
-                    Body::Text(t) => t.clone(),
-                    Body::Json(v) => v.to_string(),
-                };
-                (body, Some(text))
-            });
-        Ok(rendered)
+                    .render_group(kind, row.template.as_deref(), &events, now)
+            } else {
+                let data = TemplateData::new(&events[0], now);
+                self.renderer
+                    .render_event(kind, row.template.as_deref(), &events[0], &data)
+            };
+            result.map_err(|e| e.to_string())
+        });
+        Ok(rendered.map(|(_, body)| {
+            let text = match &body {
+                Body::Text(t) => t.clone(),
+                Body::Json(v) => v.to_string(),
+            };
+            (body, Some(text))
+        }))
     }
 
     async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
@@ -295,7 +299,15 @@ impl Worker {
         let dest = self.destination.name();
         let (outcome, rendered) = match self.body(&row).await {
             Err(e) => return Done::StoreTrouble(e),
-            Ok(Ok((body, rendered))) => (self.destination.send(&body).await, rendered),
+            Ok(Ok((body, rendered))) => {
+                let context = Context {
+                    delivery_id: row.id,
+                    event_id: row.event_id,
+                    event_name: row.event_name.clone(),
+                    thread_key: row.thread_key.clone(),
+                };
+                (self.destination.send(&body, &context).await, rendered)
+            }
             Ok(Err(reason)) => {
                 // A template that fails fails again: keep the message, never send it broken.
                 let reason = format!("cannot render: {reason}");
@@ -385,6 +397,22 @@ impl Worker {
             }
         }
     }
+}
+
+/// A stored event, parsed again (it was verified when it arrived), with its transition.
+fn to_event(stored: crate::store::StoredEvent) -> Result<Event, String> {
+    let received = Utc
+        .timestamp_millis_opt(stored.received_at)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let mut event = Event::parse(
+        &VerifiedBody::trusted(stored.body),
+        Some(&stored.name),
+        received,
+    )
+    .map_err(|e| e.to_string())?;
+    event.set_transition(stored.transition);
+    Ok(event)
 }
 
 fn failure_reason(outcome: &Outcome) -> Option<String> {

@@ -35,7 +35,8 @@ const fn look(
 /// `soft_failed`, `alarm`, `ping`, `created`). Unknown states look neutral.
 pub fn look_of(state: &str) -> Look {
     match state {
-        "passed" | "fixed" => look("✅", GOOD),
+        "passed" => look("✅", GOOD),
+        "fixed" => look("🔧", GOOD),
         "failed" | "timed_out" | "timing_out" => look("❌", BAD),
         "failing" | "soft_failed" => look("🟠", WARN),
         "canceled" | "canceling" | "expired" => look("⛔", GREY),

@@ -10,11 +10,13 @@ pub mod escape;
 mod helpers;
 pub mod limits;
 mod look;
+pub mod mention;
 pub mod samples;
 pub mod templates;
 
 pub use helpers::HELPERS;
 pub use look::{Look, look_of};
+pub use mention::{People, Person};
 
 use crate::event::Event;
 use chrono::{DateTime, Utc};
@@ -23,6 +25,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// The three template dialects.
@@ -136,6 +139,28 @@ impl TemplateData {
         )
     }
 
+    /// The data for a digest of `events` (at least one): the first event's data, plus
+    /// `kb.group` with the count, a title and every event's own data.
+    pub fn group(events: &[Event], now: DateTime<Utc>) -> Self {
+        let items: Vec<Value> = events
+            .iter()
+            .map(|e| context::template_data(e, now))
+            .collect();
+        let mut data = items
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        let group = serde_json::json!({
+            "count": items.len(),
+            "title": context::group_title(events),
+            "events": items,
+        });
+        if let Some(kb) = data.get_mut("kb").and_then(Value::as_object_mut) {
+            kb.insert("group".into(), group);
+        }
+        Self(handlebars::Context::wraps(data).expect("a JSON value wraps"))
+    }
+
     /// The data as JSON, for documentation and tests.
     pub fn value(&self) -> &Value {
         self.0.data()
@@ -156,7 +181,7 @@ impl fmt::Debug for Renderer {
     }
 }
 
-fn registry(kind: TemplateKind) -> Handlebars<'static> {
+fn registry(kind: TemplateKind, people: &Arc<People>) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     match kind {
         TemplateKind::Slack => {
@@ -170,14 +195,22 @@ fn registry(kind: TemplateKind) -> Handlebars<'static> {
     // Partials must not re-indent multi-line values, which would alter JSON strings.
     hb.set_prevent_indent(true);
     helpers::register(&mut hb, kind);
+    hb.register_helper(
+        "mention",
+        Box::new(mention::MentionHelper {
+            kind,
+            people: people.clone(),
+        }),
+    );
     hb
 }
 
 impl Renderer {
-    /// Compiles the built-in templates and the overrides in `dir`. Returns every problem found
-    /// (one line each, naming the file, line and column) rather than stopping at the first.
-    pub fn new(dir: Option<&Path>) -> Result<Self, Vec<String>> {
-        let mut registries = TemplateKind::ALL.map(registry);
+    /// Compiles the built-in templates and the overrides in `dir`, with `people` for the
+    /// `mention` helper. Returns every problem found (one line each, naming the file, line and
+    /// column) rather than stopping at the first.
+    pub fn new(dir: Option<&Path>, people: Arc<People>) -> Result<Self, Vec<String>> {
+        let mut registries = TemplateKind::ALL.map(|kind| registry(kind, &people));
         let mut origins = HashMap::new();
         let mut problems = Vec::new();
         let overrides = match dir {
@@ -272,15 +305,14 @@ impl Renderer {
             });
         }
         let origin = || self.origin(kind, name);
-        let text = hb
-            .render_with_context(name, &data.0)
-            .map_err(|e| RenderError::Template {
-                origin: match e.line_no {
-                    Some(line) => format!("{}:{line}", origin()),
-                    None => origin(),
-                },
-                message: e.reason().to_string(),
-            })?;
+        let (text, entities) = mention::collecting(|| hb.render_with_context(name, &data.0));
+        let text = text.map_err(|e| RenderError::Template {
+            origin: match e.line_no {
+                Some(line) => format!("{}:{line}", origin()),
+                None => origin(),
+            },
+            message: e.reason().to_string(),
+        })?;
         match kind {
             TemplateKind::Console => Ok(Body::Text(limits::enforce_console(text.trim_end()))),
             TemplateKind::Slack | TemplateKind::Teams => {
@@ -292,6 +324,7 @@ impl Renderer {
                 if kind == TemplateKind::Slack {
                     limits::enforce_slack(&mut value);
                 } else {
+                    mention::add_entities(&mut value, entities);
                     limits::enforce_teams(&mut value).map_err(|e| RenderError::TooLarge {
                         origin: origin(),
                         message: e.to_string(),
@@ -314,6 +347,30 @@ impl Renderer {
         let body = self.render(kind, &name, data)?;
         Ok((name, body))
     }
+
+    /// Renders a digest of `events`: the route's template if it names one, else `digest` when
+    /// there are several events, else the single event's usual template.
+    pub fn render_group(
+        &self,
+        kind: TemplateKind,
+        explicit: Option<&str>,
+        events: &[Event],
+        now: DateTime<Utc>,
+    ) -> Result<(String, Body), RenderError> {
+        let Some(first) = events.first() else {
+            return Err(RenderError::Missing {
+                kind,
+                name: "digest".into(),
+            });
+        };
+        let data = TemplateData::group(events, now);
+        let name = match explicit {
+            None if events.len() > 1 => "digest".to_string(),
+            _ => self.select(kind, explicit, first)?,
+        };
+        let body = self.render(kind, &name, &data)?;
+        Ok((name, body))
+    }
 }
 
 #[cfg(test)]
@@ -325,7 +382,7 @@ mod tests {
     /// type: each default template still renders a valid body.
     #[test]
     fn default_templates_survive_fields_of_the_wrong_type() {
-        let renderer = Renderer::new(None).unwrap();
+        let renderer = Renderer::new(None, Default::default()).unwrap();
         let now = Utc::now();
         let wrong = [
             json!([]),

@@ -23,7 +23,7 @@ macro_rules! builtin {
     };
 }
 
-const SLACK: [(TemplateKind, &str, &str); 9] = builtin!(
+const SLACK: [(TemplateKind, &str, &str); 10] = builtin!(
     Slack,
     "slack",
     [
@@ -35,10 +35,11 @@ const SLACK: [(TemplateKind, &str, &str); 9] = builtin!(
         "cluster_token",
         "ping",
         "workflow",
-        "default"
+        "default",
+        "digest"
     ]
 );
-const TEAMS: [(TemplateKind, &str, &str); 9] = builtin!(
+const TEAMS: [(TemplateKind, &str, &str); 10] = builtin!(
     Teams,
     "teams",
     [
@@ -50,10 +51,11 @@ const TEAMS: [(TemplateKind, &str, &str); 9] = builtin!(
         "cluster_token",
         "ping",
         "workflow",
-        "default"
+        "default",
+        "digest"
     ]
 );
-const CONSOLE: [(TemplateKind, &str, &str); 8] = builtin!(
+const CONSOLE: [(TemplateKind, &str, &str); 9] = builtin!(
     Console,
     "console",
     [
@@ -64,7 +66,8 @@ const CONSOLE: [(TemplateKind, &str, &str); 8] = builtin!(
         "cluster_token",
         "ping",
         "workflow",
-        "default"
+        "default",
+        "digest"
     ]
 );
 

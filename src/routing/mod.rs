@@ -10,6 +10,19 @@ pub use condition::{Condition, ConditionError, Test};
 pub use patterns::{PatternError, PatternList};
 
 use crate::event::Event;
+use crate::mute::MuteWindow;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A route's digest setting: events within `window` with the same `by` values become one
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grouping {
+    /// How long a group stays open after its first event.
+    pub window: Duration,
+    /// Payload paths whose values make the group key.
+    pub by: Vec<String>,
+}
 
 /// One compiled route.
 #[derive(Debug, Clone)]
@@ -24,6 +37,8 @@ pub struct Route {
     pub branches: PatternList,
     /// Globs on the subject's state (see [`Event::state`]).
     pub states: PatternList,
+    /// Transitions of finished builds: `broken`, `fixed`, `still_failing`, `passing`.
+    pub transitions: PatternList,
     /// Extra conditions on payload fields.
     pub when: Vec<Condition>,
     /// Destination names, in order.
@@ -32,6 +47,10 @@ pub struct Route {
     pub template: Option<String>,
     /// Keep matching later routes after this one.
     pub continue_matching: bool,
+    /// Collect events into digests.
+    pub group: Option<Grouping>,
+    /// Mute windows that apply to this route's messages.
+    pub mute: Vec<Arc<MuteWindow>>,
 }
 
 impl Route {
@@ -41,6 +60,9 @@ impl Route {
             && self.pipelines.matches(event.pipeline_slug())
             && self.branches.matches(event.branch())
             && self.states.matches(event.state())
+            && self
+                .transitions
+                .matches(event.transition().map(|t| t.kind.as_str()))
             && self.when.iter().all(|c| c.holds(event.payload()))
     }
 }
@@ -113,10 +135,13 @@ mod tests {
                 pipelines: PatternList::new(self.pipelines).unwrap(),
                 branches: PatternList::new(self.branches).unwrap(),
                 states: PatternList::new(self.states).unwrap(),
+                transitions: PatternList::new::<&str>(&[]).unwrap(),
                 when: self.when,
                 to: vec!["dest".into()],
                 template: None,
                 continue_matching: self.cont,
+                group: None,
+                mute: vec![],
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use crate::transition::{BuildOutcome, Transition};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::fmt;
@@ -50,6 +51,8 @@ pub struct NewEvent {
     pub body: Bytes,
     /// When it was received.
     pub received_at: i64,
+    /// For a finished build that counts for transitions: its outcome.
+    pub build: Option<BuildOutcome>,
 }
 
 /// One message to keep for an event.
@@ -61,6 +64,42 @@ pub struct NewDelivery {
     pub destination: String,
     /// The route's template override.
     pub template: Option<String>,
+    /// For a digest: the group key and how long a new group stays open (ms).
+    pub group: Option<(String, i64)>,
+    /// Not before this time (ms): a mute window holds it.
+    pub not_before: Option<i64>,
+    /// The build this message belongs to (`pipeline#number`), for messages updated in place.
+    pub thread_key: Option<String>,
+}
+
+/// Decides an event's deliveries once its transition is known (inside the store's
+/// transaction, so concurrent events of one branch see each other in order).
+pub type Planner = Box<dyn FnOnce(Option<&Transition>) -> Vec<NewDelivery> + Send>;
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its id.
+    pub id: i64,
+    /// Event name.
+    pub name: String,
+    /// The verified body.
+    pub body: Bytes,
+    /// When it was received (ms).
+    pub received_at: i64,
+    /// The transition it made, for a finished build.
+    pub transition: Option<Transition>,
+}
+
+/// The Slack message kept for a build at a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef {
+    /// Channel id.
+    pub channel: String,
+    /// The message's `ts`.
+    pub ts: String,
+    /// The newest event shown in it.
+    pub event_id: i64,
 }
 
 /// What `accept` did.
@@ -70,8 +109,11 @@ pub enum Accepted {
     New {
         /// The event's id.
         event_id: i64,
-        /// The deliveries' ids, in the given order.
+        /// The deliveries' ids, in the planned order (an open digest's id when the event
+        /// joined one).
         delivery_ids: Vec<i64>,
+        /// The transition it made, for a finished build.
+        transition: Option<Transition>,
     },
     /// An identical body arrived within the dedupe window: nothing new was stored.
     Duplicate {
@@ -151,6 +193,10 @@ pub struct Delivery {
     pub last_error: Option<String>,
     /// The rendered body, once rendered.
     pub body: Option<String>,
+    /// True for a digest, which renders all its events together.
+    pub grouped: bool,
+    /// The build this message belongs to, for messages updated in place.
+    pub thread_key: Option<String>,
 }
 
 /// One recorded attempt.
@@ -205,11 +251,14 @@ pub struct QueueStat {
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// Keeps an event and its deliveries in one transaction, unless an identical body was
-    /// received at or after `dedupe_since` (then nothing is stored).
+    /// received at or after `dedupe_since` (then nothing is stored). For a finished build, the
+    /// transition is worked out and the branch's history updated in the same transaction,
+    /// before `plan` decides the deliveries. A delivery that names a group joins that group's
+    /// open digest if there is one.
     async fn accept(
         &self,
         event: NewEvent,
-        deliveries: Vec<NewDelivery>,
+        plan: Planner,
         dedupe_since: Option<i64>,
     ) -> Result<Accepted, StoreError>;
 
@@ -225,8 +274,26 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The earliest time after `now` at which a pending delivery of `destination` becomes due.
     async fn next_due_after(&self, destination: &str, now: i64) -> Result<Option<i64>, StoreError>;
 
-    /// The stored event: name, body and reception time.
-    async fn event(&self, event_id: i64) -> Result<(String, Bytes, i64), StoreError>;
+    /// A stored event.
+    async fn event(&self, event_id: i64) -> Result<StoredEvent, StoreError>;
+
+    /// The events of a digest, in the order they arrived.
+    async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The Slack message kept for `key` at `destination`.
+    async fn message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+    ) -> Result<Option<MessageRef>, StoreError>;
+
+    /// Keeps (or moves on) the Slack message for `key`; an older event never replaces a newer.
+    async fn set_message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+        message: MessageRef,
+    ) -> Result<(), StoreError>;
 
     /// Records an attempt that started at `started_at`, and its consequence; `body` stores the
     /// rendered body the first time. If the delivery changed after the attempt started (an

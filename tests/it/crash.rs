@@ -99,13 +99,7 @@ to = ["slack"]
         let numbers: BTreeSet<u64> = rec
             .received_on("slack")
             .iter()
-            .filter_map(|r| {
-                let text = r.json()["text"].as_str()?.to_string();
-                text.strip_prefix("❌ Web App #")?
-                    .strip_suffix(" failed")?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|r| build_number_in(r.json()["text"].as_str()?))
             .collect();
         if accepted.is_subset(&numbers) || tokio::time::Instant::now() > deadline {
             break numbers;

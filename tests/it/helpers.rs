@@ -62,6 +62,8 @@ pub enum Reply {
     Hang,
     /// Answer `200 ok` after this many milliseconds.
     Slow(u64),
+    /// Answer with this status and JSON body.
+    Json(u16, &'static str),
 }
 
 /// One request the recording server received.
@@ -122,6 +124,12 @@ async fn record(
             "rate_limited",
         )
             .into_response(),
+        Some(Reply::Json(code, body)) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response(),
         Some(Reply::Slow(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (StatusCode::OK, "ok").into_response()
@@ -131,6 +139,20 @@ async fn record(
             unreachable!()
         }
         None if path.starts_with("teams") => StatusCode::ACCEPTED.into_response(),
+        // The Slack Web API: every post gets a new ts; updates answer ok.
+        None if path.ends_with("chat.postMessage") => {
+            let n = state
+                .received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.path.ends_with("chat.postMessage"))
+                .count();
+            axum::Json(serde_json::json!({"ok": true, "channel": "C0TEST", "ts": format!("1700000000.{n:06}")})).into_response()
+        }
+        None if path.ends_with("chat.update") => {
+            axum::Json(serde_json::json!({"ok": true})).into_response()
+        }
         None => (StatusCode::OK, "ok").into_response(),
     }
 }
@@ -482,4 +504,126 @@ pub async fn start_binary(config: &std::path::Path) -> Running {
         }
     }
     panic!("kitebridge did not start");
+}
+
+/// The real store, with faults on demand: every write refused (a full or read-only disk), or
+/// the next few attempt records refused (a locked database).
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: kitebridge::store::SqliteStore,
+    pub fail_writes: std::sync::atomic::AtomicBool,
+    pub refuse_records: std::sync::atomic::AtomicU32,
+}
+
+impl FaultyStore {
+    pub fn new(inner: kitebridge::store::SqliteStore) -> Self {
+        Self {
+            inner,
+            fail_writes: Default::default(),
+            refuse_records: Default::default(),
+        }
+    }
+
+    fn fault(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.fail_writes.load(SeqCst) {
+            return Err(StoreError::Database("disk I/O error".into()));
+        }
+        Ok(())
+    }
+}
+
+use kitebridge::store::{
+    Accepted, Attempt, Delivery, DeliveryState, MessageRef, NewEvent, Planner, QueueStat,
+    Resolution, RetrySelector, Store, StoreError, StoredEvent,
+};
+
+#[async_trait::async_trait]
+impl Store for FaultyStore {
+    async fn accept(
+        &self,
+        e: NewEvent,
+        plan: Planner,
+        since: Option<i64>,
+    ) -> Result<Accepted, StoreError> {
+        self.fault()?;
+        self.inner.accept(e, plan, since).await
+    }
+    async fn due(&self, dest: &str, now: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.due(dest, now, limit).await
+    }
+    async fn next_due_after(&self, dest: &str, now: i64) -> Result<Option<i64>, StoreError> {
+        self.inner.next_due_after(dest, now).await
+    }
+    async fn event(&self, id: i64) -> Result<StoredEvent, StoreError> {
+        self.inner.event(id).await
+    }
+    async fn group_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.group_events(id).await
+    }
+    async fn message_ref(&self, dest: &str, key: &str) -> Result<Option<MessageRef>, StoreError> {
+        self.inner.message_ref(dest, key).await
+    }
+    async fn set_message_ref(
+        &self,
+        dest: &str,
+        key: &str,
+        m: MessageRef,
+    ) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.set_message_ref(dest, key, m).await
+    }
+    async fn finish_attempt(
+        &self,
+        id: i64,
+        started: i64,
+        a: Attempt,
+        body: Option<String>,
+        r: Resolution,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fault()?;
+        let left = self.refuse_records.load(SeqCst);
+        if left > 0 {
+            self.refuse_records.store(left - 1, SeqCst);
+            return Err(StoreError::Database("database is locked".into()));
+        }
+        self.inner.finish_attempt(id, started, a, body, r).await
+    }
+    async fn retry(&self, s: RetrySelector, now: i64) -> Result<usize, StoreError> {
+        self.fault()?;
+        self.inner.retry(s, now).await
+    }
+    async fn list(
+        &self,
+        s: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.list(s, limit).await
+    }
+    async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError> {
+        self.inner.show(id).await
+    }
+    async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.fault()?;
+        self.inner.prune(before, limit).await
+    }
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        self.inner.queue_stats().await
+    }
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.probe().await
+    }
+}
+
+/// The build number in a message title such as "❌ Web App #42 failed".
+pub fn build_number_in(title: &str) -> Option<u64> {
+    let after = &title[title.find('#')? + 1..];
+    after
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real service on 127.0.0.1, a recording server for Slack and Teams,
 //! and the real binary for the command line.
 
+mod alerts;
 mod answers;
 mod cli;
 mod crash;

@@ -12,6 +12,7 @@ pub use facts::{
 
 use super::look::{Look, look_of};
 use crate::event::Event;
+use crate::transition::{Transition, TransitionKind};
 use chrono::{DateTime, Utc};
 use facts::{
     agent_facts, build_facts, cluster_token_facts, fields, job_facts, subject, test_facts, text,
@@ -41,6 +42,12 @@ pub struct Derived {
     pub teams_style: &'static str,
     /// What happened, as a verb phrase: `failed`, `is failing`, `was lost`…
     pub verb: String,
+    /// For a finished build: `broken`, `fixed`, `still_failing` or `passing`.
+    pub transition: Option<&'static str>,
+    /// For a finished build: the previous finished build's state on its branch.
+    pub previous_state: Option<String>,
+    /// For a finished build: failed builds in a row on its branch, this one included.
+    pub consecutive_failures: Option<u32>,
     /// The first line of every message: emoji, subject, verb.
     pub title: String,
     /// The main link (build, job, agent, test…), http(s) only and safe inside chat markup.
@@ -211,13 +218,11 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         Option<String>,
         &'static str,
     ) = match (family.as_str(), &build, &job, &agent, &test) {
-        ("build", Some(b), _, _, _) => (
-            state.clone(),
-            build_verb(&state),
-            build_ref(),
-            b.url.clone(),
-            "View build",
-        ),
+        ("build", Some(b), _, _, _) => {
+            let (key, verb) = transition_verb(event.transition())
+                .unwrap_or_else(|| (state.clone(), build_verb(&state)));
+            (key, verb, build_ref(), b.url.clone(), "View build")
+        }
         ("job", Some(_), Some(j), _, _) => {
             let (key, verb) = job_verb(event, j);
             let subject = format!("{}: {}", build_ref(), j.label);
@@ -295,6 +300,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         teams_color,
         teams_style,
     } = look_of(&look_key);
+    let transition = event.transition();
     let title = if verb.is_empty() {
         format!("{emoji} {title_subject}")
     } else {
@@ -304,6 +310,9 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         subject.url = url.clone();
     }
     Derived {
+        transition: transition.map(|t| t.kind.as_str()),
+        previous_state: transition.and_then(|t| t.previous_state.clone()),
+        consecutive_failures: transition.map(|t| t.consecutive_failures),
         event: event.name().to_string(),
         family,
         action,
@@ -330,6 +339,55 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         cluster_token,
         subject,
         fields: fields(p),
+    }
+}
+
+/// The look and verb of a finished build that has a transition to tell.
+fn transition_verb(t: Option<&Transition>) -> Option<(String, String)> {
+    let t = t?;
+    Some(match t.kind {
+        TransitionKind::Fixed => ("fixed".into(), "fixed".into()),
+        TransitionKind::StillFailing if t.consecutive_failures > 1 => (
+            "failed".into(),
+            format!("is still failing ({} in a row)", t.consecutive_failures),
+        ),
+        TransitionKind::StillFailing => ("failed".into(), "failed again".into()),
+        TransitionKind::Broken => ("failed".into(), "failed".into()),
+        TransitionKind::Passing => ("passed".into(), "passed".into()),
+    })
+}
+
+/// A digest's first line: the first event's emoji, how many events, which, and the build
+/// they share if they all share one.
+pub fn group_title(events: &[Event]) -> String {
+    let Some(first) = events.first() else {
+        return String::new();
+    };
+    let emoji = look_of(
+        first
+            .state()
+            .unwrap_or(first.name().rsplit('.').next().unwrap_or("")),
+    )
+    .emoji;
+    let name = if events.iter().all(|e| e.name() == first.name()) {
+        first.name()
+    } else {
+        "events"
+    };
+    let build = |e: &Event| (e.pipeline_slug().map(str::to_string), e.build_number());
+    let shared = events.iter().all(|e| build(e) == build(first));
+    let pipeline = text(first.payload(), "pipeline.name")
+        .or_else(|| first.pipeline_slug().map(str::to_string));
+    let suffix = match (shared, pipeline, first.build_number()) {
+        (true, Some(p), Some(n)) => format!(" · {p} #{n}"),
+        (true, Some(p), None) => format!(" · {p}"),
+        _ => String::new(),
+    };
+    let count = events.len();
+    if name == "events" {
+        format!("{emoji} {count} events{suffix}")
+    } else {
+        format!("{emoji} {count} × {name}{suffix}")
     }
 }
 

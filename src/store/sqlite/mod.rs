@@ -6,6 +6,7 @@
 //! savepoint, so one failing request does not undo the others. Reads use a small pool of
 //! other connections, so readers never wait on each other or on the writer (WAL).
 
+mod intake;
 mod queries;
 
 use super::StoreError;
@@ -72,7 +73,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
         let writer_conn = open(path, durability)?;
-        writer_conn.execute_batch(include_str!("../schema.sql"))?;
+        migrate(&writer_conn)?;
         let reader = open(path, durability)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let commits = Arc::new(AtomicU64::new(0));
@@ -142,6 +143,30 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// The schema, one step per version; `PRAGMA user_version` records how far a database is.
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../schema/v1.sql"),
+    include_str!("../schema/v2.sql"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this kitebridge knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 fn in_savepoint<T>(

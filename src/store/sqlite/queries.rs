@@ -2,20 +2,31 @@
 
 use super::SqliteStore;
 use crate::store::{
-    Accepted, Attempt, Delivery, DeliveryState, NewDelivery, NewEvent, QueueStat, Resolution,
-    RetrySelector, Store, StoreError,
+    Accepted, Attempt, Delivery, DeliveryState, MessageRef, NewEvent, Planner, QueueStat,
+    Resolution, RetrySelector, Store, StoreError, StoredEvent,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Row, params};
-use sha2::{Digest, Sha256};
-
-fn body_hash(body: &[u8]) -> Vec<u8> {
-    Sha256::digest(body).to_vec()
-}
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.name, d.route, d.destination, d.template, d.state, d.attempts, \
-     d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body";
+     d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body, \
+     d.group_key IS NOT NULL, d.thread_key";
+
+const EVENT_COLUMNS: &str =
+    "events.id, events.name, events.body, events.received_at, events.transition";
+
+fn stored_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let transition: Option<String> = row.get(4)?;
+    Ok(StoredEvent {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        body: Bytes::from(row.get::<_, Vec<u8>>(2)?),
+        received_at: row.get(3)?,
+        // Written by this program; an unreadable one only loses the template fields.
+        transition: transition.and_then(|t| serde_json::from_str(&t).ok()),
+    })
+}
 
 fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let state: String = row.get(6)?;
@@ -35,6 +46,8 @@ fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         last_status: row.get(12)?,
         last_error: row.get(13)?,
         body: row.get(14)?,
+        grouped: row.get(15)?,
+        thread_key: row.get(16)?,
     })
 }
 
@@ -43,38 +56,11 @@ impl Store for SqliteStore {
     async fn accept(
         &self,
         event: NewEvent,
-        deliveries: Vec<NewDelivery>,
+        plan: Planner,
         dedupe_since: Option<i64>,
     ) -> Result<Accepted, StoreError> {
-        let hash = body_hash(&event.body);
-        self.write(move |conn| {
-            if let Some(since) = dedupe_since {
-                let first: Option<i64> = conn
-                    .query_row(
-                        "SELECT id FROM events WHERE body_hash = ?1 AND received_at >= ?2 ORDER BY id LIMIT 1",
-                        params![hash, since],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(event_id) = first {
-                    return Ok(Accepted::Duplicate { event_id });
-                }
-            }
-            conn.prepare_cached("INSERT INTO events (name, body, body_hash, received_at) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![event.name, &event.body[..], hash, event.received_at])?;
-            let event_id = conn.last_insert_rowid();
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, next_attempt_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5, ?5)",
-            )?;
-            let mut delivery_ids = Vec::with_capacity(deliveries.len());
-            for d in &deliveries {
-                insert.execute(params![event_id, d.route, d.destination, d.template, event.received_at])?;
-                delivery_ids.push(conn.last_insert_rowid());
-            }
-            Ok(Accepted::New { event_id, delivery_ids })
-        })
-        .await
+        self.write(move |conn| super::intake::accept(conn, event, plan, dedupe_since))
+            .await
     }
 
     async fn due(
@@ -109,15 +95,65 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn event(&self, event_id: i64) -> Result<(String, Bytes, i64), StoreError> {
+    async fn event(&self, event_id: i64) -> Result<StoredEvent, StoreError> {
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT name, body, received_at FROM events WHERE id = ?1",
-                params![event_id],
-                |r| Ok((r.get(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?), r.get(2)?)),
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(event_id))
+            conn.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))?
+                .query_row(params![event_id], stored_event)
+                .optional()?
+                .ok_or(StoreError::NotFound(event_id))
+        })
+        .await
+    }
+
+    async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM delivery_events de JOIN events ON events.id = de.event_id \
+                 WHERE de.delivery_id = ?1 ORDER BY events.id"
+            ))?;
+            let rows = stmt.query_map(params![delivery_id], stored_event)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+    ) -> Result<Option<MessageRef>, StoreError> {
+        let (destination, key) = (destination.to_string(), key.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT channel, ts, event_id FROM message_refs WHERE destination = ?1 AND key = ?2")?
+                .query_row(params![destination, key], |r| {
+                    Ok(MessageRef {
+                        channel: r.get(0)?,
+                        ts: r.get(1)?,
+                        event_id: r.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+        message: MessageRef,
+    ) -> Result<(), StoreError> {
+        let (destination, key) = (destination.to_string(), key.to_string());
+        let now = crate::store::now_ms();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO message_refs (destination, key, channel, ts, event_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, event_id = ?5, updated_at = ?6 \
+                 WHERE excluded.event_id >= message_refs.event_id",
+            )?
+            .execute(params![destination, key, message.channel, message.ts, message.event_id, now])?;
+            Ok(())
         })
         .await
     }
@@ -243,13 +279,22 @@ impl Store for SqliteStore {
                 &format!("DELETE FROM attempts WHERE delivery_id IN ({chosen})"),
                 params![before, limit],
             )?;
+            conn.execute(
+                &format!("DELETE FROM delivery_events WHERE delivery_id IN ({chosen})"),
+                params![before, limit],
+            )?;
             let deliveries = conn.execute(
                 &format!("DELETE FROM deliveries WHERE id IN ({chosen})"),
                 params![before, limit],
             )?;
             let events = conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) LIMIT ?2)",
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) \
+                 AND NOT EXISTS (SELECT 1 FROM delivery_events de WHERE de.event_id = events.id) LIMIT ?2)",
+                params![before, limit],
+            )?;
+            conn.execute(
+                "DELETE FROM message_refs WHERE rowid IN (SELECT rowid FROM message_refs WHERE updated_at < ?1 LIMIT ?2)",
                 params![before, limit],
             )?;
             Ok(deliveries.max(events))

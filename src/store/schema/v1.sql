@@ -1,4 +1,4 @@
--- kitebridge store, schema version 1.
+-- kitebridge store, schema version 1: events, deliveries, attempts.
 -- Times are milliseconds since the Unix epoch, UTC.
 
 CREATE TABLE IF NOT EXISTS events (

@@ -1,0 +1,195 @@
+//! Validation of `[[people]]` (who can be mentioned) and `[[mute]]` (quiet times).
+
+use super::check::Check;
+use super::raw::{RawConfig, Text};
+use crate::mute::{MuteAction, MuteWindow};
+use crate::render::{People, Person};
+use chrono::NaiveTime;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+impl Check<'_> {
+    pub(super) fn people(&mut self, raw: &RawConfig) -> People {
+        let mut people = People::default();
+        for (i, spanned) in raw.people.iter().enumerate() {
+            let p = spanned.get_ref();
+            let what = format!("people #{}", i + 1);
+            let mut keys = self.texts(&p.emails, &format!("{what} emails"));
+            keys.extend(self.texts(&p.buildkite, &format!("{what} buildkite")));
+            keys.retain(|k| !k.trim().is_empty());
+            if keys.is_empty() {
+                self.problem(
+                    Some(spanned.span()),
+                    format!("{what}: give emails or buildkite user names to recognise them by"),
+                );
+                continue;
+            }
+            let slack = self.optional(p.slack.as_ref(), &format!("{what} slack"));
+            if let (Some(id), Some(t)) = (&slack, &p.slack) {
+                let valid = id.len() >= 3
+                    && id.starts_with(['U', 'W'])
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+                if !valid {
+                    self.problem(
+                        Some(t.span()),
+                        format!("{what}: slack must be a member id such as \"U024BE7LH\" (the profile's \"Copy member ID\")"),
+                    );
+                }
+            }
+            let teams = self.optional(p.teams.as_ref(), &format!("{what} teams"));
+            if let (Some(upn), Some(t)) = (&teams, &p.teams)
+                && !upn.contains('@')
+            {
+                self.problem(
+                    Some(t.span()),
+                    format!(
+                        "{what}: teams must be a user principal name such as \"maria@acme.example\""
+                    ),
+                );
+            }
+            if slack.is_none() && teams.is_none() {
+                self.problem(
+                    Some(spanned.span()),
+                    format!("{what}: give slack, teams or both"),
+                );
+                continue;
+            }
+            let person = Person {
+                name: self.optional(p.name.as_ref(), &format!("{what} name")),
+                slack,
+                teams,
+            };
+            if let Err(taken) = people.add(&keys, person) {
+                self.problem(
+                    Some(spanned.span()),
+                    format!("{what}: {taken:?} already belongs to another person"),
+                );
+            }
+        }
+        people
+    }
+
+    fn optional(&mut self, t: Option<&Text>, what: &str) -> Option<String> {
+        self.text(t?, what).filter(|v| !v.trim().is_empty())
+    }
+
+    pub(super) fn mutes(&mut self, raw: &RawConfig) -> HashMap<String, Arc<MuteWindow>> {
+        let mut out = HashMap::new();
+        for (i, spanned) in raw.mute.iter().enumerate() {
+            let m = spanned.get_ref();
+            let Some(name) = self.optional(m.name.as_ref(), "mute name") else {
+                self.problem(
+                    Some(spanned.span()),
+                    format!("mute #{}: name is required", i + 1),
+                );
+                continue;
+            };
+            let what = format!("mute {name:?}");
+            let mut days = [m.days.is_empty(); 7];
+            for t in &m.days {
+                let Some(v) = self.text(t, &format!("{what} days")) else {
+                    continue;
+                };
+                let v = v.to_ascii_lowercase();
+                match DAYS.iter().position(|d| v.starts_with(d) && v.len() <= 9) {
+                    Some(d) => days[d] = true,
+                    None => self.problem(
+                        Some(t.span()),
+                        format!(
+                            "{what}: day {v:?} is not one of mon, tue, wed, thu, fri, sat, sun"
+                        ),
+                    ),
+                }
+            }
+            let from = self.clock(m.from.as_ref(), &what, "from", spanned.span());
+            let to = self.clock(m.to.as_ref(), &what, "to", spanned.span());
+            let timezone = match &m.timezone {
+                None => Some(chrono_tz::Tz::UTC),
+                Some(t) => {
+                    let v = self
+                        .text(t, &format!("{what} timezone"))
+                        .unwrap_or_default();
+                    let tz = v.parse::<chrono_tz::Tz>().ok();
+                    if tz.is_none() {
+                        self.problem(
+                            Some(t.span()),
+                            format!("{what}: timezone {v:?} is not an IANA zone such as \"Europe/Berlin\""),
+                        );
+                    }
+                    tz
+                }
+            };
+            let action = match m
+                .action
+                .as_ref()
+                .map(|t| (t, self.text(t, &format!("{what} action"))))
+            {
+                None => Some(MuteAction::Hold),
+                Some((_, Some(v))) if v == "hold" => Some(MuteAction::Hold),
+                Some((_, Some(v))) if v == "drop" => Some(MuteAction::Drop),
+                Some((t, v)) => {
+                    self.problem(
+                        Some(t.span()),
+                        format!(
+                            "{what}: action {:?} is not \"hold\" or \"drop\"",
+                            v.unwrap_or_default()
+                        ),
+                    );
+                    None
+                }
+            };
+            if out.contains_key(&name) {
+                self.problem(
+                    Some(spanned.span()),
+                    format!("{what}: another mute has the same name"),
+                );
+                continue;
+            }
+            if let (Some(from), Some(to), Some(timezone), Some(action)) =
+                (from, to, timezone, action)
+            {
+                let window = MuteWindow {
+                    name: name.clone(),
+                    days,
+                    from,
+                    to,
+                    timezone,
+                    action,
+                };
+                out.insert(name, Arc::new(window));
+            }
+        }
+        out
+    }
+
+    fn clock(
+        &mut self,
+        t: Option<&Text>,
+        what: &str,
+        key: &str,
+        table: std::ops::Range<usize>,
+    ) -> Option<NaiveTime> {
+        let Some(t) = t else {
+            self.problem(
+                Some(table),
+                format!("{what}: {key} is required, as \"HH:MM\""),
+            );
+            return None;
+        };
+        let v = self.text(t, &format!("{what} {key}"))?;
+        let parsed = NaiveTime::parse_from_str(&v, "%H:%M:%S")
+            .or_else(|_| NaiveTime::parse_from_str(&v, "%H:%M"))
+            .ok();
+        if parsed.is_none() {
+            self.problem(
+                Some(t.span()),
+                format!("{what}: {key} {v:?} is not a time such as \"22:00\""),
+            );
+        }
+        parsed
+    }
+}

@@ -1,0 +1,269 @@
+//! A Slack app (bot token): one live message per build. The first message of a build is
+//! posted with `chat.postMessage`; later build events update it with `chat.update`; job events
+//! are replies in its thread. Which message belongs to which build is kept in the store, so
+//! updates carry on across restarts.
+//!
+//! The Web API answers most errors as HTTP 200 with `{"ok":false,"error":"…"}`; they are
+//! judged like HTTP statuses: `ratelimited` and server-side errors retry, the rest (a missing
+//! channel, a revoked token…) are permanent.
+
+use super::http::{Answer, classify_common, post_json};
+use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
+use crate::render::Body;
+use crate::secret::Secret;
+use crate::store::{MessageRef, Store};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A Slack app destination.
+#[derive(Debug)]
+pub struct SlackApp {
+    /// The destination's name.
+    pub name: String,
+    /// The Web API base URL.
+    pub api: Secret,
+    /// The bot token.
+    pub token: Secret,
+    /// The channel id.
+    pub channel: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// The shared HTTP client.
+    pub client: reqwest::Client,
+    /// Where message ids are kept.
+    pub store: Arc<dyn Store>,
+}
+
+/// Judges a Web API `error` code.
+pub fn classify_api_error(error: &str, retry_after: Option<Duration>) -> Outcome {
+    let reason = format!("slack: {error}");
+    match error {
+        "ratelimited" | "rate_limited" => Outcome::Retry {
+            status: Some(429),
+            after: retry_after,
+            reason,
+        },
+        "internal_error"
+        | "fatal_error"
+        | "service_unavailable"
+        | "request_timeout"
+        | "team_added_to_org" => Outcome::Retry {
+            status: Some(200),
+            after: retry_after,
+            reason,
+        },
+        _ => Outcome::Permanent {
+            status: Some(200),
+            reason,
+        },
+    }
+}
+
+/// Errors of `chat.update` that mean the message is gone or frozen: post a new one instead.
+fn must_repost(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Permanent { reason, .. }
+        if ["message_not_found", "cant_update_message", "edit_window_closed"]
+            .iter()
+            .any(|e| reason.ends_with(e)))
+}
+
+/// Judges a Web API answer: `Ok` with the answer's JSON when `ok` is true.
+fn judge(answer: &Answer) -> Result<Value, Outcome> {
+    if let Some(outcome) = classify_common(answer) {
+        return Err(outcome);
+    }
+    let value: Value = serde_json::from_str(&answer.body).map_err(|_| Outcome::Permanent {
+        status: Some(answer.status),
+        reason: "slack: the answer is not JSON".into(),
+    })?;
+    if value["ok"] == Value::Bool(true) {
+        Ok(value)
+    } else {
+        let error = value["error"].as_str().unwrap_or("unknown_error");
+        Err(classify_api_error(error, answer.retry_after))
+    }
+}
+
+impl SlackApp {
+    async fn call(
+        &self,
+        method: &str,
+        mut payload: Value,
+        extra: &[(&str, &str)],
+    ) -> Result<Value, Outcome> {
+        if let Some(map) = payload.as_object_mut() {
+            map.insert("channel".into(), json!(self.channel));
+            for (k, v) in extra {
+                map.insert((*k).into(), json!(v));
+            }
+        }
+        let url = Secret::new(format!(
+            "{}/{method}",
+            self.api.expose().trim_end_matches('/')
+        ));
+        let body = serde_json::to_vec(&payload).expect("JSON values serialise");
+        let answer = post_json(&self.client, &url, Some(&self.token), body, self.timeout).await?;
+        judge(&answer)
+    }
+
+    /// Posts a message (in a thread when `thread_ts` is given); returns its `ts`.
+    async fn post(&self, body: &Value, thread_ts: Option<&str>) -> Result<String, Outcome> {
+        let extra: Vec<(&str, &str)> = thread_ts.map(|ts| ("thread_ts", ts)).into_iter().collect();
+        let answer = self.call("chat.postMessage", body.clone(), &extra).await?;
+        Ok(answer["ts"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn remember(&self, key: &str, ts: String, event_id: i64) {
+        let message = MessageRef {
+            channel: self.channel.clone(),
+            ts,
+            event_id,
+        };
+        if let Err(e) = self.store.set_message_ref(&self.name, key, message).await {
+            // The message is out; only later updates will lack it (they post anew).
+            tracing::error!(destination = %self.name, key, error = %e, "cannot keep the message id");
+        }
+    }
+
+    /// A build event: update the build's message, or post it if there is none yet.
+    async fn post_or_update(&self, body: &Value, context: &Context, key: &str) -> Outcome {
+        let known = match self.store.message_ref(&self.name, key).await {
+            Ok(known) => known,
+            Err(e) => return retry_store(e),
+        };
+        if let Some(known) = known {
+            if context.event_id < known.event_id {
+                // An older event arriving late must not overwrite a newer state.
+                return Outcome::Sent { status: None };
+            }
+            match self
+                .call("chat.update", body.clone(), &[("ts", &known.ts)])
+                .await
+            {
+                Ok(_) => {
+                    self.remember(key, known.ts, context.event_id).await;
+                    return Outcome::Sent { status: Some(200) };
+                }
+                Err(outcome) if must_repost(&outcome) => {}
+                Err(outcome) => return outcome,
+            }
+        }
+        match self.post(body, None).await {
+            Ok(ts) => {
+                self.remember(key, ts, context.event_id).await;
+                Outcome::Sent { status: Some(200) }
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// A job event: a reply in the build's thread, or a message of its own without one.
+    async fn reply(&self, body: &Value, key: &str) -> Outcome {
+        let known = match self.store.message_ref(&self.name, key).await {
+            Ok(known) => known,
+            Err(e) => return retry_store(e),
+        };
+        match self.post(body, known.as_ref().map(|k| k.ts.as_str())).await {
+            Ok(_) => Outcome::Sent { status: Some(200) },
+            Err(outcome) => outcome,
+        }
+    }
+}
+
+fn retry_store(e: crate::store::StoreError) -> Outcome {
+    Outcome::Retry {
+        status: None,
+        after: None,
+        reason: format!("cannot read the message id: {e}"),
+    }
+}
+
+impl Destination for SlackApp {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::SlackApp
+    }
+
+    fn send<'a>(&'a self, body: &'a Body, context: &'a Context) -> SendFuture<'a> {
+        Box::pin(async move {
+            let body = match body {
+                Body::Json(v) => v.clone(),
+                Body::Text(t) => json!({ "text": t }),
+            };
+            let family = context.event_name.split('.').next().unwrap_or_default();
+            match (family, context.thread_key.as_deref()) {
+                ("build", Some(key)) => self.post_or_update(&body, context, key).await,
+                ("job", Some(key)) => self.reply(&body, key).await,
+                _ => match self.post(&body, None).await {
+                    Ok(_) => Outcome::Sent { status: Some(200) },
+                    Err(outcome) => outcome,
+                },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            retry_after: Some(Duration::from_secs(3)),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn web_api_errors_at_http_200_are_judged_like_statuses() {
+        assert!(judge(&answer(200, r#"{"ok":true,"ts":"1.2"}"#)).is_ok());
+        let cases = [
+            ("ratelimited", "retry"),
+            ("internal_error", "retry"),
+            ("service_unavailable", "retry"),
+            ("channel_not_found", "permanent"),
+            ("not_in_channel", "permanent"),
+            ("invalid_auth", "permanent"),
+            ("token_revoked", "permanent"),
+            ("message_not_found", "permanent"),
+            ("invalid_blocks", "permanent"),
+        ];
+        for (error, want) in cases {
+            let got = judge(&answer(
+                200,
+                &format!(r#"{{"ok":false,"error":"{error}"}}"#),
+            ))
+            .unwrap_err();
+            assert_eq!(got.label(), want, "{error}");
+        }
+        let limited = judge(&answer(200, r#"{"ok":false,"error":"ratelimited"}"#)).unwrap_err();
+        assert!(matches!(
+            limited,
+            Outcome::Retry {
+                status: Some(429),
+                after: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(judge(&answer(429, "")).unwrap_err().label(), "retry");
+        assert_eq!(
+            judge(&answer(200, "<html>")).unwrap_err().label(),
+            "permanent"
+        );
+    }
+
+    #[test]
+    fn a_vanished_message_is_posted_again() {
+        assert!(must_repost(&classify_api_error("message_not_found", None)));
+        assert!(must_repost(&classify_api_error(
+            "cant_update_message",
+            None
+        )));
+        assert!(!must_repost(&classify_api_error("channel_not_found", None)));
+    }
+}

@@ -1,0 +1,118 @@
+//! Taking in one event, inside the shared transaction: duplicate check, the branch's build
+//! history, the deliveries (joining open digests), all or nothing.
+
+use crate::store::{Accepted, NewEvent, Planner};
+use crate::transition::{LastBuild, Transition, next};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// Works out the transition of a counting build and records it as its branch's last build.
+fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Transition>> {
+    let Some(build) = &event.build else {
+        return Ok(None);
+    };
+    let last = conn
+        .prepare_cached(
+            "SELECT number, failed, consecutive_failures FROM build_states WHERE pipeline = ?1 AND branch = ?2",
+        )?
+        .query_row(params![build.pipeline, build.branch], |r| {
+            Ok(LastBuild {
+                number: r.get::<_, i64>(0)? as u64,
+                failed: r.get(1)?,
+                consecutive_failures: r.get(2)?,
+            })
+        })
+        .optional()?;
+    let Some((transition, recorded)) = next(last.as_ref(), build) else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (pipeline, branch) DO UPDATE SET number = ?3, failed = ?4, consecutive_failures = ?5, updated_at = ?6",
+    )?
+    .execute(params![
+        build.pipeline,
+        build.branch,
+        recorded.number as i64,
+        recorded.failed,
+        recorded.consecutive_failures,
+        event.received_at
+    ])?;
+    Ok(Some(transition))
+}
+
+/// Stores `event` and what `plan` decides for it.
+pub(super) fn accept(
+    conn: &Connection,
+    event: NewEvent,
+    plan: Planner,
+    dedupe_since: Option<i64>,
+) -> rusqlite::Result<Accepted> {
+    let hash = Sha256::digest(&event.body).to_vec();
+    if let Some(since) = dedupe_since {
+        let first: Option<i64> = conn
+            .prepare_cached("SELECT id FROM events WHERE body_hash = ?1 AND received_at >= ?2 ORDER BY id LIMIT 1")?
+            .query_row(params![hash, since], |r| r.get(0))
+            .optional()?;
+        if let Some(event_id) = first {
+            return Ok(Accepted::Duplicate { event_id });
+        }
+    }
+    let transition = transition(conn, &event)?;
+    let deliveries = plan(transition.as_ref());
+    let transition_json = transition
+        .as_ref()
+        .map(|t| serde_json::to_string(t).expect("a transition serialises"));
+    conn.prepare_cached("INSERT INTO events (name, body, body_hash, received_at, transition) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![event.name, &event.body[..], hash, event.received_at, transition_json])?;
+    let event_id = conn.last_insert_rowid();
+    let now = event.received_at;
+    let mut delivery_ids = Vec::with_capacity(deliveries.len());
+    for d in &deliveries {
+        if let Some((key, window_ms)) = &d.group {
+            let open: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM deliveries WHERE destination = ?1 AND route = ?2 AND group_key = ?3 \
+                     AND state = 'pending' AND attempts = 0 AND group_closes_at > ?4 ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(params![d.destination, d.route, key, now], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = open {
+                conn.prepare_cached(
+                    "INSERT INTO delivery_events (delivery_id, event_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![id, event_id])?;
+                delivery_ids.push(id);
+                continue;
+            }
+            let closes = now + window_ms;
+            let due = d.not_before.map_or(closes, |t| t.max(closes));
+            conn.prepare_cached(
+                "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
+                 next_attempt_at, updated_at, group_key, group_closes_at, thread_key) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?5, ?7, ?8, ?9)",
+            )?
+            .execute(params![event_id, d.route, d.destination, d.template, now, due, key, closes, d.thread_key])?;
+            let id = conn.last_insert_rowid();
+            conn.prepare_cached(
+                "INSERT INTO delivery_events (delivery_id, event_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![id, event_id])?;
+            delivery_ids.push(id);
+        } else {
+            let due = d.not_before.map_or(now, |t| t.max(now));
+            conn.prepare_cached(
+                "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
+                 next_attempt_at, updated_at, thread_key) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?5, ?7)",
+            )?
+            .execute(params![event_id, d.route, d.destination, d.template, now, due, d.thread_key])?;
+            delivery_ids.push(conn.last_insert_rowid());
+        }
+    }
+    Ok(Accepted::New {
+        event_id,
+        delivery_ids,
+        transition,
+    })
+}

@@ -1,0 +1,244 @@
+//! Build transitions: how a finished build changes its (pipeline, branch) from the last one.
+//!
+//! | previous finished build | this build | transition     |
+//! |-------------------------|------------|----------------|
+//! | passed, or none known   | failed     | `broken`       |
+//! | failed                  | failed     | `still_failing`|
+//! | failed                  | passed     | `fixed`        |
+//! | passed, or none known   | passed     | `passing`      |
+//!
+//! Only `build.finished` with state `passed` or `failed` counts: blocked and canceled builds
+//! (and everything else) neither change the history nor get a transition. A build older than
+//! the last one recorded (webhooks can arrive out of order) is ignored the same way. The same
+//! build finishing again (its failed jobs retried) is compared with its own earlier result, so
+//! a retried failure that passes is `fixed`.
+
+use crate::event::Event;
+use serde::{Deserialize, Serialize};
+
+/// The four transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// It was passing (or unknown) and now failed.
+    Broken,
+    /// It was failing and now passed.
+    Fixed,
+    /// It was failing and failed again.
+    StillFailing,
+    /// It was passing (or unknown) and passed again.
+    Passing,
+}
+
+impl TransitionKind {
+    /// `broken`, `fixed`, `still_failing` or `passing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Broken => "broken",
+            Self::Fixed => "fixed",
+            Self::StillFailing => "still_failing",
+            Self::Passing => "passing",
+        }
+    }
+}
+
+/// What a finished build did to its branch, for routes and templates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Which transition.
+    pub kind: TransitionKind,
+    /// The previous finished build's state (`passed` or `failed`), if one is known.
+    pub previous_state: Option<String>,
+    /// The previous finished build's number, if one is known.
+    pub previous_number: Option<u64>,
+    /// Failed builds in a row, this one included (0 when this one passed).
+    pub consecutive_failures: u32,
+}
+
+/// A finished build that counts for transitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutcome {
+    /// Pipeline slug.
+    pub pipeline: String,
+    /// Branch.
+    pub branch: String,
+    /// Build number.
+    pub number: u64,
+    /// True for `failed`, false for `passed`.
+    pub failed: bool,
+}
+
+/// The last finished build recorded for a (pipeline, branch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastBuild {
+    /// Its number.
+    pub number: u64,
+    /// Whether it failed.
+    pub failed: bool,
+    /// Failed builds in a row up to it.
+    pub consecutive_failures: u32,
+}
+
+/// The outcome of a `build.finished` that counts: passed or failed, not blocked.
+pub fn outcome(event: &Event) -> Option<BuildOutcome> {
+    if event.name() != "build.finished" || event.is_blocked_build() {
+        return None;
+    }
+    let failed = match event.state()? {
+        "passed" => false,
+        "failed" => true,
+        _ => return None,
+    };
+    Some(BuildOutcome {
+        pipeline: event.pipeline_slug()?.to_string(),
+        branch: event.branch()?.to_string(),
+        number: event.build_number()?,
+        failed,
+    })
+}
+
+/// The transition `build` makes after `last`, and what to record as the new last build;
+/// `None` when the build is older than the last one recorded.
+pub fn next(last: Option<&LastBuild>, build: &BuildOutcome) -> Option<(Transition, LastBuild)> {
+    if last.is_some_and(|l| build.number < l.number) {
+        return None;
+    }
+    let was_failing = last.is_some_and(|l| l.failed);
+    let same_build = last.is_some_and(|l| l.number == build.number);
+    let (kind, consecutive) = match (was_failing, build.failed) {
+        (false, true) => (TransitionKind::Broken, 1),
+        // The same build failing again after a retry is not one more failure in a row.
+        (true, true) if same_build => (
+            TransitionKind::StillFailing,
+            last.map_or(1, |l| l.consecutive_failures),
+        ),
+        (true, true) => (
+            TransitionKind::StillFailing,
+            last.map_or(1, |l| l.consecutive_failures + 1),
+        ),
+        (true, false) => (TransitionKind::Fixed, 0),
+        (false, false) => (TransitionKind::Passing, 0),
+    };
+    let transition = Transition {
+        kind,
+        previous_state: last.map(|l| if l.failed { "failed" } else { "passed" }.to_string()),
+        previous_number: last.map(|l| l.number),
+        consecutive_failures: consecutive,
+    };
+    let recorded = LastBuild {
+        number: build.number,
+        failed: build.failed,
+        consecutive_failures: consecutive,
+    };
+    Some((transition, recorded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use serde_json::json;
+
+    fn build(number: u64, failed: bool) -> BuildOutcome {
+        BuildOutcome {
+            pipeline: "web".into(),
+            branch: "main".into(),
+            number,
+            failed,
+        }
+    }
+
+    /// Runs a sequence of finished builds through `next`, as the store does.
+    fn run(seq: &[(u64, bool)]) -> Vec<Option<(&'static str, u32)>> {
+        let mut last: Option<LastBuild> = None;
+        seq.iter()
+            .map(|(n, failed)| {
+                let (t, rec) = next(last.as_ref(), &build(*n, *failed))?;
+                last = Some(rec);
+                Some((t.kind.as_str(), t.consecutive_failures))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequences_give_the_documented_transitions() {
+        type Case = (&'static [(u64, bool)], Vec<Option<(&'static str, u32)>>);
+        let cases: Vec<Case> = vec![
+            (&[(1, false)], vec![Some(("passing", 0))]),
+            (&[(1, true)], vec![Some(("broken", 1))]),
+            (
+                &[
+                    (1, false),
+                    (2, true),
+                    (3, true),
+                    (4, true),
+                    (5, false),
+                    (6, false),
+                ],
+                vec![
+                    Some(("passing", 0)),
+                    Some(("broken", 1)),
+                    Some(("still_failing", 2)),
+                    Some(("still_failing", 3)),
+                    Some(("fixed", 0)),
+                    Some(("passing", 0)),
+                ],
+            ),
+            // Out of order: 3 arrives before 2, and 2 then changes nothing.
+            (
+                &[(1, false), (3, true), (2, false)],
+                vec![Some(("passing", 0)), Some(("broken", 1)), None],
+            ),
+            // The same build retried: failed, then passed after its jobs were retried.
+            (
+                &[(7, false), (8, true), (8, false)],
+                vec![
+                    Some(("passing", 0)),
+                    Some(("broken", 1)),
+                    Some(("fixed", 0)),
+                ],
+            ),
+            // The same build failing twice is not two failures in a row.
+            (
+                &[(8, true), (8, true), (9, true)],
+                vec![
+                    Some(("broken", 1)),
+                    Some(("still_failing", 1)),
+                    Some(("still_failing", 2)),
+                ],
+            ),
+        ];
+        for (seq, want) in cases {
+            assert_eq!(run(seq), want, "{seq:?}");
+        }
+    }
+
+    #[test]
+    fn only_passed_or_failed_unblocked_finished_builds_count() {
+        let now = Utc::now();
+        let ev = |name: &str, state: &str, blocked: bool| {
+            Event::from_value(
+                name,
+                json!({"pipeline": {"slug": "web"},
+                       "build": {"number": 3, "branch": "main", "state": state, "blocked": blocked}}),
+                now,
+            )
+        };
+        assert_eq!(
+            outcome(&ev("build.finished", "failed", false)),
+            Some(build(3, true))
+        );
+        assert_eq!(
+            outcome(&ev("build.finished", "passed", false)),
+            Some(build(3, false))
+        );
+        assert_eq!(
+            outcome(&ev("build.finished", "passed", true)),
+            None,
+            "blocked"
+        );
+        assert_eq!(outcome(&ev("build.finished", "canceled", false)), None);
+        assert_eq!(outcome(&ev("build.failing", "failing", false)), None);
+        assert_eq!(outcome(&ev("job.finished", "failed", false)), None);
+    }
+}
