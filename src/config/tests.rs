@@ -237,3 +237,168 @@ fn secrets_never_appear_in_problems() {
     let debug = format!("{:?}", parse(MINIMAL).unwrap());
     assert!(!debug.contains("s3cr3t"), "{debug}");
 }
+
+#[test]
+fn people_mutes_and_alert_routes_compile() {
+    let c = parse(
+        r#"
+[buildkite]
+token = "t"
+
+[destinations.live]
+kind = "slack_app"
+token = "${TOKEN}"
+channel = "C0123ABCD"
+
+[destinations.off]
+kind = "slack_app"
+token = "${UNSET:-}"
+channel = "C0123ABCD"
+
+[[people]]
+name = "Maria"
+emails = ["Maria@acme.example"]
+buildkite = ["mlopez"]
+slack = "U024BE7LH"
+teams = "maria@acme.example"
+
+[[mute]]
+name = "night"
+days = ["mon", "tuesday", "fri"]
+from = "22:00"
+to = "07:00:30"
+timezone = "Europe/Berlin"
+action = "drop"
+
+[[routes]]
+name = "r"
+transitions = ["broken", "!passing"]
+group_window = "10s"
+group_by = ["build.id"]
+mute = ["night"]
+to = ["live", "off"]
+"#,
+    )
+    .unwrap();
+    let live = c.destination("live").unwrap();
+    assert!(live.enabled());
+    assert_eq!(live.url.as_ref().unwrap().expose(), "https://slack.com/api");
+    assert_eq!(live.token.as_ref().unwrap().expose(), "tok-s3cr3t");
+    assert!(!c.destination("off").unwrap().enabled());
+    assert_eq!(c.people.len(), 1);
+    assert!(c.people.find("maria@ACME.example").is_some());
+    let r = &c.routes[0];
+    assert_eq!(r.group.as_ref().unwrap().window, Duration::from_secs(10));
+    assert_eq!(
+        r.mute[0].days,
+        [true, true, false, false, true, false, false]
+    );
+    assert_eq!(r.mute[0].action, crate::mute::MuteAction::Drop);
+}
+
+#[test]
+fn alert_mistakes_are_named_with_their_line() {
+    let base = "[buildkite]\ntoken = \"t\"\n[destinations.o]\nkind = \"console\"\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[people]]\nslack = \"U1234\"\n",
+            "kitebridge.toml:5: people #1: give emails or buildkite user names",
+        ),
+        (
+            "[[people]]\nemails = [\"a@x\"]\nslack = \"maria\"\n",
+            "kitebridge.toml:7: people #1: slack must be a member id",
+        ),
+        (
+            "[[people]]\nemails = [\"a@x\"]\nteams = \"maria\"\n",
+            "kitebridge.toml:7: people #1: teams must be a user principal name",
+        ),
+        (
+            "[[people]]\nemails = [\"a@x\"]\n",
+            "people #1: give slack, teams or both",
+        ),
+        (
+            "[[people]]\nemails = [\"a@x\"]\nslack = \"U1234\"\n[[people]]\nemails = [\"A@x\"]\nslack = \"U5678\"\n",
+            "kitebridge.toml:8: people #2: \"A@x\" already belongs to another person",
+        ),
+        (
+            "[[mute]]\nname = \"n\"\nfrom = \"25:00\"\nto = \"07:00\"\n",
+            "kitebridge.toml:7: mute \"n\": from \"25:00\" is not a time",
+        ),
+        (
+            "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\n",
+            "mute \"n\": to is required",
+        ),
+        (
+            "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\nto = \"06:00\"\ndays = [\"someday\"]\n",
+            "kitebridge.toml:9: mute \"n\": day \"someday\"",
+        ),
+        (
+            "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\nto = \"06:00\"\ntimezone = \"Mars/Olympus\"\n",
+            "kitebridge.toml:9: mute \"n\": timezone \"Mars/Olympus\"",
+        ),
+        (
+            "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\nto = \"06:00\"\naction = \"snooze\"\n",
+            "kitebridge.toml:9: mute \"n\": action \"snooze\"",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nto = [\"o\"]\ntransitions = [\"flaky\"]\n",
+            "kitebridge.toml:8: route \"r\" transitions: \"flaky\" is not one of",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nto = [\"o\"]\ngroup_by = [\"build.id\"]\n",
+            "kitebridge.toml:5: route \"r\": group_by needs group_window",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nto = [\"o\"]\ngroup_window = \"soon\"\n",
+            "kitebridge.toml:8: route \"r\" group_window",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\nto = [\"o\"]\nmute = [\"nope\"]\n",
+            "kitebridge.toml:8: route \"r\": unknown mute \"nope\"",
+        ),
+        (
+            "[destinations.a]\nkind = \"slack_app\"\ntoken = \"x\"\n",
+            "destination \"a\": channel is required",
+        ),
+        (
+            "[destinations.a]\nkind = \"slack_app\"\nchannel = \"C1234\"\n",
+            "destination \"a\": token is required",
+        ),
+        (
+            "[destinations.a]\nkind = \"slack_app\"\ntoken = \"x\"\nchannel = \"#builds\"\n",
+            "kitebridge.toml:8: destination \"a\": channel must be a channel id",
+        ),
+        (
+            "[destinations.a]\nkind = \"slack\"\nurl = \"https://x\"\nchannel = \"C1234\"\n",
+            "kitebridge.toml:8: destination \"a\": token and channel are for kind \"slack_app\" only",
+        ),
+    ];
+    for (extra, want) in cases {
+        let text = format!("{base}{extra}");
+        let got = problems(&text);
+        assert!(
+            got.iter().any(|p| p.contains(want)),
+            "{extra:?}\nwant {want:?}\ngot {got:?}"
+        );
+    }
+}
+
+/// The README's recipes, put together, are a valid config.
+#[test]
+fn readme_recipes_are_valid_config() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let recipes = &readme[readme.find("## Recipes").unwrap()..];
+    let recipes = &recipes[..recipes[3..].find("\n## ").unwrap()];
+    let blocks: Vec<&str> = recipes
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .collect();
+    assert_eq!(blocks.len(), 5, "one block per recipe");
+    let text = format!("[buildkite]\ntoken = \"t\"\n{}", blocks.join("\n"));
+    let env = |n: &str| Some(format!("https://example.test/{n}"));
+    let config =
+        Config::parse(Path::new("README.md"), &text, env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routes.len(), 6);
+}
