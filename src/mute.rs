@@ -39,16 +39,22 @@ pub enum Muted {
     Hold(String, DateTime<Utc>),
 }
 
+/// The instant a window ends: for a local time that happens twice (autumn), the later one, so
+/// the window lasts its whole local length; for one that does not happen (spring), an hour on.
 fn at_local(tz: Tz, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
     let naive = date.and_time(time);
-    // A time that does not exist (spring forward) ends the window an hour later.
     tz.from_local_datetime(&naive)
-        .earliest()
-        .or_else(|| tz.from_local_datetime(&(naive + Span::hours(1))).earliest())
+        .latest()
+        .or_else(|| tz.from_local_datetime(&(naive + Span::hours(1))).latest())
         .map_or_else(|| naive.and_utc(), |t| t.with_timezone(&Utc))
 }
 
 impl MuteWindow {
+    /// True when the window covers every moment of every day (it would hold messages for ever).
+    pub fn always(&self) -> bool {
+        self.days.iter().all(|d| *d) && self.from == self.to
+    }
+
     /// If `at` falls inside the window, when that window ends.
     pub fn active_until(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = at.with_timezone(&self.timezone);
@@ -166,6 +172,21 @@ mod tests {
             Some(utc("2026-12-07T00:00:00Z"))
         );
         assert_eq!(sunday.active_until(utc("2026-12-07T15:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_window_ending_in_the_repeated_autumn_hour_lasts_its_local_length() {
+        // New York falls back on 2026-11-01: 01:00–02:00 local happens twice.
+        let w = window(
+            &[0, 1, 2, 3, 4, 5, 6],
+            "01:00",
+            "01:30",
+            chrono_tz::America::New_York,
+            MuteAction::Hold,
+        );
+        // 01:15 in the second (EST) pass: still muted until 01:30 EST.
+        let at = utc("2026-11-01T06:15:00Z");
+        assert_eq!(w.active_until(at), Some(utc("2026-11-01T06:30:00Z")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::deliver;
 use crate::ingress::{self, AppState};
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::render::Renderer;
 use crate::routing::Router;
@@ -99,11 +100,13 @@ impl Service {
                 }
             }
         }
+        let metrics = Arc::new(Metrics::new());
         let queue = Queue::start(
             store,
             Arc::new(renderer),
             destinations,
             config.queue.clone(),
+            metrics.clone(),
         );
         let router = Arc::new(Router::new(config.routes.clone()));
         Ok(Self {
@@ -111,6 +114,7 @@ impl Service {
                 config: Arc::new(config),
                 router,
                 queue,
+                metrics,
             },
         })
     }

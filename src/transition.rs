@@ -66,6 +66,8 @@ pub struct BuildOutcome {
     pub number: u64,
     /// True for `failed`, false for `passed`.
     pub failed: bool,
+    /// When it finished (ms), to order two results of one build.
+    pub finished_at: Option<i64>,
 }
 
 /// The last finished build recorded for a (pipeline, branch).
@@ -77,6 +79,8 @@ pub struct LastBuild {
     pub failed: bool,
     /// Failed builds in a row up to it.
     pub consecutive_failures: u32,
+    /// When it finished (ms).
+    pub finished_at: Option<i64>,
 }
 
 /// The outcome of a `build.finished` that counts: passed or failed, not blocked.
@@ -89,19 +93,30 @@ pub fn outcome(event: &Event) -> Option<BuildOutcome> {
         "failed" => true,
         _ => return None,
     };
+    let finished_at = event
+        .lookup("build.finished_at")
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::event::time::parse_timestamp)
+        .map(|t| t.timestamp_millis());
     Some(BuildOutcome {
         pipeline: event.pipeline_slug()?.to_string(),
         branch: event.branch()?.to_string(),
         number: event.build_number()?,
         failed,
+        finished_at,
     })
 }
 
 /// The transition `build` makes after `last`, and what to record as the new last build;
-/// `None` when the build is older than the last one recorded.
+/// `None` when the build is older than the last one recorded (a lower number, or the same
+/// build's earlier result arriving late).
 pub fn next(last: Option<&LastBuild>, build: &BuildOutcome) -> Option<(Transition, LastBuild)> {
-    if last.is_some_and(|l| build.number < l.number) {
-        return None;
+    if let Some(l) = last {
+        let earlier_result = l.number == build.number
+            && matches!((build.finished_at, l.finished_at), (Some(b), Some(l)) if b < l);
+        if build.number < l.number || earlier_result {
+            return None;
+        }
     }
     let was_failing = last.is_some_and(|l| l.failed);
     let same_build = last.is_some_and(|l| l.number == build.number);
@@ -129,6 +144,7 @@ pub fn next(last: Option<&LastBuild>, build: &BuildOutcome) -> Option<(Transitio
         number: build.number,
         failed: build.failed,
         consecutive_failures: consecutive,
+        finished_at: build.finished_at,
     };
     Some((transition, recorded))
 }
@@ -145,6 +161,7 @@ mod tests {
             branch: "main".into(),
             number,
             failed,
+            finished_at: None,
         }
     }
 
@@ -211,6 +228,22 @@ mod tests {
         for (seq, want) in cases {
             assert_eq!(run(seq), want, "{seq:?}");
         }
+    }
+
+    #[test]
+    fn the_same_builds_earlier_result_arriving_late_changes_nothing() {
+        let at = |n, failed, t| BuildOutcome {
+            finished_at: Some(t),
+            ..build(n, failed)
+        };
+        let (_, failed) = next(None, &at(8, true, 100)).unwrap();
+        let (fixed, passed) = next(Some(&failed), &at(8, false, 200)).unwrap();
+        assert_eq!(fixed.kind, TransitionKind::Fixed);
+        assert_eq!(
+            next(Some(&passed), &at(8, true, 100)),
+            None,
+            "the failure was before the pass"
+        );
     }
 
     #[test]

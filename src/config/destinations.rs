@@ -178,10 +178,19 @@ impl Check<'_> {
                 default
             }
         };
+        let concurrency = count(&d.concurrency, "concurrency", concurrency);
+        let burst = count(&d.burst, "burst", burst) as u32;
+        if kind == DestinationKind::SlackApp
+            && concurrency > 1
+            && let Some(n) = &d.concurrency
+        {
+            // Two attempts for one build at once could both find no message and both post.
+            self.problem(Some(n.span()), format!("{what}: concurrency must be 1 for kind \"slack_app\", which updates one message per build in order"));
+        }
         Limits {
             rate,
-            burst: count(&d.burst, "burst", burst) as u32,
-            concurrency: count(&d.concurrency, "concurrency", concurrency),
+            burst,
+            concurrency,
         }
     }
 }

@@ -160,6 +160,13 @@ impl Check<'_> {
                     timezone,
                     action,
                 };
+                if window.always() && action == MuteAction::Hold {
+                    self.problem(
+                        Some(spanned.span()),
+                        format!("{what}: covers every moment of every day, so it would hold messages for ever (use action = \"drop\", or leave the route out)"),
+                    );
+                    continue;
+                }
                 out.insert(name, Arc::new(window));
             }
         }

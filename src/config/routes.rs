@@ -75,6 +75,16 @@ impl Check<'_> {
         let branches = self.patterns(name, "branches", &r.branches);
         let states = self.patterns(name, "states", &r.states);
         let transitions = self.transitions(name, &r.transitions);
+        if !r.transitions.is_empty()
+            && events
+                .as_ref()
+                .is_some_and(|e| !e.matches(Some("build.finished")))
+        {
+            self.problem(
+                r.transitions.first().map(|t| t.span()),
+                format!("route {name:?}: transitions belong to build.finished events, which this route's events leave out"),
+            );
+        }
         let group = self.grouping(name, r, &span);
         let mut mute = Vec::new();
         for t in &r.mute {

@@ -401,4 +401,34 @@ fn readme_recipes_are_valid_config() {
     let config =
         Config::parse(Path::new("README.md"), &text, env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.routes.len(), 6);
+
+    // The quiet-hours recipe does what its text says.
+    let route = config
+        .routes
+        .iter()
+        .find(|r| r.name == "failures, not at night")
+        .unwrap();
+    let windows: Vec<&crate::mute::MuteWindow> = route.mute.iter().map(AsRef::as_ref).collect();
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let monday_8 = at("2026-12-07T08:00:00+01:00");
+    let held = |s: &str| match crate::mute::decide(&windows, at(s)) {
+        Some(crate::mute::Muted::Hold(_, until)) => Some(until),
+        _ => None,
+    };
+    assert_eq!(
+        held("2026-12-04T21:00:00+01:00"),
+        Some(monday_8),
+        "Friday evening"
+    );
+    assert_eq!(
+        held("2026-12-06T12:00:00+01:00"),
+        Some(monday_8),
+        "Sunday noon"
+    );
+    assert_eq!(
+        held("2026-12-08T06:00:00+01:00"),
+        Some(at("2026-12-08T08:00:00+01:00")),
+        "Tuesday early"
+    );
+    assert_eq!(held("2026-12-02T12:00:00+01:00"), None, "Wednesday noon");
 }

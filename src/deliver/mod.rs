@@ -12,7 +12,7 @@ mod teams;
 pub use console::Console;
 pub use http::{client, parse_retry_after};
 pub use slack::{Slack, classify as classify_slack};
-pub use slack_app::{SlackApp, classify_api_error};
+pub use slack_app::{SlackApp, classify_api_error, rank};
 pub use teams::{Teams, classify as classify_teams, is_legacy_connector};
 
 use crate::config::DestinationConfig;
@@ -122,7 +122,7 @@ impl Outcome {
 }
 
 /// What a destination may need to know about a message besides its body.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Context {
     /// The delivery's id.
     pub delivery_id: i64,
@@ -132,6 +132,9 @@ pub struct Context {
     pub event_name: String,
     /// The build the message belongs to (`pipeline#number`), for build and job events.
     pub thread_key: Option<String>,
+    /// For a job event to a Slack app: the build's own message (and the build event it was
+    /// rendered as), to post first when the build has no message yet.
+    pub parent: Option<(String, Body)>,
 }
 
 /// A boxed send future.
@@ -177,6 +180,7 @@ pub fn build(
             timeout: config.timeout,
             client: client.clone(),
             store,
+            known: Default::default(),
         }),
     })
 }

@@ -13,7 +13,8 @@ use crate::render::Body;
 use crate::secret::Secret;
 use crate::store::{MessageRef, Store};
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A Slack app destination.
@@ -33,6 +34,20 @@ pub struct SlackApp {
     pub client: reqwest::Client,
     /// Where message ids are kept.
     pub store: Arc<dyn Store>,
+    /// Message ids seen by this process, so a failed write to the store does not make the
+    /// next event post a second message.
+    pub known: Mutex<HashMap<String, MessageRef>>,
+}
+
+/// How far along its life a build event is; a build's message is never moved back.
+pub fn rank(event_name: &str) -> i64 {
+    match event_name {
+        "build.scheduled" => 0,
+        "build.running" => 1,
+        "build.failing" => 2,
+        "build.finished" | "build.skipped" => 3,
+        _ => 1,
+    }
 }
 
 /// Judges a Web API `error` code.
@@ -114,27 +129,48 @@ impl SlackApp {
         Ok(answer["ts"].as_str().unwrap_or_default().to_string())
     }
 
-    async fn remember(&self, key: &str, ts: String, event_id: i64) {
+    async fn known(&self, key: &str) -> Result<Option<MessageRef>, Outcome> {
+        if let Some(found) = self.known.lock().expect("never poisoned").get(key) {
+            return Ok(Some(found.clone()));
+        }
+        self.store
+            .message_ref(&self.name, key)
+            .await
+            .map_err(retry_store)
+    }
+
+    async fn remember(&self, key: &str, ts: String, as_of: (i64, i64)) {
+        if ts.is_empty() {
+            return;
+        }
         let message = MessageRef {
             channel: self.channel.clone(),
             ts,
-            event_id,
+            as_of,
         };
+        {
+            let mut known = self.known.lock().expect("never poisoned");
+            let newer = known.get(key).is_none_or(|k| as_of >= k.as_of);
+            if newer {
+                known.insert(key.to_string(), message.clone());
+            }
+        }
         if let Err(e) = self.store.set_message_ref(&self.name, key, message).await {
-            // The message is out; only later updates will lack it (they post anew).
+            // Kept in memory meanwhile; only a restart before the next write would lose it.
             tracing::error!(destination = %self.name, key, error = %e, "cannot keep the message id");
         }
     }
 
     /// A build event: update the build's message, or post it if there is none yet.
     async fn post_or_update(&self, body: &Value, context: &Context, key: &str) -> Outcome {
-        let known = match self.store.message_ref(&self.name, key).await {
+        let as_of = (rank(&context.event_name), context.event_id);
+        let known = match self.known(key).await {
             Ok(known) => known,
-            Err(e) => return retry_store(e),
+            Err(outcome) => return outcome,
         };
         if let Some(known) = known {
-            if context.event_id < known.event_id {
-                // An older event arriving late must not overwrite a newer state.
+            if as_of < known.as_of {
+                // An event about an earlier step arriving late must not undo a later state.
                 return Outcome::Sent { status: None };
             }
             match self
@@ -142,7 +178,7 @@ impl SlackApp {
                 .await
             {
                 Ok(_) => {
-                    self.remember(key, known.ts, context.event_id).await;
+                    self.remember(key, known.ts, as_of).await;
                     return Outcome::Sent { status: Some(200) };
                 }
                 Err(outcome) if must_repost(&outcome) => {}
@@ -151,23 +187,45 @@ impl SlackApp {
         }
         match self.post(body, None).await {
             Ok(ts) => {
-                self.remember(key, ts, context.event_id).await;
+                self.remember(key, ts, as_of).await;
                 Outcome::Sent { status: Some(200) }
             }
             Err(outcome) => outcome,
         }
     }
 
-    /// A job event: a reply in the build's thread, or a message of its own without one.
-    async fn reply(&self, body: &Value, key: &str) -> Outcome {
-        let known = match self.store.message_ref(&self.name, key).await {
-            Ok(known) => known,
-            Err(e) => return retry_store(e),
+    /// A job event: a reply in the build's thread. Without a build message yet (job events
+    /// come before `build.failing`), the build's message is posted first, from the job's own
+    /// copy of the build.
+    async fn reply(&self, body: &Value, context: &Context, key: &str) -> Outcome {
+        let mut known = match self.known(key).await {
+            Ok(known) => known.map(|k| k.ts),
+            Err(outcome) => return outcome,
         };
-        match self.post(body, known.as_ref().map(|k| k.ts.as_str())).await {
+        if known.is_none()
+            && let Some((name, parent)) = &context.parent
+        {
+            let parent = to_json(parent);
+            match self.post(&parent, None).await {
+                Ok(ts) => {
+                    self.remember(key, ts.clone(), (rank(name), context.event_id))
+                        .await;
+                    known = Some(ts).filter(|t| !t.is_empty());
+                }
+                Err(outcome) => return outcome,
+            }
+        }
+        match self.post(body, known.as_deref()).await {
             Ok(_) => Outcome::Sent { status: Some(200) },
             Err(outcome) => outcome,
         }
+    }
+}
+
+fn to_json(body: &Body) -> Value {
+    match body {
+        Body::Json(v) => v.clone(),
+        Body::Text(t) => json!({ "text": t }),
     }
 }
 
@@ -190,14 +248,11 @@ impl Destination for SlackApp {
 
     fn send<'a>(&'a self, body: &'a Body, context: &'a Context) -> SendFuture<'a> {
         Box::pin(async move {
-            let body = match body {
-                Body::Json(v) => v.clone(),
-                Body::Text(t) => json!({ "text": t }),
-            };
+            let body = to_json(body);
             let family = context.event_name.split('.').next().unwrap_or_default();
             match (family, context.thread_key.as_deref()) {
                 ("build", Some(key)) => self.post_or_update(&body, context, key).await,
-                ("job", Some(key)) => self.reply(&body, key).await,
+                ("job", Some(key)) => self.reply(&body, context, key).await,
                 _ => match self.post(&body, None).await {
                     Ok(_) => Outcome::Sent { status: Some(200) },
                     Err(outcome) => outcome,

@@ -55,6 +55,21 @@ impl IngressError {
     }
 }
 
+impl IngressError {
+    /// The verdict label this refusal is counted under in the metrics.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            IngressError::Forbidden(_) => "forbidden",
+            IngressError::Unauthorized(_) | IngressError::BadKey => "unauthorised",
+            IngressError::BadEvent(_) | IngressError::BadRequest(_) => "malformed",
+            IngressError::TooLarge(_) => "too_large",
+            IngressError::SlowBody(_) => "timeout",
+            IngressError::NotFound => "not_found",
+            IngressError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         (self.status(), Json(json!({ "error": self.to_string() }))).into_response()

@@ -13,6 +13,7 @@ pub use error::IngressError;
 
 use crate::config::Config;
 use crate::event::{Event, VerifiedBody};
+use crate::metrics::Metrics;
 use crate::mute::Muted;
 use crate::queue::Queue;
 use crate::routing::Router;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub router: Arc<Router>,
     /// Where accepted events are kept until delivered.
     pub queue: Queue,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The service's HTTP routes.
@@ -45,7 +48,41 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/webhooks/test-engine/{key}", post(test_engine))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The metrics, with the queue gauges read from the store now.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    if let Ok(Ok(stats)) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.queue.store().queue_stats(),
+    )
+    .await
+    {
+        let now = crate::store::now_ms();
+        m.queue_depth.reset();
+        m.oldest_pending_seconds.reset();
+        m.dead_letters.reset();
+        for s in stats {
+            let d = [s.destination.as_str()];
+            m.queue_depth.with_label_values(&d).set(s.pending as i64);
+            m.dead_letters.with_label_values(&d).set(s.dead as i64);
+            let age = s
+                .oldest_created_at
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+            m.oldest_pending_seconds.with_label_values(&d).set(age);
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 /// Ready when the store takes a write within two seconds.
@@ -149,7 +186,17 @@ fn event_header(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
         })
 }
 
-fn refuse(err: IngressError, ip: Option<IpAddr>, request_id: Option<&str>) -> Response {
+fn refuse(
+    state: &AppState,
+    err: IngressError,
+    ip: Option<IpAddr>,
+    request_id: Option<&str>,
+) -> Response {
+    state
+        .metrics
+        .events
+        .with_label_values(&["unknown", err.verdict()])
+        .inc();
     tracing::warn!(
         status = err.status().as_u16(),
         reason = %err,
@@ -169,7 +216,7 @@ async fn buildkite(State(state): State<AppState>, req: Request) -> Response {
         .map(|s| s.chars().take(64).collect::<String>());
     match receive_buildkite(&state, ip, req).await {
         Ok(response) => response,
-        Err(err) => refuse(err, ip, request_id.as_deref()),
+        Err(err) => refuse(&state, err, ip, request_id.as_deref()),
     }
 }
 
@@ -205,7 +252,7 @@ async fn test_engine(
     let ip = peer(&req);
     match receive_test_engine(&state, ip, &key, req).await {
         Ok(response) => response,
-        Err(err) => refuse(err, ip, None),
+        Err(err) => refuse(&state, err, ip, None),
     }
 }
 
@@ -267,6 +314,12 @@ async fn accept(
         Accepted::Duplicate { event_id } => (*event_id, true, None),
     };
     let plan = &intake.plan;
+    state
+        .metrics
+        .event(&name, if duplicate { "duplicate" } else { "accepted" });
+    for route in &plan.routes {
+        state.metrics.routes.with_label_values(&[route]).inc();
+    }
     let held = plan
         .muted
         .iter()

@@ -14,6 +14,7 @@ pub use worker::Limits;
 
 use crate::deliver::Destination;
 use crate::event::Event;
+use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::routing::Router;
 use crate::store::{Accepted, NewEvent, Planner, Store, StoreError, now_ms};
@@ -70,6 +71,7 @@ impl Queue {
         renderer: Arc<Renderer>,
         destinations: Vec<(Arc<dyn Destination>, Limits)>,
         settings: Settings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -85,6 +87,7 @@ impl Queue {
                 policy: settings.policy.clone(),
                 notify: bell,
                 cancel: cancel.clone(),
+                metrics: metrics.clone(),
             };
             tracker.spawn(worker.run());
         }

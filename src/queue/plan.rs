@@ -74,9 +74,14 @@ pub fn plan(routes: &[&Route], event: &Event, enabled: impl Fn(&str) -> bool) ->
                 route: route.name.clone(),
                 destination: dest.clone(),
                 template: route.template.clone(),
+                // A digest is a message of its own, not an update of one build's message.
+                thread_key: if group.is_some() {
+                    None
+                } else {
+                    thread.clone()
+                },
                 group: group.clone(),
                 not_before,
-                thread_key: thread.clone(),
             });
         }
     }
@@ -148,7 +153,11 @@ mod tests {
             "the disabled destination and the dropped route send nothing"
         );
         assert_eq!(p.deliveries[0].group, Some(("\"b-7\"|null".into(), 10_000)));
-        assert_eq!(p.deliveries[0].thread_key.as_deref(), Some("web#7"));
+        assert_eq!(
+            p.deliveries[0].thread_key, None,
+            "a digest is not one build's message"
+        );
+        assert_eq!(p.deliveries[1].thread_key.as_deref(), Some("web#7"));
         let six = Utc
             .with_ymd_and_hms(2026, 12, 1, 6, 0, 0)
             .unwrap()

@@ -7,8 +7,9 @@
 
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
-use crate::deliver::{Context, Destination, Outcome};
+use crate::deliver::{Context, Destination, DestinationKind, Outcome};
 use crate::event::{Event, VerifiedBody};
+use crate::metrics::Metrics;
 use crate::render::{Body, Renderer, TemplateData, TemplateKind};
 use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
 use chrono::{TimeZone, Utc};
@@ -54,6 +55,8 @@ pub struct Worker {
     pub notify: Arc<Notify>,
     /// Cancelled at shutdown: take no new messages.
     pub cancel: CancellationToken,
+    /// Where attempts are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// An attempt's result that the store has not taken yet.
@@ -267,6 +270,8 @@ impl Worker {
             });
         }
         let stored = if row.grouped {
+            // Closed first, through the writer, so no event joins after its events are read.
+            self.store.close_group(row.id, now_ms()).await?;
             self.store.group_events(row.id).await?
         } else {
             vec![self.store.event(row.event_id).await?]
@@ -293,6 +298,34 @@ impl Worker {
         }))
     }
 
+    /// For a job event to a Slack app: the build's message, rendered from the job's copy of the
+    /// build as the build event its state stands for, in case the build has no message yet.
+    async fn parent(&self, row: &Delivery) -> Result<Option<(String, Body)>, StoreError> {
+        let wanted = self.destination.kind() == DestinationKind::SlackApp
+            && row.event_name.starts_with("job.")
+            && row.thread_key.is_some()
+            && !row.grouped;
+        if !wanted {
+            return Ok(None);
+        }
+        let Ok(job) = to_event(self.store.event(row.event_id).await?) else {
+            return Ok(None);
+        };
+        let name = match job.lookup("build.state").and_then(|v| v.as_str()) {
+            Some("scheduled") => "build.scheduled",
+            Some("failing") => "build.failing",
+            Some("running" | "canceling" | "creating") => "build.running",
+            _ => "build.finished",
+        };
+        let build = Event::from_value(name, job.payload().clone(), job.received_at());
+        let data = TemplateData::new(&build, Utc::now());
+        Ok(self
+            .renderer
+            .render_event(TemplateKind::Slack, None, &build, &data)
+            .ok()
+            .map(|(_, body)| (name.to_string(), body)))
+    }
+
     async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
         let started_at = now_ms();
         let started = Instant::now();
@@ -300,11 +333,16 @@ impl Worker {
         let (outcome, rendered) = match self.body(&row).await {
             Err(e) => return Done::StoreTrouble(e),
             Ok(Ok((body, rendered))) => {
+                let parent = match self.parent(&row).await {
+                    Ok(parent) => parent,
+                    Err(e) => return Done::StoreTrouble(e),
+                };
                 let context = Context {
                     delivery_id: row.id,
                     event_id: row.event_id,
                     event_name: row.event_name.clone(),
                     thread_key: row.thread_key.clone(),
+                    parent,
                 };
                 (self.destination.send(&body, &context).await, rendered)
             }
@@ -312,6 +350,10 @@ impl Worker {
                 // A template that fails fails again: keep the message, never send it broken.
                 let reason = format!("cannot render: {reason}");
                 tracing::error!(delivery = row.id, destination = dest, route = %row.route, reason = %reason, "dead letter");
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[dest, "dead"])
+                    .inc();
                 let attempt = Attempt {
                     at: now_ms(),
                     status: None,
@@ -345,6 +387,7 @@ impl Worker {
         };
         let status = outcome.status();
         let status_code = status.map(i64::from).unwrap_or(-1);
+        self.count(&outcome, &verdict, latency_ms, now - row.created_at);
         match &verdict {
             Verdict::Sent => tracing::info!(
                 delivery = row.id, event = %row.event_name, route = %row.route, destination = dest,
@@ -374,6 +417,31 @@ impl Worker {
             resolution,
         };
         self.record(row.id, record, Some(verdict)).await
+    }
+
+    fn count(&self, outcome: &Outcome, verdict: &Verdict, latency_ms: u64, age_ms: i64) {
+        let dest = self.destination.name();
+        let m = &self.metrics;
+        let label = match outcome {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Retry {
+                status: Some(429), ..
+            } => "rate_limited",
+            Outcome::Retry { .. } => "retried",
+            Outcome::Permanent { .. } => "permanent",
+        };
+        m.deliveries.with_label_values(&[dest, label]).inc();
+        if matches!(verdict, Verdict::Dead { .. }) {
+            m.deliveries.with_label_values(&[dest, "dead"]).inc();
+        }
+        m.attempt_seconds
+            .with_label_values(&[dest])
+            .observe(latency_ms as f64 / 1000.0);
+        if matches!(verdict, Verdict::Sent) {
+            m.end_to_end_seconds
+                .with_label_values(&[dest])
+                .observe(age_ms.max(0) as f64 / 1000.0);
+        }
     }
 
     async fn record(&self, id: i64, record: Record, verdict: Option<Verdict>) -> Done {

@@ -6,7 +6,6 @@
 
 use super::TemplateKind;
 use super::escape::{console_text, json_content, slack_text, teams_text};
-use crate::event::lookup;
 use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
 use serde_json::{Value, json};
 use std::cell::RefCell;
@@ -110,31 +109,37 @@ pub struct MentionHelper {
     pub people: Arc<People>,
 }
 
-fn text_at(data: &Value, path: &str) -> Option<String> {
-    lookup(data, path)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 impl HelperDef for MentionHelper {
     fn call<'reg: 'rc, 'rc>(
         &self,
         h: &Helper<'rc>,
         _: &'reg Handlebars<'reg>,
         ctx: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
+        rc: &mut RenderContext<'reg, 'rc>,
         out: &mut dyn Output,
     ) -> HelperResult {
-        let data = ctx.data();
+        // Paths resolve against the current block, so inside a digest's `#each` the author is
+        // that event's.
+        let at = |path: &str| {
+            rc.evaluate(ctx, path)
+                .ok()
+                .and_then(|v| v.as_json().as_str().map(str::trim).map(str::to_string))
+                .filter(|s| !s.is_empty())
+        };
         let param = |i: usize| {
             h.param(i)
                 .and_then(|p| p.value().as_str())
                 .map(str::to_string)
         };
-        let (keys, fallback) = match param(0) {
-            Some(who) => (vec![who.clone()], param(1).unwrap_or(who)),
+        let (keys, fallback) = match h.param(0) {
+            // Given someone (even a missing field): that person, never the author instead.
+            Some(_) => {
+                let who = param(0);
+                let fallback = param(1)
+                    .or_else(|| who.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                (who.into_iter().collect(), fallback)
+            }
             None => (
                 [
                     "build.author.email",
@@ -142,9 +147,9 @@ impl HelperDef for MentionHelper {
                     "build.author.username",
                 ]
                 .iter()
-                .filter_map(|p| text_at(data, p))
-                .collect(),
-                text_at(data, "kb.build.author").unwrap_or_else(|| "unknown".into()),
+                .filter_map(|p| at(p))
+                .collect::<Vec<_>>(),
+                at("kb.build.author").unwrap_or_else(|| "unknown".into()),
             ),
         };
         let person = keys.iter().find_map(|k| self.people.find(k));
@@ -209,6 +214,42 @@ mod tests {
         assert_eq!(
             dup.add(&["mlopez".into()], Person::default()),
             Err("mlopez".into())
+        );
+    }
+
+    fn render(template: &str, data: Value) -> String {
+        let mut hb = Handlebars::new();
+        hb.register_escape_fn(|s| json_content(&slack_text(s)));
+        hb.register_helper(
+            "mention",
+            Box::new(MentionHelper {
+                kind: TemplateKind::Slack,
+                people: Arc::new(people()),
+            }),
+        );
+        hb.render_template(template, &data).unwrap()
+    }
+
+    #[test]
+    fn mentions_whom_it_is_asked_and_in_a_digest_each_events_author() {
+        let maria = json!({"build": {"author": {"email": "maria.lopez@acme.example"}}, "kb": {"build": {"author": "Maria"}}});
+        let other =
+            json!({"build": {"author": {"email": "x@y"}}, "kb": {"build": {"author": "X <@U1>"}}});
+        assert_eq!(render("{{mention}}", maria.clone()), "<@U024BE7LH>");
+        assert_eq!(render("{{mention}}", other.clone()), "X &lt;@U1&gt;");
+        assert_eq!(
+            render("{{mention \"mlopez\"}}", other.clone()),
+            "<@U024BE7LH>"
+        );
+        // Asked about someone who is not there: never the author instead.
+        assert_eq!(
+            render("{{mention build.creator.email}}", maria.clone()),
+            "unknown"
+        );
+        let digest = json!({"build": {"author": {"email": "x@y"}}, "kb": {"build": {"author": "X"}}, "items": [other, maria]});
+        assert_eq!(
+            render("{{#each items}}{{mention}};{{/each}}", digest),
+            "X &lt;@U1&gt;;<@U024BE7LH>;"
         );
     }
 

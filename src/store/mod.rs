@@ -98,8 +98,9 @@ pub struct MessageRef {
     pub channel: String,
     /// The message's `ts`.
     pub ts: String,
-    /// The newest event shown in it.
-    pub event_id: i64,
+    /// How far along the build the message shows it: (lifecycle rank of the build event,
+    /// event id). A message is only ever moved forward.
+    pub as_of: (i64, i64),
 }
 
 /// What `accept` did.
@@ -277,6 +278,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A stored event.
     async fn event(&self, event_id: i64) -> Result<StoredEvent, StoreError>;
 
+    /// Closes a digest at `now`, so no later event joins it. Call before reading its events.
+    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<(), StoreError>;
+
     /// The events of a digest, in the order they arrived.
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError>;
 
@@ -287,7 +291,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         key: &str,
     ) -> Result<Option<MessageRef>, StoreError>;
 
-    /// Keeps (or moves on) the Slack message for `key`; an older event never replaces a newer.
+    /// Keeps (or moves on) the Slack message for `key`; never moves it back (by `as_of`).
     async fn set_message_ref(
         &self,
         destination: &str,

@@ -482,3 +482,69 @@ async fn slack_web_api_errors_at_http_200_are_classified() {
         "ratelimited was retried"
     );
 }
+
+#[tokio::test]
+async fn a_failed_job_before_any_build_message_creates_the_build_message_and_replies_in_its_thread()
+{
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only failing and finished builds: Buildkite sends the failed job before build.failing.
+    let toml = slack_app_config(&rec, &dir.path().join("k.db"))
+        .replace("[server]\nlisten = \"127.0.0.1:0\"\n", "")
+        .replace(
+            "events = [\"build.*\"]",
+            "events = [\"build.failing\", \"build.finished\"]",
+        );
+    let app = TestApp::spawn(&toml).await;
+    app.post_signed(&fixture("job.finished")).await;
+    let got = wait_calls(&rec, 2).await;
+    assert_eq!(got[0].0, "chat.postMessage");
+    assert!(got[0].1.get("thread_ts").is_none());
+    assert_eq!(
+        got[0].1["text"], "🟠 Web App #1842 is failing",
+        "the build's message, from the job's copy"
+    );
+    assert_eq!(got[1].0, "chat.postMessage");
+    assert_eq!(
+        got[1].1["thread_ts"], "1700000000.000001",
+        "the job is a reply"
+    );
+    app.post_signed(&fixture("build.failing")).await;
+    let got = wait_calls(&rec, 3).await;
+    assert_eq!(
+        (got[2].0.as_str(), &got[2].1["ts"]),
+        ("chat.update", &json!("1700000000.000001"))
+    );
+}
+
+#[tokio::test]
+async fn a_late_event_about_an_earlier_step_never_undoes_the_finished_state() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = slack_app_config(&rec, &dir.path().join("k.db"))
+        .replace("[server]\nlisten = \"127.0.0.1:0\"\n", "");
+    let store = FaultyStore::new(open_store(&dir.path().join("k.db")));
+    // The store refuses to keep message ids: the process remembers them itself.
+    store
+        .refuse_message_refs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let config =
+        kitebridge::config::Config::parse(std::path::Path::new("t.toml"), &toml, |_| None).unwrap();
+    let service = kitebridge::server::Service::start_with_store(config, std::sync::Arc::new(store))
+        .await
+        .unwrap();
+    let app = TestApp::serve(service, dir.path().join("k.db"), None).await;
+    app.post_signed(&fixture("build.finished")).await;
+    wait_calls(&rec, 1).await;
+    app.post_signed(&fixture("build.failing")).await; // late: the build already finished
+    app.post_signed(&fixture("build.finished.passed")).await;
+    let got = wait_calls(&rec, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_all = calls(&rec);
+    assert_eq!(got_all.len(), 2, "{got_all:?}");
+    assert_eq!(got[0].0, "chat.postMessage");
+    assert_eq!(
+        (got[1].0.as_str(), got[1].1["text"].as_str()),
+        ("chat.update", Some("🔧 Web App #1842 fixed"))
+    );
+}

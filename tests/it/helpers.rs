@@ -513,6 +513,7 @@ pub struct FaultyStore {
     inner: kitebridge::store::SqliteStore,
     pub fail_writes: std::sync::atomic::AtomicBool,
     pub refuse_records: std::sync::atomic::AtomicU32,
+    pub refuse_message_refs: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyStore {
@@ -521,6 +522,7 @@ impl FaultyStore {
             inner,
             fail_writes: Default::default(),
             refuse_records: Default::default(),
+            refuse_message_refs: Default::default(),
         }
     }
 
@@ -558,6 +560,10 @@ impl Store for FaultyStore {
     async fn event(&self, id: i64) -> Result<StoredEvent, StoreError> {
         self.inner.event(id).await
     }
+    async fn close_group(&self, id: i64, now: i64) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.close_group(id, now).await
+    }
     async fn group_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.group_events(id).await
     }
@@ -571,6 +577,12 @@ impl Store for FaultyStore {
         m: MessageRef,
     ) -> Result<(), StoreError> {
         self.fault()?;
+        if self
+            .refuse_message_refs
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Database("database is locked".into()));
+        }
         self.inner.set_message_ref(dest, key, m).await
     }
     async fn finish_attempt(

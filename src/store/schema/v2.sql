@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS build_states (
     number               INTEGER NOT NULL,
     failed               INTEGER NOT NULL,
     consecutive_failures INTEGER NOT NULL,
+    finished_at          INTEGER,            -- to order two results of one build (a retry)
     updated_at           INTEGER NOT NULL,
     PRIMARY KEY (pipeline, branch)
 );
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS message_refs (
     key         TEXT    NOT NULL,
     channel     TEXT    NOT NULL,
     ts          TEXT    NOT NULL,
-    event_id    INTEGER NOT NULL,
+    rank        INTEGER NOT NULL,           -- the build's lifecycle step the message shows…
+    event_id    INTEGER NOT NULL,           -- …and the event, to order messages of one step
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (destination, key)
 );

@@ -13,13 +13,14 @@ fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Tr
     };
     let last = conn
         .prepare_cached(
-            "SELECT number, failed, consecutive_failures FROM build_states WHERE pipeline = ?1 AND branch = ?2",
+            "SELECT number, failed, consecutive_failures, finished_at FROM build_states WHERE pipeline = ?1 AND branch = ?2",
         )?
         .query_row(params![build.pipeline, build.branch], |r| {
             Ok(LastBuild {
                 number: r.get::<_, i64>(0)? as u64,
                 failed: r.get(1)?,
                 consecutive_failures: r.get(2)?,
+                finished_at: r.get(3)?,
             })
         })
         .optional()?;
@@ -27,9 +28,10 @@ fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Tr
         return Ok(None);
     };
     conn.prepare_cached(
-        "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-         ON CONFLICT (pipeline, branch) DO UPDATE SET number = ?3, failed = ?4, consecutive_failures = ?5, updated_at = ?6",
+        "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, finished_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (pipeline, branch) DO UPDATE SET number = ?3, failed = ?4, consecutive_failures = ?5, \
+         finished_at = ?6, updated_at = ?7",
     )?
     .execute(params![
         build.pipeline,
@@ -37,6 +39,7 @@ fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Tr
         recorded.number as i64,
         recorded.failed,
         recorded.consecutive_failures,
+        recorded.finished_at,
         event.received_at
     ])?;
     Ok(Some(transition))
@@ -67,48 +70,61 @@ pub(super) fn accept(
     conn.prepare_cached("INSERT INTO events (name, body, body_hash, received_at, transition) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![event.name, &event.body[..], hash, event.received_at, transition_json])?;
     let event_id = conn.last_insert_rowid();
-    let now = event.received_at;
+    let received = event.received_at;
+    // Whether a digest is still open is judged by the writer's clock: a worker closes a digest
+    // (through this same writer) before reading its events, so nothing joins one that is
+    // already being sent.
+    let writer_now = crate::store::now_ms();
     let mut delivery_ids = Vec::with_capacity(deliveries.len());
     for d in &deliveries {
-        if let Some((key, window_ms)) = &d.group {
-            let open: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT id FROM deliveries WHERE destination = ?1 AND route = ?2 AND group_key = ?3 \
-                     AND state = 'pending' AND attempts = 0 AND group_closes_at > ?4 ORDER BY id DESC LIMIT 1",
-                )?
-                .query_row(params![d.destination, d.route, key, now], |r| r.get(0))
-                .optional()?;
-            if let Some(id) = open {
-                conn.prepare_cached(
-                    "INSERT INTO delivery_events (delivery_id, event_id) VALUES (?1, ?2)",
-                )?
-                .execute(params![id, event_id])?;
-                delivery_ids.push(id);
-                continue;
-            }
-            let closes = now + window_ms;
-            let due = d.not_before.map_or(closes, |t| t.max(closes));
+        let Some((key, window_ms)) = &d.group else {
+            // max_age counts from when a message may first be sent (after a mute hold).
+            let due = d.not_before.map_or(received, |t| t.max(received));
             conn.prepare_cached(
                 "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
-                 next_attempt_at, updated_at, group_key, group_closes_at, thread_key) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?5, ?7, ?8, ?9)",
+                 next_attempt_at, updated_at, thread_key) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6, ?5, ?7)",
             )?
-            .execute(params![event_id, d.route, d.destination, d.template, now, due, key, closes, d.thread_key])?;
-            let id = conn.last_insert_rowid();
-            conn.prepare_cached(
-                "INSERT INTO delivery_events (delivery_id, event_id) VALUES (?1, ?2)",
-            )?
-            .execute(params![id, event_id])?;
-            delivery_ids.push(id);
-        } else {
-            let due = d.not_before.map_or(now, |t| t.max(now));
-            conn.prepare_cached(
-                "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
-                 next_attempt_at, updated_at, thread_key) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6, ?5, ?7)",
-            )?
-            .execute(params![event_id, d.route, d.destination, d.template, now, due, d.thread_key])?;
+            .execute(params![event_id, d.route, d.destination, d.template, received, due, d.thread_key])?;
             delivery_ids.push(conn.last_insert_rowid());
-        }
+            continue;
+        };
+        let open: Option<i64> = conn
+            .prepare_cached(
+                "SELECT id FROM deliveries WHERE destination = ?1 AND route = ?2 AND group_key = ?3 \
+                 AND state = 'pending' AND attempts = 0 AND group_closes_at > ?4 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![d.destination, d.route, key, writer_now], |r| r.get(0))
+            .optional()?;
+        let id = match open {
+            Some(id) => {
+                // A held event holds the whole digest (and keeps it open) until it may be sent.
+                if let Some(t) = d.not_before {
+                    conn.prepare_cached(
+                        "UPDATE deliveries SET next_attempt_at = MAX(next_attempt_at, ?2), age_from = MAX(age_from, ?2), \
+                         group_closes_at = MAX(group_closes_at, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![id, t])?;
+                }
+                id
+            }
+            None => {
+                // A digest opened while muted stays open until the mute ends, so a quiet night
+                // gives one message in the morning, not one per window.
+                let closes = d
+                    .not_before
+                    .map_or(received + window_ms, |t| t.max(received + window_ms));
+                conn.prepare_cached(
+                    "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
+                     next_attempt_at, updated_at, group_key, group_closes_at, thread_key) \
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6, ?5, ?7, ?6, ?8)",
+                )?
+                .execute(params![event_id, d.route, d.destination, d.template, received, closes, key, d.thread_key])?;
+                conn.last_insert_rowid()
+            }
+        };
+        conn.prepare_cached("INSERT INTO delivery_events (delivery_id, event_id) VALUES (?1, ?2)")?
+            .execute(params![id, event_id])?;
+        delivery_ids.push(id);
     }
     Ok(Accepted::New {
         event_id,

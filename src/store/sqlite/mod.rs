@@ -217,7 +217,17 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
                 finishes.push(job(None));
                 continue;
             }
-            finishes.push(job(Some(&conn)));
+            // Planning runs in here (routing needs the transition); a bug there must cost one
+            // request, not the writer thread and with it the whole store.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn)))) {
+                Ok(finish) => finishes.push(finish),
+                Err(_) => {
+                    tracing::error!(
+                        "storage: a write panicked; that request is refused, the batch goes on"
+                    );
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                }
+            }
             aborted = conn.is_autocommit();
         }
         let commit = if aborted {

@@ -105,6 +105,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE deliveries SET group_closes_at = MIN(group_closes_at, ?2) WHERE id = ?1",
+            )?
+            .execute(params![delivery_id, now])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -125,12 +136,12 @@ impl Store for SqliteStore {
         let (destination, key) = (destination.to_string(), key.to_string());
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT channel, ts, event_id FROM message_refs WHERE destination = ?1 AND key = ?2")?
+                .prepare_cached("SELECT channel, ts, rank, event_id FROM message_refs WHERE destination = ?1 AND key = ?2")?
                 .query_row(params![destination, key], |r| {
                     Ok(MessageRef {
                         channel: r.get(0)?,
                         ts: r.get(1)?,
-                        event_id: r.get(2)?,
+                        as_of: (r.get(2)?, r.get(3)?),
                     })
                 })
                 .optional()?)
@@ -148,11 +159,12 @@ impl Store for SqliteStore {
         let now = crate::store::now_ms();
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO message_refs (destination, key, channel, ts, event_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, event_id = ?5, updated_at = ?6 \
-                 WHERE excluded.event_id >= message_refs.event_id",
+                "INSERT INTO message_refs (destination, key, channel, ts, rank, event_id, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, rank = ?5, event_id = ?6, updated_at = ?7 \
+                 WHERE (excluded.rank, excluded.event_id) >= (message_refs.rank, message_refs.event_id)",
             )?
-            .execute(params![destination, key, message.channel, message.ts, message.event_id, now])?;
+            .execute(params![destination, key, message.channel, message.ts, message.as_of.0, message.as_of.1, now])?;
             Ok(())
         })
         .await

@@ -294,3 +294,87 @@ async fn attempts_retries_and_pruning() {
     assert_eq!((stats[0].destination.as_str(), stats[0].pending), ("a", 1));
     store.probe().await.unwrap();
 }
+
+fn grouped(dest: &str, key: &str, window_ms: i64, not_before: Option<i64>) -> NewDelivery {
+    NewDelivery {
+        group: Some((key.into(), window_ms)),
+        not_before,
+        ..to(dest)
+    }
+}
+
+#[tokio::test]
+async fn a_closed_digest_takes_no_more_events() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let accept = |body: &str, d: NewDelivery| store.accept(event(body, t), fixed(vec![d]), None);
+    let Accepted::New {
+        delivery_ids: a, ..
+    } = accept("{\"n\":1}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let Accepted::New {
+        delivery_ids: b, ..
+    } = accept("{\"n\":2}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(a, b, "joined the open digest");
+    store.close_group(a[0], now_ms()).await.unwrap();
+    let Accepted::New {
+        delivery_ids: c, ..
+    } = accept("{\"n\":3}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_ne!(a, c, "a new digest after the first was closed");
+    assert_eq!(store.group_events(a[0]).await.unwrap().len(), 2);
+    assert_eq!(store.group_events(c[0]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let later = t + 3_600_000;
+    let accept = |body: &str, d: NewDelivery| store.accept(event(body, t), fixed(vec![d]), None);
+    let Accepted::New {
+        delivery_ids: a, ..
+    } = accept("{\"n\":1}", grouped("a", "k", 10_000, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    accept("{\"n\":2}", grouped("a", "k", 10_000, Some(later)))
+        .await
+        .unwrap();
+    let (d, _) = store.show(a[0]).await.unwrap();
+    assert_eq!((d.next_attempt_at, d.age_from), (later, later));
+    let Accepted::New {
+        delivery_ids: h, ..
+    } = accept(
+        "{\"n\":3}",
+        NewDelivery {
+            not_before: Some(later),
+            ..to("b")
+        },
+    )
+    .await
+    .unwrap()
+    else {
+        panic!()
+    };
+    let (held, _) = store.show(h[0]).await.unwrap();
+    assert_eq!(
+        (held.next_attempt_at, held.age_from, held.created_at),
+        (later, later, t)
+    );
+}
