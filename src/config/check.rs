@@ -87,8 +87,23 @@ impl Check<'_> {
     }
 
     pub(super) fn validate(&mut self, raw: RawConfig, base: &Path) -> Option<Config> {
-        let server = self.server(&raw);
-        let (credentials, allowed_ips) = self.buildkite(&raw);
+        let server = self.server(&raw, base);
+        let (credentials, (allowed_ips, allow_buildkite_ips)) = self.buildkite(&raw);
+        let meta_url = match &raw.buildkite.get_ref().meta_url {
+            None => super::BUILDKITE_META_URL.to_string(),
+            Some(t) => self.text(t, "buildkite.meta_url").unwrap_or_default(),
+        };
+        let allowed_hosts: Vec<String> = match &raw.delivery.allowed_hosts {
+            None => super::DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            Some(list) => self
+                .texts(list, "delivery.allowed_hosts")
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        };
         let test_engine_key = raw
             .test_engine
             .key
@@ -125,7 +140,7 @@ impl Check<'_> {
             .and_then(|d| self.text(d, "templates.dir"))
             .filter(|d| !d.is_empty())
             .map(|d| base.join(d));
-        let destinations = self.destinations(&raw);
+        let destinations = self.destinations(&raw, &allowed_hosts);
         let names: HashSet<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
         let people = self.people(&raw);
         let mutes = self.mutes(&raw);
@@ -135,6 +150,8 @@ impl Check<'_> {
             server: server?,
             credentials: credentials?,
             allowed_ips,
+            allow_buildkite_ips,
+            meta_url,
             test_engine_key,
             storage_path: base.join(storage_path),
             durability,
@@ -144,6 +161,7 @@ impl Check<'_> {
                 retention,
             },
             shutdown_deadline,
+            allowed_hosts: allowed_hosts.clone(),
             templates_dir,
             destinations,
             routes,
@@ -151,7 +169,7 @@ impl Check<'_> {
         })
     }
 
-    fn server(&mut self, raw: &RawConfig) -> Option<ServerConfig> {
+    fn server(&mut self, raw: &RawConfig, base: &Path) -> Option<ServerConfig> {
         let s = &raw.server;
         let listen = match &s.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 8686)),
@@ -200,14 +218,108 @@ impl Check<'_> {
                 return None;
             }
         };
+        let read_timeout = self.duration(
+            s.read_timeout.as_ref(),
+            "server.read_timeout",
+            Duration::from_secs(10),
+        );
+        let max_concurrent_requests = match &s.max_concurrent_requests {
+            None => 1024,
+            Some(n) if (1..=100_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    Some(n.span()),
+                    "server.max_concurrent_requests must be between 1 and 100000",
+                );
+                1024
+            }
+        };
+        let trusted_proxies = self.networks(&s.trusted_proxies, "server.trusted_proxies");
+        if trusted_proxies.1 {
+            self.problem(
+                None,
+                "server.trusted_proxies: list the proxies' own addresses, not \"buildkite\"",
+            );
+        }
+        let reload_token = s
+            .reload_token
+            .as_ref()
+            .and_then(|t| self.text(t, "server.reload_token"))
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        let tls = s.tls.as_ref().and_then(|t| self.tls(t.get_ref(), base));
         Some(ServerConfig {
             listen,
             path,
             max_body_bytes,
+            read_timeout,
+            max_concurrent_requests,
+            trusted_proxies: trusted_proxies.0,
+            reload_token,
+            tls,
         })
     }
 
-    fn buildkite(&mut self, raw: &RawConfig) -> (Option<Credentials>, Vec<IpNet>) {
+    /// CIDRs or addresses; the second value is true when `"buildkite"` is among them.
+    fn networks(&mut self, list: &[Text], what: &str) -> (Vec<IpNet>, bool) {
+        let (mut nets, mut buildkite) = (Vec::new(), false);
+        for t in list {
+            let Some(v) = self.text(t, what) else {
+                continue;
+            };
+            if v == "buildkite" {
+                buildkite = true;
+                continue;
+            }
+            match v
+                .parse::<IpNet>()
+                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => nets.push(net),
+                Err(_) => {
+                    let shown = Self::shown(t, &v);
+                    self.problem(
+                        Some(t.span()),
+                        format!(
+                            "{what}: {shown} is not a CIDR such as \"192.0.2.0/24\" or an address"
+                        ),
+                    );
+                }
+            }
+        }
+        (nets, buildkite)
+    }
+
+    /// `[server.tls]`: both files must hold PEM of the right kind.
+    fn tls(&mut self, t: &raw::RawTls, base: &Path) -> Option<super::TlsConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert = base.join(self.text(&t.cert, "server.tls.cert")?);
+        let key = base.join(self.text(&t.key, "server.tls.key")?);
+        let certs_ok =
+            CertificateDer::pem_file_iter(&cert).map(|mut it| it.next().is_some_and(|c| c.is_ok()));
+        if !matches!(certs_ok, Ok(true)) {
+            self.problem(
+                Some(t.cert.span()),
+                format!(
+                    "server.tls.cert: {} holds no PEM certificate",
+                    cert.display()
+                ),
+            );
+            return None;
+        }
+        // The key's contents never show in a message, only whether it could be read.
+        if PrivateKeyDer::from_pem_file(&key).is_err() {
+            self.problem(
+                Some(t.key.span()),
+                format!("server.tls.key: {} holds no PEM private key", key.display()),
+            );
+            return None;
+        }
+        Some(super::TlsConfig { cert, key })
+    }
+
+    fn buildkite(&mut self, raw: &RawConfig) -> (Option<Credentials>, (Vec<IpNet>, bool)) {
         let bk = raw.buildkite.get_ref();
         let token = self.text(&bk.token, "buildkite.token");
         if token.as_deref() == Some("") {
@@ -253,19 +365,7 @@ impl Check<'_> {
             "buildkite.replay_window",
             Duration::from_secs(300),
         );
-        let mut allowed = Vec::new();
-        for t in &bk.allowed_ips {
-            let Some(v) = self.text(t, "buildkite.allowed_ips") else {
-                continue;
-            };
-            match v.parse::<IpNet>().or_else(|_| v.parse::<IpAddr>().map(IpNet::from)) {
-                Ok(net) => allowed.push(net),
-                Err(_) => self.problem(
-                    Some(t.span()),
-                    format!("buildkite.allowed_ips: {} is not a CIDR such as \"192.0.2.0/24\" or an address", Self::shown(t, &v)),
-                ),
-            }
-        }
+        let allowed = self.networks(&bk.allowed_ips, "buildkite.allowed_ips");
         let credentials = match (tokens.is_empty(), mode) {
             (false, Some(mode)) => Some(Credentials {
                 tokens,

@@ -11,7 +11,11 @@ use crate::secret::Secret;
 pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
 
 impl Check<'_> {
-    pub(super) fn destinations(&mut self, raw: &RawConfig) -> Vec<DestinationConfig> {
+    pub(super) fn destinations(
+        &mut self,
+        raw: &RawConfig,
+        allowed_hosts: &[String],
+    ) -> Vec<DestinationConfig> {
         let mut out = Vec::new();
         for (name, dest) in &raw.destinations {
             let (name_span, name) = (name.span(), name.get_ref().clone());
@@ -50,7 +54,18 @@ impl Check<'_> {
                     continue;
                 }
                 (None, DestinationKind::Console) => None,
-                (None, DestinationKind::SlackApp) => Some(Secret::new(DEFAULT_SLACK_API)),
+                (None, DestinationKind::SlackApp)
+                    if super::host_allowed(allowed_hosts, "slack.com") =>
+                {
+                    Some(Secret::new(DEFAULT_SLACK_API))
+                }
+                (None, DestinationKind::SlackApp) => {
+                    self.problem(
+                        Some(dest.span()),
+                        format!("{what}: host \"slack.com\" is not in delivery.allowed_hosts"),
+                    );
+                    continue;
+                }
                 (None, _) => {
                     self.problem(
                         Some(dest.span()),
@@ -65,6 +80,17 @@ impl Check<'_> {
                     let parsed = reqwest::Url::parse(&url).ok().filter(|u| {
                         matches!(u.scheme(), "https" | "http") && u.host_str().is_some()
                     });
+                    let host = parsed
+                        .as_ref()
+                        .and_then(|u| u.host_str().map(str::to_string));
+                    if let Some(host) = host.filter(|h| !super::host_allowed(allowed_hosts, h)) {
+                        // The host alone is no secret; the path and query are.
+                        self.problem(
+                            Some(t.span()),
+                            format!("{what}: host {host:?} is not in delivery.allowed_hosts (add it there if it is meant)"),
+                        );
+                        continue;
+                    }
                     if !url.is_empty() && parsed.is_none() {
                         // The URL is a secret: say what is wrong without repeating it.
                         self.problem(

@@ -51,10 +51,29 @@ pub struct ServerConfig {
     pub path: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers, and then its body.
+    pub read_timeout: Duration,
+    /// Requests handled at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The bearer token that enables `POST /-/reload`.
+    pub reload_token: Option<Secret>,
+    /// Certificate and key, when kitebridge terminates TLS itself.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files, resolved against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// One `[destinations.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DestinationConfig {
     /// The table key.
     pub name: String,
@@ -96,6 +115,10 @@ pub struct Config {
     pub credentials: Credentials,
     /// `[buildkite] allowed_ips`; empty allows every address.
     pub allowed_ips: Vec<IpNet>,
+    /// `allowed_ips` names `"buildkite"`: Buildkite's published webhook addresses are allowed.
+    pub allow_buildkite_ips: bool,
+    /// Where Buildkite's published addresses are read (`webhook_ips`).
+    pub meta_url: String,
     /// `[test_engine] key`; `None` turns the Test Engine endpoint off.
     pub test_engine_key: Option<Secret>,
     /// `[storage] path`, resolved against the config file's folder.
@@ -106,6 +129,8 @@ pub struct Config {
     pub queue: Settings,
     /// `[delivery] shutdown_deadline`: how long in-flight work may finish at shutdown.
     pub shutdown_deadline: Duration,
+    /// `[delivery] allowed_hosts`: the only hosts messages may be sent to.
+    pub allowed_hosts: Vec<String>,
     /// `[templates] dir`, resolved against the config file's folder.
     pub templates_dir: Option<PathBuf>,
     /// Destinations in name order.
@@ -189,6 +214,32 @@ fn without_literals(message: &str) -> String {
 
 /// Default per-request timeout for webhook destinations.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Buildkite's meta API, which lists the addresses webhooks come from.
+pub const BUILDKITE_META_URL: &str = "https://api.buildkite.com/v2/meta";
+
+/// The hosts destinations may use unless `[delivery] allowed_hosts` says otherwise: Slack's,
+/// and Teams' (Office 365 connectors, Power Automate and Logic Apps workflows).
+pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &[
+    "hooks.slack.com",
+    "slack.com",
+    "*.webhook.office.com",
+    "outlook.office.com",
+    "outlook.office365.com",
+    "*.logic.azure.com",
+    "*.powerplatform.com",
+    "*.powerautomate.com",
+];
+
+/// Whether `host` is allowed by one of `patterns` (`example.com`, or `*.example.com` for any
+/// subdomain).
+pub fn host_allowed(patterns: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    patterns.iter().any(|p| match p.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == *p,
+    })
+}
 
 #[cfg(test)]
 mod tests;

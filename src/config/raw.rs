@@ -66,6 +66,20 @@ pub struct RawServer {
     pub listen: Option<Text>,
     pub path: Option<Text>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    pub read_timeout: Option<Text>,
+    pub max_concurrent_requests: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Text>,
+    pub reload_token: Option<Text>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Text,
+    pub key: Text,
 }
 
 /// `[buildkite]`.
@@ -79,6 +93,7 @@ pub struct RawBuildkite {
     pub replay_window: Option<Text>,
     #[serde(default)]
     pub allowed_ips: Vec<Text>,
+    pub meta_url: Option<Text>,
 }
 
 /// `[test_engine]`.
@@ -107,6 +122,7 @@ pub struct RawDelivery {
     pub backoff_initial: Option<Text>,
     pub backoff_max: Option<Text>,
     pub shutdown_deadline: Option<Text>,
+    pub allowed_hosts: Option<Vec<Text>>,
 }
 
 /// `[templates]`.

@@ -369,7 +369,7 @@ fn alert_mistakes_are_named_with_their_line() {
             "kitebridge.toml:8: destination \"a\": channel must be a channel id",
         ),
         (
-            "[destinations.a]\nkind = \"slack\"\nurl = \"https://x\"\nchannel = \"C1234\"\n",
+            "[destinations.a]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nchannel = \"C1234\"\n",
             "kitebridge.toml:8: destination \"a\": token and channel are for kind \"slack_app\" only",
         ),
     ];
@@ -397,7 +397,7 @@ fn readme_recipes_are_valid_config() {
         .collect();
     assert_eq!(blocks.len(), 5, "one block per recipe");
     let text = format!("[buildkite]\ntoken = \"t\"\n{}", blocks.join("\n"));
-    let env = |n: &str| Some(format!("https://example.test/{n}"));
+    let env = |n: &str| Some(format!("https://hooks.slack.com/{n}"));
     let config =
         Config::parse(Path::new("README.md"), &text, env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.routes.len(), 6);
@@ -431,4 +431,41 @@ fn readme_recipes_are_valid_config() {
         "Tuesday early"
     );
     assert_eq!(held("2026-12-02T12:00:00+01:00"), None, "Wednesday noon");
+}
+
+#[test]
+fn destination_hosts_must_be_allowed() {
+    let base = "[buildkite]\ntoken = \"t\"\n";
+    let dest = |url: &str| format!("[destinations.d]\nkind = \"teams\"\nurl = \"{url}\"\n");
+    for ok in [
+        "https://acme.webhook.office.com/webhookb2/x",
+        "https://prod-12.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke?sig=s",
+        "https://default1234.56.environment.api.powerplatform.com:443/powerautomate/automations/direct/workflows/x",
+        "https://hooks.slack.com/services/T/B/X",
+    ] {
+        assert!(parse(&format!("{base}{}", dest(ok))).is_ok(), "{ok}");
+    }
+    let got = problems(&format!(
+        "{base}{}",
+        dest("https://hooks.s1ack.com/services/T/B/SECRET")
+    ));
+    assert_eq!(
+        got,
+        [
+            "dir/kitebridge.toml:5: destination \"d\": host \"hooks.s1ack.com\" is not in delivery.allowed_hosts (add it there if it is meant)"
+        ]
+    );
+    let own = format!(
+        "{base}[delivery]\nallowed_hosts = [\"chat.internal\", \"*.corp.example\"]\n{}",
+        dest("https://a.corp.example/x")
+    );
+    assert!(parse(&own).is_ok());
+    let own_only = format!(
+        "{base}[delivery]\nallowed_hosts = [\"chat.internal\"]\n{}",
+        dest("https://hooks.slack.com/x")
+    );
+    assert!(parse(&own_only).is_err(), "the list replaces the defaults");
+    assert!(host_allowed(&["*.example.com".into()], "a.b.example.com"));
+    assert!(!host_allowed(&["*.example.com".into()], "example.com"));
+    assert!(!host_allowed(&["*.example.com".into()], "evilexample.com"));
 }

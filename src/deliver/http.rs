@@ -12,13 +12,18 @@ const REASON_BYTES: usize = 300;
 /// How much of any answer is read (a Slack Web API answer echoes the whole message).
 const ANSWER_BYTES: usize = 64 * 1024;
 
-/// The process-wide HTTP client: rustls with the ring provider, pooled connections.
-pub fn client() -> reqwest::Client {
+/// Makes ring rustls's process-wide crypto provider (for the HTTP client and the TLS server).
+pub fn install_crypto_provider() {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         // Another part of the process may have installed one already; either is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// The process-wide HTTP client: rustls with the ring provider, pooled connections.
+pub fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .user_agent(concat!("kitebridge/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))

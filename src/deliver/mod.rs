@@ -10,7 +10,7 @@ mod slack_app;
 mod teams;
 
 pub use console::Console;
-pub use http::{client, parse_retry_after};
+pub use http::{client, install_crypto_provider, parse_retry_after};
 pub use slack::{Slack, classify as classify_slack};
 pub use slack_app::{SlackApp, classify_api_error, rank};
 pub use teams::{Teams, classify as classify_teams, is_legacy_connector};

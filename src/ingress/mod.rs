@@ -1,181 +1,96 @@
 //! The HTTP receiver: `POST /webhooks/buildkite` (path configurable), the Test Engine endpoint,
-//! `/healthz` and `/readyz`.
+//! and the operator endpoints (`/healthz`, `/readyz`, `/metrics`, `POST /-/reload`).
 //!
 //! Checks run cheapest first and on the raw bytes: caller address, auth headers, body size,
 //! token or signature, and only then JSON parsing. Every refusal is a 4xx with a one-line
 //! reason and a log line. An authentic event is stored with its deliveries before the answer
-//! goes back; if the store cannot take it, the answer is 503 and nothing is kept.
+//! goes back; if the store cannot take it, the answer is 503 and nothing is kept. Each request
+//! runs on the config that was live when it arrived, so a reload never splits one.
 
 pub mod auth;
+mod client;
 mod error;
+mod ops;
 
+pub use client::client_ip;
 pub use error::IngressError;
 
-use crate::config::Config;
 use crate::event::{Event, VerifiedBody};
 use crate::metrics::Metrics;
 use crate::mute::Muted;
 use crate::queue::Queue;
-use crate::routing::Router;
+use crate::reload::{Live, Reloader};
 use crate::store::Accepted;
+use arc_swap::ArcSwap;
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
+use client::{check_address, peer, read_body, single_header};
+use ipnet::IpNet;
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
+use tower::ServiceBuilder;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The validated config.
-    pub config: Arc<Config>,
-    /// The compiled routes.
-    pub router: Arc<Router>,
+    /// The config and routes in force; swapped whole by a reload.
+    pub live: Arc<ArcSwap<Live>>,
     /// Where accepted events are kept until delivered.
     pub queue: Queue,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Reloads the config (`POST /-/reload`, SIGHUP).
+    pub reloader: Arc<Reloader>,
+    /// Buildkite's published webhook addresses, when `allowed_ips` names `"buildkite"`.
+    pub buildkite_ips: Arc<ArcSwap<Vec<IpNet>>>,
 }
 
-/// The service's HTTP routes.
+/// The service's HTTP routes, with the concurrency cap: requests beyond it are answered 503
+/// at once rather than queued, so a flood cannot pile up memory or time.
 pub fn router(state: AppState) -> axum::Router {
+    let live = state.live.load();
+    let (path, cap) = (
+        live.config.server.path.clone(),
+        live.config.server.max_concurrent_requests,
+    );
+    let metrics = state.metrics.clone();
     axum::Router::new()
-        .route(&state.config.server.path, post(buildkite))
+        .route(&path, post(buildkite))
         .route("/webhooks/test-engine/{key}", post(test_engine))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/-/reload", post(ops::reload))
         .with_state(state)
-}
-
-/// The metrics, with the queue gauges read from the store now.
-async fn metrics(State(state): State<AppState>) -> Response {
-    let m = &state.metrics;
-    if let Ok(Ok(stats)) = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        state.queue.store().queue_stats(),
-    )
-    .await
-    {
-        let now = crate::store::now_ms();
-        m.queue_depth.reset();
-        m.oldest_pending_seconds.reset();
-        m.dead_letters.reset();
-        for s in stats {
-            let d = [s.destination.as_str()];
-            m.queue_depth.with_label_values(&d).set(s.pending as i64);
-            m.dead_letters.with_label_values(&d).set(s.dead as i64);
-            let age = s
-                .oldest_created_at
-                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
-            m.oldest_pending_seconds.with_label_values(&d).set(age);
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        m.encode(),
-    )
-        .into_response()
-}
-
-/// Ready when the store takes a write within two seconds.
-async fn readyz(State(state): State<AppState>) -> Response {
-    let probe = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        state.queue.store().probe(),
-    )
-    .await;
-    match probe {
-        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "not ready: the store is not writable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "error": e.to_string()})),
-            )
-                .into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": "the store did not answer within 2s"})),
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
+                    let metrics = metrics.clone();
+                    async move {
+                        metrics
+                            .events
+                            .with_label_values(&["unknown", "overloaded"])
+                            .inc();
+                        tracing::warn!("request refused: too many requests at once");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(json!({"error": "too many requests at once; try again"})),
+                        )
+                    }
+                }))
+                .load_shed()
+                .concurrency_limit(cap),
         )
-            .into_response(),
-    }
 }
 
 const TOKEN: &str = "x-buildkite-token";
 const SIGNATURE: &str = "x-buildkite-signature";
 const EVENT: &str = "x-buildkite-event";
-
-/// The value of a header that may appear at most once; `Err` names the header.
-fn single_header<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-) -> Result<Option<&'a str>, &'static str> {
-    let mut values = headers.get_all(name).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(name);
-    }
-    first.to_str().map(Some).map_err(|_| name)
-}
-
-fn peer(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip().to_canonical())
-}
-
-fn check_address(config: &Config, ip: Option<IpAddr>) -> Result<(), IngressError> {
-    if config.allowed_ips.is_empty() {
-        return Ok(());
-    }
-    match ip {
-        Some(ip) if config.allowed_ips.iter().any(|net| net.contains(&ip)) => Ok(()),
-        Some(ip) => Err(IngressError::Forbidden(ip)),
-        None => Err(IngressError::Forbidden(IpAddr::from([0, 0, 0, 0]))),
-    }
-}
-
-/// How long a client may take to send its body. Buildkite sends it at once; a client that
-/// trickles bytes must not hold a connection (or shutdown) for ever.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, IngressError> {
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(IngressError::TooLarge(limit));
-    }
-    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(req.into_body(), limit));
-    match read.await {
-        Err(_) => Err(IngressError::SlowBody(BODY_TIMEOUT)),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(IngressError::TooLarge(limit))
-            } else {
-                Err(IngressError::BadRequest(
-                    "could not read the request body".into(),
-                ))
-            }
-        }
-    }
-}
 
 /// The `X-Buildkite-Event` header, if given once as text.
 fn event_header(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
@@ -208,13 +123,18 @@ fn refuse(
 }
 
 async fn buildkite(State(state): State<AppState>, req: Request) -> Response {
-    let ip = peer(&req);
+    let live = state.live.load_full();
+    let ip = client_ip(
+        peer(&req),
+        req.headers(),
+        &live.config.server.trusted_proxies,
+    );
     let request_id = req
         .headers()
         .get("x-buildkite-request")
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(64).collect::<String>());
-    match receive_buildkite(&state, ip, req).await {
+    match receive_buildkite(&state, &live, ip, req).await {
         Ok(response) => response,
         Err(err) => refuse(&state, err, ip, request_id.as_deref()),
     }
@@ -222,11 +142,12 @@ async fn buildkite(State(state): State<AppState>, req: Request) -> Response {
 
 async fn receive_buildkite(
     state: &AppState,
+    live: &Live,
     ip: Option<IpAddr>,
     req: Request,
 ) -> Result<Response, IngressError> {
-    let config = &state.config;
-    check_address(config, ip)?;
+    let config = &live.config;
+    check_address(config, &state.buildkite_ips.load(), ip)?;
     let headers = req.headers();
     let bad_header =
         |name: &'static str| IngressError::Unauthorized(auth::AuthError::BadHeader(name));
@@ -235,13 +156,18 @@ async fn receive_buildkite(
     let presented = config.credentials.presented(token, signature)?;
     // Judged only after authentication, so an unauthenticated caller always gets 401.
     let header_event = event_header(headers);
-    let body = read_body(req, config.server.max_body_bytes).await?;
+    let body = read_body(
+        req,
+        config.server.max_body_bytes,
+        config.server.read_timeout,
+    )
+    .await?;
     let now = chrono::Utc::now();
     let verified = config
         .credentials
         .verify(&presented, body, now.timestamp())?;
     let event = Event::parse(&verified, header_event?.as_deref(), now)?;
-    accept(state, &verified, event).await
+    accept(state, live, &verified, event).await
 }
 
 async fn test_engine(
@@ -249,8 +175,13 @@ async fn test_engine(
     Path(key): Path<String>,
     req: Request,
 ) -> Response {
-    let ip = peer(&req);
-    match receive_test_engine(&state, ip, &key, req).await {
+    let live = state.live.load_full();
+    let ip = client_ip(
+        peer(&req),
+        req.headers(),
+        &live.config.server.trusted_proxies,
+    );
+    match receive_test_engine(&state, &live, ip, &key, req).await {
         Ok(response) => response,
         Err(err) => refuse(&state, err, ip, None),
     }
@@ -258,20 +189,26 @@ async fn test_engine(
 
 async fn receive_test_engine(
     state: &AppState,
+    live: &Live,
     ip: Option<IpAddr>,
     key: &str,
     req: Request,
 ) -> Result<Response, IngressError> {
-    let config = &state.config;
+    let config = &live.config;
     let Some(expected) = &config.test_engine_key else {
         return Err(IngressError::NotFound);
     };
-    check_address(config, ip)?;
+    check_address(config, &state.buildkite_ips.load(), ip)?;
     if !auth::secret_eq(expected.expose(), key) {
         return Err(IngressError::BadKey);
     }
     let header_event = event_header(req.headers())?;
-    let body = read_body(req, config.server.max_body_bytes).await?;
+    let body = read_body(
+        req,
+        config.server.max_body_bytes,
+        config.server.read_timeout,
+    )
+    .await?;
     // The secret path segment is this endpoint's authentication; it vouches only for Test
     // Engine's own events, so it cannot be used to inject build or agent events.
     let now = chrono::Utc::now();
@@ -282,11 +219,12 @@ async fn receive_test_engine(
             "the Test Engine endpoint takes only workflow.* events".into(),
         ));
     }
-    accept(state, &verified, event).await
+    accept(state, live, &verified, event).await
 }
 
 async fn accept(
     state: &AppState,
+    live: &Live,
     body: &VerifiedBody,
     event: Event,
 ) -> Result<Response, IngressError> {
@@ -298,7 +236,7 @@ async fn accept(
     );
     let intake = state
         .queue
-        .accept(event, body.bytes().clone(), state.router.clone())
+        .accept(event, body.bytes().clone(), live.router.clone())
         .await
         .map_err(IngressError::Unavailable)?;
     let (id, duplicate, transition) = match &intake.accepted {

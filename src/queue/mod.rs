@@ -12,13 +12,15 @@ pub use plan::{Plan, group_key, plan, thread_key};
 pub use policy::{DESTINATION_PAUSE_MAX, RetryPolicy, Verdict};
 pub use worker::Limits;
 
-use crate::deliver::Destination;
+use crate::config::DestinationConfig;
+use crate::deliver;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::routing::Router;
 use crate::store::{Accepted, NewEvent, Planner, Store, StoreError, now_ms};
 use crate::transition;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_CHUNK: usize = 2_000;
 
 /// Queue-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Retry rules.
     pub policy: RetryPolicy,
@@ -54,65 +56,158 @@ pub struct Intake {
     pub plan: Plan,
 }
 
-/// The running queue.
-#[derive(Debug, Clone)]
-pub struct Queue {
+/// A destination's worker, running.
+struct Running {
+    config: DestinationConfig,
+    bell: Arc<Notify>,
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
     store: Arc<dyn Store>,
-    notify: Arc<HashMap<String, Arc<Notify>>>,
-    settings: Settings,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    renderer: Arc<ArcSwap<Renderer>>,
+    settings: ArcSwap<Settings>,
+    /// Wakes each enabled destination's worker; swapped whole on reload.
+    bells: ArcSwap<HashMap<String, Arc<Notify>>>,
+    workers: tokio::sync::Mutex<HashMap<String, Running>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("destinations", &self.bells.load().len())
+            .finish()
+    }
+}
+
+/// The running queue.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
 impl Queue {
-    /// Starts one worker per destination and the housekeeping task.
-    pub fn start(
+    /// Starts one worker per enabled destination, and the housekeeping task.
+    pub async fn start(
         store: Arc<dyn Store>,
-        renderer: Arc<Renderer>,
-        destinations: Vec<(Arc<dyn Destination>, Limits)>,
+        renderer: Renderer,
+        destinations: &[DestinationConfig],
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let mut notify = HashMap::new();
-        for (destination, limits) in destinations {
-            let bell = Arc::new(Notify::new());
-            notify.insert(destination.name().to_string(), bell.clone());
-            let worker = Worker {
-                destination,
-                limits,
-                store: store.clone(),
-                renderer: renderer.clone(),
-                policy: settings.policy.clone(),
-                notify: bell,
-                cancel: cancel.clone(),
-                metrics: metrics.clone(),
-            };
-            tracker.spawn(worker.run());
-        }
         let queue = Self {
-            store,
-            notify: Arc::new(notify),
-            settings,
-            cancel,
-            tracker,
+            inner: Arc::new(Inner {
+                store,
+                client: deliver::client(),
+                metrics,
+                renderer: Arc::new(ArcSwap::from_pointee(renderer)),
+                settings: ArcSwap::from_pointee(settings),
+                bells: ArcSwap::from_pointee(HashMap::new()),
+                workers: tokio::sync::Mutex::new(HashMap::new()),
+                cancel: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
         };
+        queue.apply(destinations, false).await;
         let housekeeping = queue.clone();
         queue
+            .inner
             .tracker
             .spawn(async move { housekeeping.housekeeping().await });
         queue
     }
 
+    /// Takes in a reloaded config: new templates at once; a worker is replaced only when its
+    /// destination (or the retry settings) changed, after its attempts in flight have finished
+    /// and been recorded, so no message is sent twice or dropped; removed destinations stop,
+    /// leaving their pending deliveries in the store.
+    pub async fn reload(
+        &self,
+        renderer: Renderer,
+        destinations: &[DestinationConfig],
+        settings: Settings,
+    ) {
+        self.inner.renderer.store(Arc::new(renderer));
+        let changed = **self.inner.settings.load() != settings;
+        self.inner.settings.store(Arc::new(settings));
+        self.apply(destinations, changed).await;
+    }
+
+    /// Makes the running workers match `destinations`.
+    async fn apply(&self, destinations: &[DestinationConfig], restart_all: bool) {
+        let inner = &self.inner;
+        let mut workers = inner.workers.lock().await;
+        let wanted: HashMap<&str, &DestinationConfig> = destinations
+            .iter()
+            .filter(|d| d.enabled())
+            .map(|d| (d.name.as_str(), d))
+            .collect();
+        let stale: Vec<String> = workers
+            .iter()
+            .filter(|(name, w)| {
+                restart_all || wanted.get(name.as_str()).is_none_or(|d| **d != w.config)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(w) = workers.remove(&name) {
+                w.cancel.cancel();
+                let _ = w.done.await;
+                tracing::info!(destination = %name, "worker stopped for the new config");
+            }
+        }
+        let settings = inner.settings.load_full();
+        for (name, config) in wanted {
+            if workers.contains_key(name) {
+                continue;
+            }
+            let Some(destination) = deliver::build(config, &inner.client, inner.store.clone())
+            else {
+                continue;
+            };
+            let bell = Arc::new(Notify::new());
+            let cancel = inner.cancel.child_token();
+            let worker = Worker {
+                destination,
+                limits: config.limits,
+                store: inner.store.clone(),
+                renderer: inner.renderer.clone(),
+                policy: settings.policy.clone(),
+                notify: bell.clone(),
+                cancel: cancel.clone(),
+                metrics: inner.metrics.clone(),
+            };
+            let done = inner.tracker.spawn(worker.run());
+            workers.insert(
+                name.to_string(),
+                Running {
+                    config: config.clone(),
+                    bell,
+                    cancel,
+                    done,
+                },
+            );
+        }
+        let bells = workers
+            .iter()
+            .map(|(n, w)| (n.clone(), w.bell.clone()))
+            .collect();
+        inner.bells.store(Arc::new(bells));
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.inner.store
     }
 
     /// Whether a destination has a worker (is configured and enabled).
     pub fn has_destination(&self, name: &str) -> bool {
-        self.notify.contains_key(name)
+        self.inner.bells.load().contains_key(name)
     }
 
     /// Stores an event and its deliveries, durably, and wakes their workers. Routing happens
@@ -125,7 +220,9 @@ impl Queue {
     ) -> Result<Intake, StoreError> {
         let received_at = event.received_at().timestamp_millis();
         let dedupe_since = self
+            .inner
             .settings
+            .load()
             .dedupe_window
             .map(|w| received_at - w.as_millis() as i64);
         let new = NewEvent {
@@ -134,23 +231,24 @@ impl Queue {
             received_at,
             build: transition::outcome(&event),
         };
+        let bells = self.inner.bells.load_full();
         let planned: Arc<Mutex<Plan>> = Arc::default();
         let planner: Planner = {
-            let (planned, enabled) = (planned.clone(), self.notify.clone());
+            let (planned, bells) = (planned.clone(), bells.clone());
             Box::new(move |transition| {
                 let mut event = event;
                 event.set_transition(transition.cloned());
                 let routes = router.route(&event);
-                let p = plan(&routes, &event, |d| enabled.contains_key(d));
+                let p = plan(&routes, &event, |d| bells.contains_key(d));
                 let deliveries = p.deliveries.clone();
                 *planned.lock().expect("the plan lock is never poisoned") = p;
                 deliveries
             })
         };
-        let accepted = self.store.accept(new, planner, dedupe_since).await?;
+        let accepted = self.inner.store.accept(new, planner, dedupe_since).await?;
         let plan = std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
         for d in &plan.deliveries {
-            if let Some(bell) = self.notify.get(&d.destination) {
+            if let Some(bell) = bells.get(&d.destination) {
                 bell.notify_one();
             }
         }
@@ -160,9 +258,9 @@ impl Queue {
     /// Stops taking new messages and waits up to `deadline` for attempts in flight; whatever
     /// is not sent stays queued for the next start. True when everything finished in time.
     pub async fn shutdown(&self, deadline: Duration) -> bool {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait())
+        self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        tokio::time::timeout(deadline, self.inner.tracker.wait())
             .await
             .is_ok()
     }
@@ -174,7 +272,7 @@ impl Queue {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = self.cancel.cancelled() => return,
+                () = self.inner.cancel.cancelled() => return,
             }
             self.log_depth(false).await;
             self.prune().await;
@@ -183,13 +281,13 @@ impl Queue {
 
     /// Deletes what retention no longer keeps, a chunk per write so webhooks are never held up.
     async fn prune(&self) {
-        let before = now_ms() - self.settings.retention.as_millis() as i64;
+        let before = now_ms() - self.inner.settings.load().retention.as_millis() as i64;
         let mut total = 0;
         loop {
-            match self.store.prune(before, PRUNE_CHUNK).await {
+            match self.inner.store.prune(before, PRUNE_CHUNK).await {
                 Ok(n) => {
                     total += n;
-                    if n < PRUNE_CHUNK || self.cancel.is_cancelled() {
+                    if n < PRUNE_CHUNK || self.inner.cancel.is_cancelled() {
                         break;
                     }
                 }
@@ -210,7 +308,7 @@ impl Queue {
     /// Logs each destination's queue depth and oldest pending age (at start, also dead letters
     /// and queues of destinations that are no longer configured).
     async fn log_depth(&self, at_start: bool) {
-        let stats = match self.store.queue_stats().await {
+        let stats = match self.inner.store.queue_stats().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read queue depth");

@@ -12,6 +12,7 @@ use crate::event::{Event, VerifiedBody};
 use crate::metrics::Metrics;
 use crate::render::{Body, Renderer, TemplateData, TemplateKind};
 use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
+use arc_swap::ArcSwap;
 use chrono::{TimeZone, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,8 +48,8 @@ pub struct Worker {
     pub limits: Limits,
     /// The store.
     pub store: Arc<dyn Store>,
-    /// Templates.
-    pub renderer: Arc<Renderer>,
+    /// Templates, swapped whole on reload.
+    pub renderer: Arc<ArcSwap<Renderer>>,
     /// Retry rules.
     pub policy: RetryPolicy,
     /// Rung when new messages for this destination are stored.
@@ -281,10 +282,12 @@ impl Worker {
             let now = Utc::now();
             let result = if row.grouped {
                 self.renderer
+                    .load()
                     .render_group(kind, row.template.as_deref(), &events, now)
             } else {
                 let data = TemplateData::new(&events[0], now);
                 self.renderer
+                    .load()
                     .render_event(kind, row.template.as_deref(), &events[0], &data)
             };
             result.map_err(|e| e.to_string())
@@ -321,6 +324,7 @@ impl Worker {
         let data = TemplateData::new(&build, Utc::now());
         Ok(self
             .renderer
+            .load()
             .render_event(TemplateKind::Slack, None, &build, &data)
             .ok()
             .map(|(_, body)| (name.to_string(), body)))

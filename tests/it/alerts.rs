@@ -284,6 +284,7 @@ path = "{db}"
 [delivery]
 backoff_initial = "100ms"
 backoff_max = "500ms"
+allowed_hosts = ["127.0.0.1"]
 
 [destinations.live]
 kind = "slack_app"

@@ -88,9 +88,14 @@ fn check_reports_broken_templates_with_their_file() {
     let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert!(
-        err.contains("templates/slack/agent.hbs (sample agent.")
-            && err.contains("rendered invalid JSON"),
+        err.contains("templates/slack/agent.hbs rendered invalid JSON")
+            && err.contains("[sample agent.connected (and 5 more samples)]"),
         "{err}"
+    );
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one line per broken template: {err}"
     );
 }
 
@@ -177,7 +182,7 @@ async fn send_test_posts_to_the_destination_and_reports_the_answer() {
     std::fs::write(
         &cfg,
         format!(
-            "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.gone]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.t]\nkind = \"teams\"\nurl = \"{}\"\n[destinations.busy]\nkind = \"slack\"\nurl = \"{}\"\n",
+            "[buildkite]\ntoken = \"t\"\n[delivery]\nallowed_hosts = [\"127.0.0.1\"]\n[destinations.s]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.gone]\nkind = \"slack\"\nurl = \"{}\"\n[destinations.t]\nkind = \"teams\"\nurl = \"{}\"\n[destinations.busy]\nkind = \"slack\"\nurl = \"{}\"\n",
             rec.url("slack"),
             rec.url("gone"),
             rec.url("teams"),

@@ -27,6 +27,7 @@ path = "k.db"
 [delivery]
 backoff_initial = "50ms"
 backoff_max = "300ms"
+allowed_hosts = ["127.0.0.1"]
 
 [destinations.slack]
 kind = "slack"

@@ -183,6 +183,9 @@ async fn routes_choose_destinations_in_file_order() {
 [buildkite]
 token = "{TOKEN}"
 
+[delivery]
+allowed_hosts = ["127.0.0.1"]
+
 [destinations.failures]
 kind = "slack"
 url = "{failures}"

@@ -239,6 +239,7 @@ key = "te-key-123"
 [delivery]
 backoff_initial = "100ms"
 backoff_max = "1s"
+allowed_hosts = ["127.0.0.1"]
 
 [destinations.slack]
 kind = "slack"

@@ -303,9 +303,10 @@ async fn a_template_that_renders_invalid_json_dead_letters_the_message() {
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("slack")).unwrap();
+    // Valid for every sample event (so the service starts), broken for this one payload.
     std::fs::write(
         dir.path().join("slack/broken.hbs"),
-        "{\"text\": {{kb.title}} }",
+        "{\"text\": \"{{kb.title}}\" {{#if build.env.BREAK}}, oops{{/if}} }",
     )
     .unwrap();
     let toml = config_for(&rec, "").replace(
@@ -316,7 +317,10 @@ async fn a_template_that_renders_invalid_json_dead_letters_the_message() {
         ),
     );
     let app = TestApp::spawn(&toml).await;
-    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let mut breaking = fixture_json("build.finished");
+    breaking["build"]["env"] = json!({"BREAK": "1"});
+    let body = serde_json::to_vec(&breaking).unwrap();
+    assert_eq!(app.post_signed(&body).await.0, 202);
     let all = wait_for_deliveries(&app.db, |d| {
         d.iter().any(|d| d.state == DeliveryState::Dead)
     })

@@ -1,0 +1,250 @@
+//! Start-up and shutdown: opens the store, checks the config as `check` does, starts the
+//! delivery workers, serves HTTP (or HTTPS) until the shutdown signal, reloads on SIGHUP, then
+//! lets attempts in flight finish (up to a deadline) and leaves the rest queued.
+
+mod meta;
+
+pub use meta::parse as parse_buildkite_meta;
+
+use crate::config::Config;
+use crate::deliver;
+use crate::ingress::{self, AppState};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::reload::{Live, Reloader};
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::validate::validate;
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// Templates did not compile, or routes name templates that do not exist, or a template
+    /// fails on a sample event.
+    #[error("{}", .0.join("\n"))]
+    Templates(Vec<String>),
+    /// The store could not be opened.
+    #[error("{path}: {source}")]
+    Store {
+        /// The database file.
+        path: String,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The listener (or the TLS files) failed.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The assembled, running service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    state: AppState,
+    stop_tasks: CancellationToken,
+}
+
+impl Service {
+    /// Opens the configured store and starts the service's workers.
+    pub async fn start(config: Config) -> Result<Self, ServeError> {
+        let path = config.storage_path.clone();
+        let durability = config.durability;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability))
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+            .map_err(|source| ServeError::Store {
+                path: config.storage_path.display().to_string(),
+                source,
+            })?;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// Starts the service on a given store.
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, ServeError> {
+        let validated = validate(&config).map_err(ServeError::Templates)?;
+        for d in config.destinations.iter().filter(|d| !d.enabled()) {
+            tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url or token is empty");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let queue = Queue::start(
+            store,
+            validated.renderer,
+            &config.destinations,
+            config.queue.clone(),
+            metrics.clone(),
+        )
+        .await;
+        let stop_tasks = CancellationToken::new();
+        let buildkite_ips = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        if config.allow_buildkite_ips {
+            tokio::spawn(meta::keep_fresh(
+                deliver::client(),
+                config.meta_url.clone(),
+                buildkite_ips.clone(),
+                stop_tasks.clone(),
+            ));
+        }
+        let path = config.path.clone();
+        let live = Arc::new(ArcSwap::from_pointee(Live::new(config)));
+        let reloader = Arc::new(Reloader::new(
+            path,
+            live.clone(),
+            queue.clone(),
+            metrics.clone(),
+        ));
+        Ok(Self {
+            state: AppState {
+                live,
+                queue,
+                metrics,
+                reloader,
+                buildkite_ips,
+            },
+            stop_tasks,
+        })
+    }
+
+    /// The HTTP routes, for tests that drive the service without a socket.
+    pub fn router(&self) -> axum::Router {
+        ingress::router(self.state.clone())
+    }
+
+    /// Reloads the config file, as SIGHUP does.
+    pub async fn reload(&self) -> Result<String, Vec<String>> {
+        self.state.reloader.reload().await
+    }
+
+    /// Serves on `listener` (with TLS when configured) until `shutdown` resolves; then stops
+    /// taking requests, gives open connections and attempts in flight the configured deadline,
+    /// and leaves everything else queued.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let config = self.state.live.load().config.clone();
+        let addr = listener.local_addr()?;
+        let listener = listener.into_std()?;
+        let handle = axum_server::Handle::new();
+        let deadline = config.shutdown_deadline;
+        {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                handle.graceful_shutdown(Some(deadline));
+            });
+        }
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(
+            self.state.reloader.clone(),
+            self.stop_tasks.clone(),
+        ));
+        tracing::info!(
+            %addr,
+            tls = config.server.tls.is_some(),
+            path = %config.server.path,
+            routes = config.routes.len(),
+            store = %config.storage_path.display(),
+            "listening"
+        );
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let read_timeout = config.server.read_timeout;
+        match &config.server.tls {
+            Some(tls) => {
+                deliver::install_crypto_provider();
+                let rustls =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                        .await?;
+                let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(read_timeout);
+                server.serve(app).await?;
+            }
+            None => {
+                let mut server = axum_server::from_tcp(listener)?.handle(handle);
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(read_timeout);
+                server.serve(app).await?;
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops the workers: attempts in flight get the configured deadline, the rest stay queued.
+    pub async fn stop(&self) {
+        self.stop_tasks.cancel();
+        let deadline = self.state.live.load().config.shutdown_deadline;
+        tracing::info!(?deadline, "shutting down: finishing attempts in flight");
+        if !self.state.queue.shutdown(deadline).await {
+            tracing::warn!(
+                ?deadline,
+                "attempts still in flight at the deadline stay queued for the next start"
+            );
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(reloader: Arc<Reloader>, stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = reloader.reload().await;
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Opens the store, starts the service and serves on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    Service::start(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

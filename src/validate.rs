@@ -1,0 +1,159 @@
+//! Everything `serve`, a reload and `check` verify before a config goes live: the config is
+//! already valid TOML with sound values; here the templates compile, every route's template
+//! exists for each of its destinations, and every template renders valid bodies for the
+//! built-in sample events.
+
+use crate::config::Config;
+use crate::render::{Body, Renderer, TemplateData, TemplateKind, samples};
+use chrono::Utc;
+
+/// A config that passed, with its compiled templates.
+pub struct Validated {
+    /// The templates, ready to render.
+    pub renderer: Renderer,
+    /// A one-line summary for `check`.
+    pub summary: String,
+}
+
+/// Compiles and tries everything; one line per problem, naming file, route or template.
+pub fn validate(config: &Config) -> Result<Validated, Vec<String>> {
+    let renderer = Renderer::new(config.templates_dir.as_deref(), config.people.clone())?;
+    let summary = problems(config, &renderer)?;
+    Ok(Validated { renderer, summary })
+}
+
+/// Checks that every route's explicit template exists for the kind of each of its
+/// destinations; one line per problem.
+pub fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String> {
+    let mut problems = Vec::new();
+    for route in &config.routes {
+        let Some(template) = &route.template else {
+            continue;
+        };
+        for dest in route.to.iter().filter_map(|d| config.destination(d)) {
+            let kind = dest.kind.template_kind();
+            if !renderer.has(kind, template) || template.starts_with('_') {
+                problems.push(format!(
+                    "{}: route {:?}: no {kind} template named {template:?} (for destination {:?})",
+                    config.path.display(),
+                    route.name,
+                    dest.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Every problem with templates, or a one-line summary when there is none.
+fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>> {
+    let mut problems = check_route_templates(config, renderer);
+    let samples = samples::events();
+    let mut rendered = 0;
+    for kind in TemplateKind::ALL {
+        for name in renderer.names(kind) {
+            let family_or_event = |e: &crate::event::Event| e.name() == name || e.family() == name;
+            let chosen: Vec<_> = if samples.iter().any(|(_, e)| family_or_event(e)) {
+                samples.iter().filter(|(_, e)| family_or_event(e)).collect()
+            } else {
+                samples.iter().collect()
+            };
+            // A digest renders many events at once: try it on all the samples together.
+            let digest = (name == "digest").then(|| {
+                let all: Vec<_> = samples.iter().map(|(_, e)| e.clone()).collect();
+                TemplateData::group(&all, Utc::now())
+            });
+            // One line per template: its first failing sample, and how many failed.
+            let mut failed: Vec<(&str, String)> = Vec::new();
+            for (sample, event) in chosen {
+                let data = match &digest {
+                    Some(_) => TemplateData::group(std::slice::from_ref(event), Utc::now()),
+                    None => TemplateData::new(event, Utc::now()),
+                };
+                let result = renderer
+                    .render(kind, &name, &data)
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| shape(kind, &body));
+                match result {
+                    Ok(()) => rendered += 1,
+                    Err(e) => failed.push((sample, e)),
+                }
+            }
+            if let Some((sample, e)) = failed.first() {
+                let more = match failed.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more samples)", n - 1),
+                };
+                problems.push(format!("{e} [sample {sample}{more}]"));
+            }
+            if let Some(data) = &digest {
+                match renderer
+                    .render(kind, &name, data)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| shape(kind, &b))
+                {
+                    Ok(()) => rendered += 1,
+                    Err(e) => problems.push(format!(
+                        "{} (all samples as one digest): {e}",
+                        renderer.origin(kind, &name)
+                    )),
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let disabled: Vec<&str> = config
+        .destinations
+        .iter()
+        .filter(|d| !d.enabled())
+        .map(|d| d.name.as_str())
+        .collect();
+    let disabled = if disabled.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} disabled, url empty: {})",
+            disabled.len(),
+            disabled.join(", ")
+        )
+    };
+    Ok(format!(
+        "{}: ok: {} destinations{disabled}, {} routes, {rendered} template renderings of {} sample events",
+        config.path.display(),
+        config.destinations.len(),
+        config.routes.len(),
+        samples.len(),
+    ))
+}
+
+/// The envelope each destination needs.
+fn shape(kind: TemplateKind, body: &Body) -> Result<(), String> {
+    let Body::Json(v) = body else { return Ok(()) };
+    match kind {
+        TemplateKind::Slack => {
+            let has_content = ["text", "blocks", "attachments"]
+                .iter()
+                .any(|k| v.get(*k).is_some());
+            if has_content {
+                Ok(())
+            } else {
+                Err("a Slack body needs text, blocks or attachments".into())
+            }
+        }
+        TemplateKind::Teams => {
+            let card = &v["attachments"][0];
+            let ok = v["type"] == "message"
+                && card["contentType"] == "application/vnd.microsoft.card.adaptive"
+                && card["content"]["type"] == "AdaptiveCard"
+                && card["content"]["body"].is_array();
+            if ok {
+                Ok(())
+            } else {
+                Err("a Teams body must be {\"type\":\"message\",\"attachments\":[{\"contentType\":\"application/vnd.microsoft.card.adaptive\",\"content\":{\"type\":\"AdaptiveCard\",\"body\":[…]}}]}".into())
+            }
+        }
+        TemplateKind::Console => Ok(()),
+    }
+}
