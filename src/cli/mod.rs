@@ -140,6 +140,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    crate::secret::install_panic_hook();
     match cli.command {
         Command::Serve { config } => serve(&config.config),
         Command::Check { config } => check::run(&config.config),

@@ -308,11 +308,25 @@ impl Check<'_> {
             );
             return None;
         }
-        // The key's contents never show in a message, only whether it could be read.
-        if PrivateKeyDer::from_pem_file(&key).is_err() {
+        // The key's contents never show in a message, only whether it works with the cert.
+        crate::deliver::install_crypto_provider();
+        let usable = PrivateKeyDer::from_pem_file(&key).ok().and_then(|k| {
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&cert)
+                .ok()?
+                .filter_map(Result::ok)
+                .collect();
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(certs, k)
+                .ok()
+        });
+        if usable.is_none() {
             self.problem(
                 Some(t.key.span()),
-                format!("server.tls.key: {} holds no PEM private key", key.display()),
+                format!(
+                    "server.tls.key: {} holds no PEM private key that matches the certificate",
+                    key.display()
+                ),
             );
             return None;
         }

@@ -26,6 +26,20 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         m.queue_depth.reset();
         m.oldest_pending_seconds.reset();
         m.dead_letters.reset();
+        // Every enabled destination shows, drained or not.
+        for d in state
+            .live
+            .load()
+            .config
+            .destinations
+            .iter()
+            .filter(|d| d.enabled())
+        {
+            let d = [d.name.as_str()];
+            m.queue_depth.with_label_values(&d).set(0);
+            m.dead_letters.with_label_values(&d).set(0);
+            m.oldest_pending_seconds.with_label_values(&d).set(0.0);
+        }
         for s in stats {
             let d = [s.destination.as_str()];
             m.queue_depth.with_label_values(&d).set(s.pending as i64);

@@ -166,18 +166,12 @@ impl Service {
                     axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                         .await?;
                 let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
-                server
-                    .http_builder()
-                    .http1()
-                    .header_read_timeout(read_timeout);
+                limit_http(server.http_builder(), read_timeout);
                 server.serve(app).await?;
             }
             None => {
                 let mut server = axum_server::from_tcp(listener)?.handle(handle);
-                server
-                    .http_builder()
-                    .http1()
-                    .header_read_timeout(read_timeout);
+                limit_http(server.http_builder(), read_timeout);
                 server.serve(app).await?;
             }
         }
@@ -197,6 +191,24 @@ impl Service {
             );
         }
     }
+}
+
+/// Headers (with the request line) larger than this are refused with 431: Buildkite's are a
+/// few hundred bytes.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Read timeouts and header size limits for HTTP/1 and HTTP/2.
+fn limit_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    read_timeout: std::time::Duration,
+) {
+    builder
+        .http1()
+        .header_read_timeout(read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
 }
 
 #[cfg(unix)]

@@ -262,6 +262,15 @@ to = ["slack", "teams"]
 }
 
 impl TestApp {
+    /// Starts the service from a config file (which a reload reads again).
+    pub async fn spawn_file(path: &std::path::Path) -> Self {
+        init_logs();
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config: {e}"));
+        let db = config.storage_path.clone();
+        let service = Service::start(config).await.unwrap();
+        Self::serve(service, db, None).await
+    }
+
     /// Starts the service from TOML text on 127.0.0.1 with a random port; unless the TOML
     /// has a `[storage]` table, the store lives in a fresh temporary folder.
     pub async fn spawn(toml: &str) -> Self {

@@ -8,4 +8,7 @@ mod crash;
 mod delivery;
 mod helpers;
 mod hostile;
+mod hostile_requests;
+mod production;
 mod queue;
+mod secrets;
