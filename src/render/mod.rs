@@ -133,10 +133,10 @@ pub struct TemplateData(handlebars::Context);
 impl TemplateData {
     /// The payload (secrets removed) plus the derived `kb` fields.
     pub fn new(event: &Event, now: DateTime<Utc>) -> Self {
-        Self(
-            handlebars::Context::wraps(context::template_data(event, now))
-                .expect("a JSON value wraps"),
-        )
+        // `from` takes the value as it is; `wraps` would serialise it all over again.
+        Self(handlebars::Context::from(context::template_data(
+            event, now,
+        )))
     }
 
     /// The data for a digest of `events` (at least one): the first event's data, plus
@@ -158,7 +158,7 @@ impl TemplateData {
         if let Some(kb) = data.get_mut("kb").and_then(Value::as_object_mut) {
             kb.insert("group".into(), group);
         }
-        Self(handlebars::Context::wraps(data).expect("a JSON value wraps"))
+        Self(handlebars::Context::from(data))
     }
 
     /// The data as JSON, for documentation and tests.

@@ -11,7 +11,8 @@ pub use patterns::{PatternError, PatternList};
 
 use crate::event::Event;
 use crate::mute::MuteWindow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// A route's digest setting: events within `window` with the same `by` values become one
@@ -58,7 +59,12 @@ impl Route {
     pub fn matches(&self, event: &Event) -> bool {
         self.events.matches(Some(event.name()))
             && self.pipelines.matches(event.pipeline_slug())
-            && self.branches.matches(event.branch())
+            && self.matches_rest(event)
+    }
+
+    /// The conditions beyond event name and pipeline (which the router's index has checked).
+    fn matches_rest(&self, event: &Event) -> bool {
+        self.branches.matches(event.branch())
             && self.states.matches(event.state())
             && self
                 .transitions
@@ -67,16 +73,33 @@ impl Route {
     }
 }
 
-/// All routes, in file order.
-#[derive(Debug, Clone, Default)]
+/// How many (event name, pipeline) pairs the router remembers; past that it stops adding (a
+/// bound against invented names, which would otherwise grow it without end).
+const INDEX_MAX: usize = 10_000;
+
+type Index = HashMap<String, HashMap<String, Arc<[usize]>>>;
+
+/// All routes, in file order, with an index of which routes an (event name, pipeline) pair can
+/// reach, so matching costs about the same with ten routes or a thousand.
+#[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    index: RwLock<(Index, usize)>,
+}
+
+impl Clone for Router {
+    fn clone(&self) -> Self {
+        Self::new(self.routes.clone())
+    }
 }
 
 impl Router {
     /// A router over `routes`, tried in the given order.
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes }
+        Self {
+            routes,
+            index: RwLock::default(),
+        }
     }
 
     /// The routes, in order.
@@ -84,11 +107,45 @@ impl Router {
         &self.routes
     }
 
+    /// The routes whose `events` and `pipelines` hold for this name and pipeline, in order.
+    fn candidates(&self, name: &str, pipeline: Option<&str>) -> Arc<[usize]> {
+        // A pipeline slug is never empty, so "" stands for "no pipeline".
+        let slug = pipeline.unwrap_or("");
+        if let Some(found) = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(name)
+            .and_then(|m| m.get(slug))
+        {
+            return found.clone();
+        }
+        let found: Arc<[usize]> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.events.matches(Some(name)) && r.pipelines.matches(pipeline))
+            .map(|(i, _)| i)
+            .collect();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if index.1 < INDEX_MAX {
+            index.1 += 1;
+            index
+                .0
+                .entry(name.to_string())
+                .or_default()
+                .insert(slug.to_string(), found.clone());
+        }
+        found
+    }
+
     /// The routes `event` takes, in order.
     pub fn route(&self, event: &Event) -> Vec<&Route> {
         let mut matched = Vec::new();
-        for route in &self.routes {
-            if route.matches(event) {
+        for &i in self.candidates(event.name(), event.pipeline_slug()).iter() {
+            let route = &self.routes[i];
+            if route.matches_rest(event) {
                 matched.push(route);
                 if !route.continue_matching {
                     break;
@@ -276,6 +333,38 @@ mod tests {
             r.route(&event("ping", json!({"pipeline": {"slug": 5}})))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn the_index_gives_the_same_answers_as_trying_every_route() {
+        let r = router();
+        let events = [
+            event(
+                "build.finished",
+                build("web-app", "main", "failed", "webhook"),
+            ),
+            event("build.finished", build("web-app", "main", "failed", "ui")),
+            event(
+                "build.finished",
+                build("web-sandbox", "main", "failed", "webhook"),
+            ),
+            event("agent.lost", json!({"agent": {"connection_state": "lost"}})),
+        ];
+        for _ in 0..3 {
+            for ev in &events {
+                let indexed: Vec<&str> = r.route(ev).iter().map(|r| r.name.as_str()).collect();
+                let mut linear = Vec::new();
+                for route in r.routes() {
+                    if route.matches(ev) {
+                        linear.push(route.name.as_str());
+                        if !route.continue_matching {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(indexed, linear);
+            }
+        }
     }
 
     #[test]

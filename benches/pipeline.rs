@@ -1,0 +1,183 @@
+//! Criterion benchmarks of the request path, one core: signature verification, parsing,
+//! routing with 10, 100 and 1,000 routes, rendering the default Slack and Teams templates, and
+//! the whole verify → parse → route → render path, with 3 KB and 100 KB payloads.
+//!
+//! `cargo bench --bench pipeline`
+
+use chrono::Utc;
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kitebridge::event::{Event, VerifiedBody};
+use kitebridge::ingress::auth::{AuthMode, Credentials, SignatureHeader, sign};
+use kitebridge::render::{Renderer, TemplateData, TemplateKind};
+use kitebridge::routing::{PatternList, Route, Router};
+use kitebridge::secret::Secret;
+use serde_json::{Value, json};
+use std::hint::black_box;
+use std::time::Duration;
+
+const TOKEN: &str = "bench-token-0123456789";
+
+fn fixture() -> Value {
+    serde_json::from_str(include_str!(
+        "../tests/fixtures/buildkite/build.finished.json"
+    ))
+    .unwrap()
+}
+
+/// The build.finished fixture (about 3.4 KB), and the same padded to about 100 KB with a long
+/// commit message.
+fn payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let small = serde_json::to_vec(&fixture()).unwrap();
+    let mut big = fixture();
+    big["build"]["message"] = json!(format!(
+        "Long change\n\n{}",
+        "lorem ipsum dolor sit amet ".repeat(3_700)
+    ));
+    vec![("3KB", small), ("100KB", serde_json::to_vec(&big).unwrap())]
+}
+
+fn credentials() -> Credentials {
+    Credentials {
+        tokens: vec![Secret::new(TOKEN)],
+        mode: AuthMode::Signature,
+        replay_window: Duration::from_secs(300),
+    }
+}
+
+/// `n` routes, one per pipeline, as a big org might write them; the event's pipeline is the
+/// one in the middle, and a catch-all comes last.
+pub fn router(n: usize) -> Router {
+    let list = |v: &[&str]| PatternList::new(v).unwrap();
+    let mut routes: Vec<Route> = (0..n)
+        .map(|i| {
+            let pipeline = if i == n / 2 {
+                "web-app".to_string()
+            } else {
+                format!("pipeline-{i}")
+            };
+            Route {
+                name: format!("route {i}"),
+                events: list(&["build.finished", "build.failing"]),
+                pipelines: list(&[pipeline.as_str()]),
+                branches: list(&["main", "release/*"]),
+                states: list(&["failed", "failing"]),
+                transitions: list(&[]),
+                when: vec![],
+                to: vec!["slack".into()],
+                template: None,
+                continue_matching: false,
+                group: None,
+                mute: vec![],
+            }
+        })
+        .collect();
+    routes.push(Route {
+        name: "everything".into(),
+        events: list(&["*"]),
+        pipelines: list(&[]),
+        branches: list(&[]),
+        states: list(&[]),
+        transitions: list(&[]),
+        when: vec![],
+        to: vec!["console".into()],
+        template: None,
+        continue_matching: false,
+        group: None,
+        mute: vec![],
+    });
+    Router::new(routes)
+}
+
+fn event(body: &[u8]) -> Event {
+    Event::parse(&VerifiedBody::trusted(body.to_vec()), None, Utc::now()).unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let creds = credentials();
+    let renderer = Renderer::new(None, Default::default()).unwrap();
+    let now = Utc::now().timestamp();
+
+    let mut g = c.benchmark_group("verify");
+    for (size, body) in payloads() {
+        let header = SignatureHeader::parse(&sign(TOKEN, now, &body)).unwrap();
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
+            b.iter(|| {
+                creds
+                    .check_signature(black_box(&header), black_box(body), now)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("parse");
+    for (size, body) in payloads() {
+        let verified = VerifiedBody::trusted(body.clone());
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(size, |b| {
+            b.iter(|| {
+                Event::parse(black_box(&verified), Some("build.finished"), Utc::now()).unwrap()
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("route");
+    let ev = event(&payloads()[0].1);
+    for n in [10, 100, 1_000] {
+        let r = router(n);
+        assert_eq!(r.route(&ev)[0].name, format!("route {}", n / 2));
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &r, |b, r| {
+            b.iter(|| r.route(black_box(&ev)).len())
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("render");
+    for (size, body) in payloads() {
+        let ev = event(&body);
+        for kind in [TemplateKind::Slack, TemplateKind::Teams] {
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(format!("{kind}/{size}"), |b| {
+                b.iter(|| {
+                    let data = TemplateData::new(black_box(&ev), Utc::now());
+                    renderer.render_event(kind, None, &ev, &data).unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("path");
+    let r = router(100);
+    for (size, body) in payloads() {
+        let header = sign(TOKEN, now, &body);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(size, |b| {
+            b.iter(|| {
+                let presented = creds.presented(None, Some(&header)).unwrap();
+                let verified = creds.verify(&presented, body.clone().into(), now).unwrap();
+                let ev = Event::parse(&verified, Some("build.finished"), Utc::now()).unwrap();
+                let routes = r.route(&ev);
+                let data = TemplateData::new(&ev, Utc::now());
+                let kind = if routes[0].to[0] == "slack" {
+                    TemplateKind::Slack
+                } else {
+                    TemplateKind::Console
+                };
+                renderer
+                    .render_event(kind, routes[0].template.as_deref(), &ev, &data)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches);
+criterion_main!(pipeline);
