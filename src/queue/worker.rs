@@ -119,6 +119,11 @@ impl Worker {
             tokio::select! {
                 Some(done) = st.in_flight.join_next_with_id(), if !st.in_flight.is_empty() => {
                     me.settle(&mut st, done);
+                    // Everything else that finished meanwhile, so one look at the queue
+                    // serves them all.
+                    while let Some(done) = st.in_flight.try_join_next_with_id() {
+                        me.settle(&mut st, done);
+                    }
                 }
                 () = me.notify.notified() => {}
                 () = tokio::time::sleep_until(wake.into()) => {}
@@ -142,7 +147,11 @@ impl Worker {
             return st.paused_until;
         }
         let free = self.limits.concurrency.saturating_sub(st.in_flight.len());
-        if free == 0 {
+        // Refill in batches: looking at the queue after every single completion would read
+        // the same due rows (those still in flight) over and over. A finishing attempt wakes
+        // the loop, so nothing waits for the poll.
+        let refill = (self.limits.concurrency / 4).max(1);
+        if free == 0 || (free < refill && !st.in_flight.is_empty()) {
             return now + IDLE_POLL;
         }
         let rows = match self.store.due(name, now_ms(), free + st.busy.len()).await {
@@ -275,7 +284,10 @@ impl Worker {
             self.store.close_group(row.id, now_ms()).await?;
             self.store.group_events(row.id).await?
         } else {
-            vec![self.store.event(row.event_id).await?]
+            match &row.event {
+                Some(event) => vec![event.clone()],
+                None => vec![self.store.event(row.event_id).await?],
+            }
         };
         let events: Result<Vec<Event>, String> = stored.into_iter().map(to_event).collect();
         let rendered = events.and_then(|events| {
@@ -311,7 +323,11 @@ impl Worker {
         if !wanted {
             return Ok(None);
         }
-        let Ok(job) = to_event(self.store.event(row.event_id).await?) else {
+        let stored = match &row.event {
+            Some(event) => event.clone(),
+            None => self.store.event(row.event_id).await?,
+        };
+        let Ok(job) = to_event(stored) else {
             return Ok(None);
         };
         let name = match job.lookup("build.state").and_then(|v| v.as_str()) {
@@ -417,7 +433,13 @@ impl Worker {
         let record = Record {
             started_at,
             attempt,
-            body: rendered,
+            // Kept for retries and for `deliveries show` of what went wrong; a message sent at
+            // once needs no copy, and not writing one keeps the store small and fast.
+            body: if resolution == Resolution::Sent {
+                None
+            } else {
+                rendered
+            },
             resolution,
         };
         self.record(row.id, record, Some(verdict)).await

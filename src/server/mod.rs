@@ -142,11 +142,19 @@ impl Service {
                 handle.graceful_shutdown(Some(deadline));
             });
         }
+        // The handler is in place before "listening" is logged: a SIGHUP sent as soon as the
+        // service says it is up must reload it, not end it (the default action).
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(
-            self.state.reloader.clone(),
-            self.stop_tasks.clone(),
-        ));
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(
+                    hup,
+                    self.state.reloader.clone(),
+                    self.stop_tasks.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload"),
+        }
         tracing::info!(
             %addr,
             tls = config.server.tls.is_some(),
@@ -212,10 +220,11 @@ fn limit_http(
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(reloader: Arc<Reloader>, stop: CancellationToken) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reloader: Arc<Reloader>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             Some(()) = hup.recv() => {

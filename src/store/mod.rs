@@ -198,6 +198,9 @@ pub struct Delivery {
     pub grouped: bool,
     /// The build this message belongs to, for messages updated in place.
     pub thread_key: Option<String>,
+    /// The event itself, when `due` could read it in the same query (a single message not
+    /// rendered yet), saving the worker a second read.
+    pub event: Option<StoredEvent>,
 }
 
 /// One recorded attempt.

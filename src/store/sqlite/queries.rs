@@ -48,7 +48,20 @@ fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         body: row.get(14)?,
         grouped: row.get(15)?,
         thread_key: row.get(16)?,
+        event: None,
     })
+}
+
+/// The queue query: due messages of one destination, oldest first, with the event itself
+/// for messages that still need rendering from it.
+fn due_sql() -> String {
+    format!(
+        "SELECT {DELIVERY_COLUMNS}, \
+         CASE WHEN d.body IS NULL AND d.group_key IS NULL THEN e.body END, e.received_at, e.transition \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+         ORDER BY d.next_attempt_at, d.id LIMIT ?3"
+    )
 }
 
 #[async_trait]
@@ -71,12 +84,22 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let destination = destination.to_string();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id \
-                 WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
-                 ORDER BY d.next_attempt_at, d.id LIMIT ?3"
-            ))?;
-            let rows = stmt.query_map(params![destination, now, limit as i64], delivery)?;
+            let mut stmt = conn.prepare_cached(&due_sql())?;
+            let rows = stmt.query_map(params![destination, now, limit as i64], |row| {
+                let mut d = delivery(row)?;
+                let body: Option<Vec<u8>> = row.get(17)?;
+                if let Some(body) = body {
+                    let transition: Option<String> = row.get(19)?;
+                    d.event = Some(StoredEvent {
+                        id: d.event_id,
+                        name: d.event_name.clone(),
+                        body: Bytes::from(body),
+                        received_at: row.get(18)?,
+                        transition: transition.and_then(|t| serde_json::from_str(&t).ok()),
+                    });
+                }
+                Ok(d)
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
