@@ -496,6 +496,7 @@ async fn alertmanager_run(
         .unwrap()
     };
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let before = sink.count();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONNECTIONS {
@@ -530,17 +531,13 @@ async fn alertmanager_run(
         accepted += n.unwrap();
     }
     let elapsed = started.elapsed();
-    let got = wait_for(
-        sink,
-        sink.count() + accepted as usize,
-        Duration::from_secs(60),
-    )
-    .await;
+    let got = wait_for(sink, before + accepted as usize, Duration::from_secs(60)).await;
+    let notified = sink.count() - before;
     let (_, peak) = rss(am.id());
     let _ = am.kill();
     let _ = am.wait();
     out(format!(
-        "| Alertmanager ({}), {total} unique alerts, {CONNECTIONS} connections | {:.0} alerts/s accepted; peak RSS {peak:.1} MiB (idle {idle:.1}); notifications waited {:.1} s more | the best-known peer |",
+        "| Alertmanager ({}), {total} unique alerts, {CONNECTIONS} connections | {:.0} alerts/s accepted; {notified} of {accepted} notified, the last {:.1} s after the last answer; peak RSS {peak:.1} MiB (idle {idle:.1}) | the best-known peer |",
         bin,
         accepted as f64 / elapsed.as_secs_f64(),
         got.as_secs_f64()

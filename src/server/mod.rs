@@ -153,7 +153,9 @@ impl Service {
                     self.stop_tasks.clone(),
                 ));
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload")
+            }
         }
         tracing::info!(
             %addr,

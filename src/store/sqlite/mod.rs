@@ -25,6 +25,19 @@ const MAX_BATCH: usize = 1024;
 /// profiles as SQLite compiling the same queries again and again.
 const MAX_READERS: usize = 4;
 
+/// How often the log is copied into the database file, when something was written. Small,
+/// frequent checkpoints keep each flush of the database file short, so the flushes of the
+/// log that answers wait for are not stuck behind one (answer p99 at 2,000 events/s: 4.5 ms
+/// with 25 ms, 8–9 ms with 100 ms, 16 ms with 500 ms).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Log pages (4 KiB) after which the writer checkpoints by itself: only when the checkpointer
+/// falls far behind.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// The log file is cut back to this size once it has been copied in.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 /// How hard SQLite pushes commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -51,6 +64,8 @@ pub struct SqliteStore {
     read_slots: Arc<tokio::sync::Semaphore>,
     durability: Durability,
     commits: Arc<AtomicU64>,
+    /// Dropped with the last handle, which stops the checkpointer.
+    _alive: Arc<()>,
 }
 
 fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
@@ -78,9 +93,23 @@ impl SqliteStore {
         }
         let writer_conn = open(path, durability)?;
         migrate(&writer_conn)?;
+        // Checkpoints (copying the log into the database file, and flushing that) run on their
+        // own thread, so the writer only appends to the log. Left to the writer, a checkpoint
+        // with a big database took a third of its time, and every waiting webhook with it.
+        // The writer still checkpoints by itself should the log ever grow this long.
+        writer_conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        writer_conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let reader = open(path, durability)?;
+        let alive = Arc::new(());
+        let checkpointer = open(path, durability)?;
+        let watch = Arc::downgrade(&alive);
         let (tx, rx) = mpsc::channel::<Job>();
         let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("kitebridge-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &watch, &counter))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("kitebridge-store".into())
@@ -93,6 +122,7 @@ impl SqliteStore {
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             durability,
             commits,
+            _alive: alive,
         })
     }
 
@@ -193,6 +223,33 @@ fn in_savepoint<T>(
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
             Err(e)
+        }
+    }
+}
+
+/// Copies the log into the database file until the store is dropped. Passive: it never makes
+/// the writer or a reader wait.
+fn checkpoint_loop(conn: &Connection, alive: &std::sync::Weak<()>, commits: &AtomicU64) {
+    let mut failing = false;
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let now = commits.load(Ordering::Relaxed);
+        if now == seen && !failing {
+            continue; // nothing new in the log
+        }
+        seen = now;
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => failing = false,
+            // Once per spell of failures, not ten times a second.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "storage: checkpoint failed; the writer will do it");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -378,3 +378,32 @@ async fn a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release(
         (later, later, t)
     );
 }
+
+/// The writer only appends to the log; the checkpointer copies it into the database file soon
+/// after, long before the writer's own (far) threshold would.
+#[tokio::test]
+async fn the_log_is_copied_into_the_database_off_the_writer() {
+    let (dir, store) = store();
+    let db = dir.path().join("k.db");
+    let empty = std::fs::metadata(&db).unwrap().len();
+    let body = "x".repeat(3000);
+    for i in 0..50 {
+        store
+            .accept(
+                event(&format!("{{\"n\":{i},\"pad\":\"{body}\"}}"), now_ms()),
+                fixed(vec![to("a")]),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&db).unwrap().len() < empty + 50 * 3000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes",
+            std::fs::metadata(&db).unwrap().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
