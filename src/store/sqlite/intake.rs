@@ -4,7 +4,6 @@
 use crate::store::{Accepted, NewEvent, Planner};
 use crate::transition::{LastBuild, Transition, next};
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 
 /// Works out the transition of a counting build and records it as its branch's last build.
 fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Transition>> {
@@ -45,14 +44,14 @@ fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Tr
     Ok(Some(transition))
 }
 
-/// Stores `event` and what `plan` decides for it.
+/// Stores `event` (whose body has the SHA-256 `hash`) and what `plan` decides for it.
 pub(super) fn accept(
     conn: &Connection,
     event: NewEvent,
+    hash: Vec<u8>,
     plan: Planner,
     dedupe_since: Option<i64>,
 ) -> rusqlite::Result<Accepted> {
-    let hash = Sha256::digest(&event.body).to_vec();
     if let Some(since) = dedupe_since {
         let first: Option<i64> = conn
             .prepare_cached("SELECT id FROM events WHERE body_hash = ?1 AND received_at >= ?2 ORDER BY id LIMIT 1")?

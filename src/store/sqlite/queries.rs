@@ -8,6 +8,7 @@ use crate::store::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{OptionalExtension, Row, params};
+use sha2::Digest as _;
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.name, d.route, d.destination, d.template, d.state, d.attempts, \
      d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body, \
@@ -72,7 +73,9 @@ impl Store for SqliteStore {
         plan: Planner,
         dedupe_since: Option<i64>,
     ) -> Result<Accepted, StoreError> {
-        self.write(move |conn| super::intake::accept(conn, event, plan, dedupe_since))
+        // Hashed here, on the caller's thread, not on the one writer every webhook waits for.
+        let hash = sha2::Sha256::digest(&event.body).to_vec();
+        self.write(move |conn| super::intake::accept(conn, event, hash, plan, dedupe_since))
             .await
     }
 
