@@ -433,13 +433,8 @@ impl Worker {
         let record = Record {
             started_at,
             attempt,
-            // Kept for retries and for `deliveries show` of what went wrong; a message sent at
-            // once needs no copy, and not writing one keeps the store small and fast.
-            body: if resolution == Resolution::Sent {
-                None
-            } else {
-                rendered
-            },
+            // Kept for retries and for `deliveries show`, which shows what was sent.
+            body: rendered,
             resolution,
         };
         self.record(row.id, record, Some(verdict)).await

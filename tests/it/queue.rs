@@ -157,6 +157,21 @@ async fn a_404_becomes_a_dead_letter_and_retry_resends_it_after_the_fix() {
         all.iter().all(|d| d.state == DeliveryState::Sent),
         "{all:?}"
     );
+    // Every sent message still shows what was sent: the resent one, and those sent at once.
+    for d in &all {
+        let show = run_cli(&[
+            "deliveries",
+            "show",
+            &d.id.to_string(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .await;
+        assert!(
+            show.contains("state        sent") && show.contains("\nbody:\n{"),
+            "{show}"
+        );
+    }
 }
 
 async fn run_cli(args: &[&str]) -> String {
