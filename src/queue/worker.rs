@@ -147,14 +147,13 @@ impl Worker {
             return st.paused_until;
         }
         let free = self.limits.concurrency.saturating_sub(st.in_flight.len());
-        // Refill in batches: looking at the queue after every single completion would read
-        // the same due rows (those still in flight) over and over. A finishing attempt wakes
-        // the loop, so nothing waits for the poll.
-        let refill = (self.limits.concurrency / 4).max(1);
-        if free == 0 || (free < refill && !st.in_flight.is_empty()) {
+        if free == 0 {
             return now + IDLE_POLL;
         }
-        let rows = match self.store.due(name, now_ms(), free + st.busy.len()).await {
+        // Messages being attempted are left out by the query itself: reading them (bodies and
+        // all) only to drop them here made each look at the queue cost as much as a full one.
+        let busy: Vec<i64> = st.busy.iter().copied().collect();
+        let rows = match self.store.due(name, now_ms(), free, busy).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(destination = name, error = %e, "cannot read the queue");

@@ -267,12 +267,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Accepted, StoreError>;
 
     /// Pending deliveries of `destination` due at `now`, in the order they came due (for new
-    /// messages, the order they were accepted), at most `limit`.
+    /// messages, the order they were accepted), at most `limit`, leaving out those in `skip`
+    /// (the caller's attempts in flight).
     async fn due(
         &self,
         destination: &str,
         now: i64,
         limit: usize,
+        skip: Vec<i64>,
     ) -> Result<Vec<Delivery>, StoreError>;
 
     /// The earliest time after `now` at which a pending delivery of `destination` becomes due.

@@ -561,8 +561,14 @@ impl Store for FaultyStore {
         self.fault()?;
         self.inner.accept(e, plan, since).await
     }
-    async fn due(&self, dest: &str, now: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.inner.due(dest, now, limit).await
+    async fn due(
+        &self,
+        dest: &str,
+        now: i64,
+        limit: usize,
+        skip: Vec<i64>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.due(dest, now, limit, skip).await
     }
     async fn next_due_after(&self, dest: &str, now: i64) -> Result<Option<i64>, StoreError> {
         self.inner.next_due_after(dest, now).await

@@ -451,3 +451,26 @@ async fn a_message_whose_result_cannot_be_recorded_is_not_sent_again() {
     assert_eq!(all[0].attempts, 1);
     assert_eq!(rec.received_on("slack").len(), 1, "sent exactly once");
 }
+
+#[tokio::test]
+async fn hanging_attempts_keep_only_their_own_slots() {
+    let rec = Recorder::start().await;
+    rec.script("slack", std::iter::repeat_n(Reply::Hang, 7));
+    let toml = config_for(&rec, "").replace(
+        "kind = \"slack\"\n",
+        "kind = \"slack\"\ntimeout = \"30s\"\nconcurrency = 8\n",
+    );
+    let app = TestApp::spawn(&toml).await;
+    for n in 1..=7 {
+        assert_eq!(app.post_signed(&build(n)).await.0, 202);
+    }
+    // Seven attempts hang; the eighth slot is free and takes the next message at once.
+    let started = std::time::Instant::now();
+    assert_eq!(app.post_signed(&build(8)).await.0, 202);
+    let got = rec.wait_for("slack", 8).await;
+    assert_eq!(got.len(), 8, "the eighth message was sent");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "it did not wait for a hanging attempt's timeout"
+    );
+}

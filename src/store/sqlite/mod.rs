@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 1024;
 
-/// Reads running at once, each on its own connection. A fixed set of connections keeps their
+/// Reads running at once (besides the operators' slot), each on its own connection. A fixed set of connections keeps their
 /// compiled statements and page caches warm; opening one per burst of reads showed up in
 /// profiles as SQLite compiling the same queries again and again.
 const MAX_READERS: usize = 4;
@@ -62,6 +62,9 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
     read_slots: Arc<tokio::sync::Semaphore>,
+    /// A slot of its own for the slow whole-queue counts behind `/metrics` and the depth log,
+    /// so a scrape of a big backlog never keeps the delivery workers from their reads.
+    ops_slot: Arc<tokio::sync::Semaphore>,
     durability: Durability,
     commits: Arc<AtomicU64>,
     /// Dropped with the last handle, which stops the checkpointer.
@@ -120,6 +123,7 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(vec![reader])),
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
             commits,
             _alive: alive,
@@ -160,10 +164,25 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_in(&self.read_slots, f).await
+    }
+
+    /// [`read`](Self::read) for the operators' whole-queue queries, in their own slot.
+    async fn read_ops<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read_in(&self.ops_slot, f).await
+    }
+
+    async fn read_in<T: Send + 'static>(
+        &self,
+        slots: &Arc<tokio::sync::Semaphore>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (readers, path, durability) =
             (self.readers.clone(), self.path.clone(), self.durability);
-        let slot = self
-            .read_slots
+        let slot = slots
             .clone()
             .acquire_owned()
             .await

@@ -61,6 +61,7 @@ fn due_sql() -> String {
          CASE WHEN d.body IS NULL AND d.group_key IS NULL THEN e.body END, e.received_at, e.transition \
          FROM deliveries d JOIN events e ON e.id = d.event_id \
          WHERE d.destination = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+         AND d.id NOT IN (SELECT value FROM json_each(?4)) \
          ORDER BY d.next_attempt_at, d.id LIMIT ?3"
     )
 }
@@ -84,11 +85,14 @@ impl Store for SqliteStore {
         destination: &str,
         now: i64,
         limit: usize,
+        skip: Vec<i64>,
     ) -> Result<Vec<Delivery>, StoreError> {
         let destination = destination.to_string();
+        // Left out in the query, so no body is read only to be thrown away.
+        let skip = serde_json::to_string(&skip).expect("ids serialise");
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&due_sql())?;
-            let rows = stmt.query_map(params![destination, now, limit as i64], |row| {
+            let rows = stmt.query_map(params![destination, now, limit as i64, skip], |row| {
                 let mut d = delivery(row)?;
                 let body: Option<Vec<u8>> = row.get(17)?;
                 if let Some(body) = body {
@@ -341,7 +345,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
-        self.read(|conn| {
+        self.read_ops(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT destination, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN created_at END), SUM(state = 'dead') \
                  FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY destination ORDER BY destination",

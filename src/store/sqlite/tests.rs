@@ -65,7 +65,10 @@ async fn concurrent_writes_share_commits() {
         "{} commits for 400 writes",
         store.commits()
     );
-    assert_eq!(store.due("a", now_ms(), 1000).await.unwrap().len(), 400);
+    assert_eq!(
+        store.due("a", now_ms(), 1000, vec![]).await.unwrap().len(),
+        400
+    );
 }
 
 #[tokio::test]
@@ -134,7 +137,7 @@ async fn a_full_disk_mid_batch_keeps_exactly_what_was_answered_ok() {
         kept.len(),
         "nothing refused was kept, nothing kept was refused"
     );
-    let deliveries = store.due("a", now_ms(), 1000).await.unwrap();
+    let deliveries = store.due("a", now_ms(), 1000, vec![]).await.unwrap();
     assert_eq!(deliveries.len(), kept.len());
 }
 
@@ -201,7 +204,11 @@ async fn identical_bodies_within_the_window_are_stored_once() {
         matches!(later, Accepted::New { .. }),
         "outside the window it is new"
     );
-    assert_eq!(store.due("a", t + 5000, 10).await.unwrap().len(), 2);
+    assert_eq!(store.due("a", t + 5000, 10, vec![]).await.unwrap().len(), 2);
+    // Messages in flight are left out, and the limit counts only the others.
+    let all = store.due("a", t + 5000, 10, vec![]).await.unwrap();
+    let rest = store.due("a", t + 5000, 1, vec![all[0].id]).await.unwrap();
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), [all[1].id]);
 }
 
 #[tokio::test]
@@ -233,7 +240,7 @@ async fn attempts_retries_and_pruning() {
         .await
         .unwrap();
     assert!(
-        store.due("a", t, 10).await.unwrap().is_empty(),
+        store.due("a", t, 10, vec![]).await.unwrap().is_empty(),
         "not due before its retry time"
     );
     assert_eq!(
