@@ -56,7 +56,8 @@ pub struct Metrics {
     pub end_to_end_seconds: HistogramVec,
     /// Pending deliveries, by destination (refreshed at each scrape).
     pub queue_depth: IntGaugeVec,
-    /// Age of the oldest pending delivery, by destination (refreshed at each scrape).
+    /// How long the longest-waiting deliverable message has waited, by destination (refreshed
+    /// at each scrape).
     pub oldest_pending_seconds: GaugeVec,
     /// Dead letters kept, by destination (refreshed at each scrape).
     pub dead_letters: IntGaugeVec,
@@ -129,7 +130,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "kitebridge_queue_oldest_pending_age_seconds",
-                        "Age of the oldest pending delivery.",
+                        "How long the longest-waiting deliverable message has waited (messages held by a mute window or an open digest do not count).",
                     ),
                     &["destination"],
                 )

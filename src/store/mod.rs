@@ -245,8 +245,9 @@ pub struct QueueStat {
     pub destination: String,
     /// Pending deliveries.
     pub pending: u64,
-    /// When the oldest pending delivery was accepted.
-    pub oldest_created_at: Option<i64>,
+    /// When the longest-waiting pending delivery became deliverable (it arrived, or the mute
+    /// window or digest holding it ended); messages still held do not count.
+    pub oldest_due_at: Option<i64>,
     /// Dead letters.
     pub dead: u64,
 }

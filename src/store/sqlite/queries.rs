@@ -345,16 +345,21 @@ impl Store for SqliteStore {
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
-        self.read_ops(|conn| {
+        let now = crate::store::now_ms();
+        self.read_ops(move |conn| {
+            // `age_from` is when a message became deliverable: its arrival, or the end of the
+            // mute window or digest that held it. Held messages are queued but not late, so
+            // they count in the depth and not in the age.
             let mut stmt = conn.prepare_cached(
-                "SELECT destination, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN created_at END), SUM(state = 'dead') \
+                "SELECT destination, SUM(state = 'pending'), \
+                 MIN(CASE WHEN state = 'pending' AND age_from <= ?1 THEN age_from END), SUM(state = 'dead') \
                  FROM deliveries WHERE state IN ('pending', 'dead') GROUP BY destination ORDER BY destination",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([now], |r| {
                 Ok(QueueStat {
                     destination: r.get(0)?,
                     pending: r.get::<_, i64>(1)? as u64,
-                    oldest_created_at: r.get(2)?,
+                    oldest_due_at: r.get(2)?,
                     dead: r.get::<_, i64>(3)? as u64,
                 })
             })?;

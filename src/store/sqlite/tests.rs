@@ -386,6 +386,43 @@ async fn a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release(
     );
 }
 
+/// A message held by a mute window or an open digest is queued but not late: it shows in the
+/// depth, not in the oldest-pending age that operators alert on.
+#[tokio::test]
+async fn held_messages_count_in_the_depth_but_not_in_the_age() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let later = t + 3_600_000;
+    let held = NewDelivery {
+        not_before: Some(later),
+        ..to("a")
+    };
+    store
+        .accept(event("{\"n\":1}", t - 60_000), fixed(vec![held]), None)
+        .await
+        .unwrap();
+    store
+        .accept(
+            event("{\"n\":2}", t - 30_000),
+            fixed(vec![grouped("a", "k", 600_000, None)]),
+            None,
+        )
+        .await
+        .unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats[0].pending, stats[0].oldest_due_at), (2, None));
+
+    store
+        .accept(event("{\"n\":3}", t - 5_000), fixed(vec![to("a")]), None)
+        .await
+        .unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats[0].pending, stats[0].oldest_due_at),
+        (3, Some(t - 5_000))
+    );
+}
+
 /// The writer only appends to the log; the checkpointer copies it into the database file soon
 /// after, long before the writer's own (far) threshold would.
 #[tokio::test]
