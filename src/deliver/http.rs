@@ -27,6 +27,9 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("kitebridge/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
+        // The host allow-list is checked on the configured URL only; following a redirect
+        // would carry the message to a host nobody checked. A 3xx is a permanent failure.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("the HTTP client builds with a crypto provider installed")
 }

@@ -64,6 +64,8 @@ pub enum Reply {
     Slow(u64),
     /// Answer with this status and JSON body.
     Json(u16, &'static str),
+    /// `307 Temporary Redirect` to this URL.
+    Redirect(String),
 }
 
 /// One request the recording server received.
@@ -130,6 +132,9 @@ async fn record(
             body,
         )
             .into_response(),
+        Some(Reply::Redirect(to)) => {
+            (StatusCode::TEMPORARY_REDIRECT, [("location", to)], "moved").into_response()
+        }
         Some(Reply::Slow(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (StatusCode::OK, "ok").into_response()

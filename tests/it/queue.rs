@@ -67,6 +67,29 @@ async fn a_500_then_200_is_delivered_once() {
     assert_eq!(outcomes, [("retry", Some(500)), ("sent", Some(200))]);
 }
 
+/// The host allow-list is checked on the configured URL; a redirect would carry the message to
+/// a host nobody checked, so it is not followed: it is a permanent failure.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_becomes_a_dead_letter() {
+    let rec = Recorder::start().await;
+    let elsewhere = Recorder::start().await;
+    rec.script("slack", [Reply::Redirect(elsewhere.url("collect"))]);
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().any(|d| d.state == DeliveryState::Dead)
+    })
+    .await;
+    let dead = all.iter().find(|d| d.destination == "slack").unwrap();
+    assert_eq!(
+        (dead.state, dead.last_status),
+        (DeliveryState::Dead, Some(307))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(elsewhere.received().is_empty(), "nothing went elsewhere");
+    assert_eq!(rec.received_on("slack").len(), 1, "and it is not retried");
+}
+
 #[tokio::test]
 async fn a_404_becomes_a_dead_letter_and_retry_resends_it_after_the_fix() {
     let rec = Recorder::start().await;
