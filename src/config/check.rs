@@ -127,6 +127,17 @@ impl Check<'_> {
             "storage.retention",
             Duration::from_secs(7 * 86_400),
         );
+        // Duplicates are found among the stored events, and retention prunes those.
+        if let Some(window) = dedupe_window.filter(|w| *w > retention) {
+            self.problem(
+                raw.storage.dedupe_window.as_ref().map(|t| t.span()),
+                format!(
+                    "storage.dedupe_window ({}) is longer than storage.retention ({}): duplicates are only found among events still stored",
+                    humantime::format_duration(window),
+                    humantime::format_duration(retention)
+                ),
+            );
+        }
         let policy = self.policy(&raw.delivery);
         let shutdown_deadline = self.duration(
             raw.delivery.shutdown_deadline.as_ref(),

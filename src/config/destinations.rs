@@ -39,7 +39,7 @@ impl Check<'_> {
                 self.problem(
                     Some(d.kind.span()),
                     format!(
-                        "{what}: kind {} is not one of \"slack\", \"teams\", \"console\"",
+                        "{what}: kind {} is not one of \"slack\", \"slack_app\", \"teams\", \"console\"",
                         Self::shown(&d.kind, &kind_text)
                     ),
                 );

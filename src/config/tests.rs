@@ -78,6 +78,10 @@ fn each_mistake_is_named_with_its_line() {
             "dir/kitebridge.toml:3: buildkite.replay_window: \"soon\" is not a duration",
         ),
         (
+            "[buildkite]\ntoken = \"t\"\n[storage]\nretention = \"1h\"\ndedupe_window = \"2h\"\n",
+            "dir/kitebridge.toml:5: storage.dedupe_window (2h) is longer than storage.retention (1h)",
+        ),
+        (
             "[buildkite]\ntoken = \"t\"\nallowed_ips = [\"10.0.0.0/33\"]\n",
             "dir/kitebridge.toml:3: buildkite.allowed_ips: \"10.0.0.0/33\" is not a CIDR",
         ),
