@@ -218,12 +218,41 @@ async fn a_muted_route_holds_its_message_until_the_window_ends() {
         json!({"held": 1, "dropped": 0}),
         "{answer}"
     );
+    // render, during the window, says the message would be held, and until when.
+    let text = render_text(&toml);
+    assert!(
+        text.contains("route \"quiet\" → slack: muted by \"quiet\": held until ")
+            && text.contains(" UTC"),
+        "{text}"
+    );
     let got = rec.wait_for("slack", 1).await;
     assert_eq!(got.len(), 1, "released");
     assert!(
         got[0].at - sent >= Duration::from_secs(1),
         "held, not sent at once"
     );
+}
+
+/// What `kitebridge render` prints for build.finished under the config `toml`.
+fn render_text(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let payload = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/buildkite/build.finished.json"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+        .args([
+            "render",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--payload",
+            payload,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -244,24 +273,7 @@ async fn a_dropping_mute_sends_nothing_and_render_says_so() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rec.received().is_empty());
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(&cfg, &toml).unwrap();
-    let payload = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/buildkite/build.finished.json"
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
-        .args([
-            "render",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--payload",
-            payload,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = render_text(&toml);
     assert!(
         text.contains("route \"quiet\" → slack: muted by \"quiet\": dropped"),
         "{text}"

@@ -99,10 +99,32 @@ fn check_reports_broken_templates_with_their_file() {
     );
 }
 
+/// A config with one Slack, one Teams and one console destination, every event to all three,
+/// and `extra` appended.
+fn three_destinations(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[buildkite]\ntoken = \"t\"\n\
+             [destinations.s]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/SECRET\"\n\
+             [destinations.t]\nkind = \"teams\"\nurl = \"https://prod-12.westus.logic.azure.com/workflows/SECRET\"\n\
+             [destinations.c]\nkind = \"console\"\n\
+             [[routes]]\nname = \"all\"\nevents = [\"*\"]\nto = [\"s\", \"t\", \"c\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 #[test]
 fn render_prints_what_would_be_sent_for_every_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = three_destinations(dir.path(), "");
+    let cards = card_validator();
     for (name, _) in fixtures() {
         let payload = format!("tests/fixtures/buildkite/{name}.json");
+        // The example config, as text: its console destination prints the message.
         let out = kitebridge(&[
             "render",
             "--config",
@@ -112,11 +134,86 @@ fn render_prints_what_would_be_sent_for_every_fixture() {
         ]);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         let stdout = text(&out.stdout);
+        let (head, body) = stdout
+            .split_once('\n')
+            .unwrap_or_else(|| panic!("{name}: {stdout}"));
         assert!(
-            stdout.contains("route \"console\" → console (console, template"),
+            head.starts_with("route \"console\" → console (console, template"),
             "{name}: {stdout}"
         );
+        assert!(!body.trim().is_empty(), "{name}: no message printed");
+
+        // Slack, Teams and console, as JSON: each body is what the destination would get.
+        let out = kitebridge(&[
+            "render",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--payload",
+            &payload,
+            "--format",
+            "json",
+        ]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(!text(&out.stdout).contains("SECRET"), "{name}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kinds: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["slack", "teams", "console"], "{name}");
+        let slack = &v[0]["body"];
+        assert!(
+            !slack["text"].as_str().unwrap_or_default().is_empty()
+                && slack["blocks"].as_array().is_some_and(|b| !b.is_empty()),
+            "{name}: {slack}"
+        );
+        let errors = card_errors(&cards, &v[1]["body"]);
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        assert!(!v[2]["body"].as_str().unwrap().trim().is_empty(), "{name}");
     }
+}
+
+#[test]
+fn a_template_file_overrides_the_built_in_one_of_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
+    std::fs::write(
+        dir.path().join("templates/slack/build.hbs"),
+        "{\"text\": \"our own: {{pipeline.name}} #{{build.number}} {{build.state}}\"}",
+    )
+    .unwrap();
+    let cfg = three_destinations(dir.path(), "[templates]\ndir = \"templates\"\n");
+    let render = |fixture: &str| {
+        let out = kitebridge(&[
+            "render",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--payload",
+            &format!("tests/fixtures/buildkite/{fixture}.json"),
+            "--format",
+            "json",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = render("build.finished");
+    assert_eq!(
+        v[0]["body"],
+        serde_json::json!({"text": "our own: Web App #1842 failed"})
+    );
+    assert_eq!(v[1]["kind"], "teams");
+    assert_eq!(
+        v[1]["body"]["type"], "message",
+        "Teams keeps its built-in template"
+    );
+    let job = render("job.finished");
+    assert!(
+        job[0]["body"]["blocks"].is_array(),
+        "other Slack templates stay built in: {}",
+        job[0]["body"]
+    );
 }
 
 #[test]
