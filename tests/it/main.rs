@@ -9,6 +9,7 @@ mod delivery;
 mod helpers;
 mod hostile;
 mod hostile_requests;
+mod operations;
 mod production;
 mod queue;
 mod secrets;

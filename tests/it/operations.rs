@@ -1,0 +1,413 @@
+//! What an operator relies on day to day: the command line over the queue, metrics for refused
+//! and failed requests, timeouts, reloading templates, and stopping or killing the service.
+
+use crate::helpers::*;
+use kitebridge::store::{DeliveryState, Store};
+use serde_json::json;
+use std::time::Duration;
+
+fn build(n: u64) -> Vec<u8> {
+    let mut v = fixture_json("build.finished");
+    v["build"]["number"] = json!(n);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Runs the binary; returns stdout, or fails the test with stderr.
+async fn cli(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
+/// A signed request with `X-Buildkite-Event` and `X-Forwarded-For` headers.
+fn signed_from(body: &[u8], event: &str, from: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Buildkite-Signature", signature(TOKEN, now(), body)),
+        ("X-Buildkite-Event", event.into()),
+        ("X-Forwarded-For", from.into()),
+    ]
+}
+
+#[tokio::test]
+async fn refused_requests_and_failed_deliveries_show_in_the_metrics() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Status(404, "channel_not_found")]);
+    let toml = format!(
+        "[server]\nmax_body_bytes = 8192\ntrusted_proxies = [\"127.0.0.1\"]\n{}",
+        config_for(&rec, "allowed_ips = [\"192.0.2.0/24\"]")
+    );
+    let app = TestApp::spawn(&toml).await;
+    let ok = build(1);
+    let (status, _) = app
+        .post(ok.clone(), &signed_from(&ok, "build.finished", "192.0.2.5"))
+        .await;
+    assert_eq!(status, 202);
+    let elsewhere = build(2);
+    let (status, _) = app
+        .post(
+            elsewhere.clone(),
+            &signed_from(&elsewhere, "build.finished", "203.0.113.9"),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let mut big = fixture_json("job.finished");
+    big["build"]["message"] = json!("x".repeat(20_000));
+    let big = serde_json::to_vec(&big).unwrap();
+    let (status, _) = app
+        .post(big.clone(), &signed_from(&big, "job.finished", "192.0.2.5"))
+        .await;
+    assert_eq!(status, 413);
+    for event in ["agent.lost", "made.up"] {
+        let headers = [
+            ("X-Buildkite-Token", "wrong".to_string()),
+            ("X-Buildkite-Event", event.to_string()),
+            ("X-Forwarded-For", "192.0.2.5".to_string()),
+        ];
+        assert_eq!(app.post(build(3), &headers).await.0, 401);
+    }
+    wait_for_deliveries(&app.db, |d| {
+        d.iter().any(|d| d.state == DeliveryState::Dead)
+            && d.iter().any(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    let text = metrics(&app).await;
+    for line in [
+        "kitebridge_events_received_total{event=\"build.finished\",verdict=\"accepted\"} 1",
+        "kitebridge_events_received_total{event=\"build.finished\",verdict=\"forbidden\"} 1",
+        "kitebridge_events_received_total{event=\"job.finished\",verdict=\"too_large\"} 1",
+        "kitebridge_events_received_total{event=\"agent.lost\",verdict=\"unauthorised\"} 1",
+        "kitebridge_events_received_total{event=\"other\",verdict=\"unauthorised\"} 1",
+        "kitebridge_deliveries_total{destination=\"slack\",outcome=\"permanent\"} 1",
+        "kitebridge_deliveries_total{destination=\"slack\",outcome=\"dead\"} 1",
+        "kitebridge_deliveries_total{destination=\"teams\",outcome=\"sent\"} 1",
+        "kitebridge_dead_letters{destination=\"slack\"} 1",
+        "kitebridge_queue_depth{destination=\"slack\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn deliveries_list_filters_by_state_and_limit_and_retry_all_dead_resends_them() {
+    let rec = Recorder::start().await;
+    rec.script(
+        "slack",
+        (0..3).map(|_| Reply::Status(404, "channel_not_found")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\npath = \"{}\"\n{}",
+            dir.path().join("k.db").display(),
+            config_for(&rec, "")
+        ),
+    )
+    .unwrap();
+    let app = TestApp::spawn_file(&cfg).await;
+    for n in 1..=3 {
+        assert_eq!(app.post_signed(&build(n)).await.0, 202);
+    }
+    wait_for_deliveries(&app.db, |d| {
+        d.len() == 6 && d.iter().all(|d| d.state != DeliveryState::Pending)
+    })
+    .await;
+    let cfg = cfg.to_str().unwrap();
+    let rows = |out: &str, state: &str| {
+        out.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(state))
+            .count()
+    };
+
+    let dead = cli(&["deliveries", "list", "--state", "dead", "--config", cfg]).await;
+    assert_eq!(rows(&dead, "dead"), 3, "{dead}");
+    assert!(dead.contains("channel_not_found"), "{dead}");
+    let two = cli(&[
+        "deliveries",
+        "list",
+        "--state",
+        "dead",
+        "--limit",
+        "2",
+        "--config",
+        cfg,
+    ])
+    .await;
+    assert_eq!(rows(&two, "dead"), 2, "{two}");
+    let sent = cli(&["deliveries", "list", "--state", "sent", "--config", cfg]).await;
+    assert_eq!(rows(&sent, "sent"), 3, "{sent}");
+    assert!(sent.lines().skip(1).all(|l| l.contains("teams")), "{sent}");
+    let pending = cli(&["deliveries", "list", "--state", "pending", "--config", cfg]).await;
+    assert_eq!(pending.trim(), "no deliveries in state pending");
+    let all = cli(&["deliveries", "list", "--config", cfg]).await;
+    assert_eq!(rows(&all, "dead") + rows(&all, "sent"), 6, "{all}");
+
+    // The channel is fixed (the recorder answers 200 now): every dead letter goes again.
+    let retried = cli(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
+    assert!(retried.contains('3'), "{retried}");
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().all(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(rec.received_on("slack").len(), 6, "3 refused, 3 resent");
+    let again = cli(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
+    assert_eq!(again.trim(), "no dead letters to retry");
+}
+
+#[tokio::test]
+async fn a_destination_that_does_not_answer_in_time_is_tried_again() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Hang]);
+    let toml = config_for(&rec, "").replace(
+        "kind = \"slack\"\n",
+        "kind = \"slack\"\ntimeout = \"300ms\"\n",
+    );
+    let app = TestApp::spawn(&toml).await;
+    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    let got = rec.wait_for("slack", 2).await;
+    assert!(
+        got[1].at - got[0].at >= Duration::from_millis(300),
+        "the second try only after the first timed out"
+    );
+    assert_eq!(got[0].body, got[1].body);
+    let all = wait_for_deliveries(&app.db, |d| {
+        d.iter().all(|d| d.state == DeliveryState::Sent)
+    })
+    .await;
+    let slack = all.iter().find(|d| d.destination == "slack").unwrap();
+    let (_, attempts) = open_store(&app.db).show(slack.id).await.unwrap();
+    let tries: Vec<(&str, Option<&str>)> = attempts
+        .iter()
+        .map(|a| (a.outcome.as_str(), a.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        tries,
+        [("retry", Some("no answer within 300ms")), ("sent", None)]
+    );
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_templates_again_and_keeps_them_when_one_breaks() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("templates/slack/build.hbs");
+    std::fs::create_dir_all(template.parent().unwrap()).unwrap();
+    std::fs::write(&template, "{\"text\": \"first #{{build.number}}\"}").unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nreload_token = \"reload-me\"\n[storage]\npath = \"k.db\"\n[templates]\ndir = \"templates\"\n{}",
+            config_for(&rec, "")
+        ),
+    )
+    .unwrap();
+    let app = TestApp::spawn_file(&cfg).await;
+    let reload = async || {
+        let resp = app
+            .client
+            .post(app.url("/-/reload"))
+            .bearer_auth("reload-me")
+            .send()
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    };
+    app.post_signed(&build(1)).await;
+    assert_eq!(rec.wait_for("slack", 1).await[0].json()["text"], "first #1");
+
+    std::fs::write(&template, "{\"text\": \"second #{{build.number}}\"}").unwrap();
+    assert_eq!(reload().await, 200);
+    app.post_signed(&build(2)).await;
+    assert_eq!(
+        rec.wait_for("slack", 2).await[1].json()["text"],
+        "second #2"
+    );
+
+    std::fs::write(&template, "{\"text\": \"{{#if}}\"}").unwrap();
+    assert_eq!(reload().await, 422, "a template that does not compile");
+    app.post_signed(&build(3)).await;
+    assert_eq!(
+        rec.wait_for("slack", 3).await[2].json()["text"],
+        "second #3",
+        "the last good templates stay"
+    );
+}
+
+/// The config file of a binary test: listens on a random port, keeps its store beside it.
+fn binary_config(rec: &Recorder, dir: &std::path::Path, routes: &str) -> std::path::PathBuf {
+    let cfg = dir.join("k.toml");
+    let base = config_for(rec, "");
+    let base = &base[..base.find("[[routes]]").unwrap()];
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"k.db\"\n{base}{routes}"),
+    )
+    .unwrap();
+    cfg
+}
+
+async fn post_to(addr: std::net::SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
+    // A fresh client each time: no pooled connection outlives a shutdown.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let event = serde_json::from_slice::<serde_json::Value>(body).unwrap()["event"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = client
+        .post(format!("http://{addr}/webhooks/buildkite"))
+        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
+        .header("X-Buildkite-Event", event)
+        .body(body.to_vec())
+        .send()
+        .await?;
+    Ok(resp.status().as_u16())
+}
+
+async fn wait_for_line(running: &mut Running, needle: &str) -> Option<String> {
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(10), running.lines.next_line()).await
+    {
+        if line.contains(needle) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_bad_config_sent_by_sighup_is_refused_and_the_old_one_keeps_running() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = binary_config(
+        &rec,
+        dir.path(),
+        "[[routes]]\nname = \"all\"\nto = [\"slack\"]\n",
+    );
+    let mut running = start_binary(&cfg).await;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("to = [\"slack\"]", "to = [\"nowhere\"]")).unwrap();
+    let pid = running.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let refused = wait_for_line(&mut running, "config reload refused")
+        .await
+        .expect("a log line saying the reload was refused");
+    assert!(refused.contains("unknown destination"), "{refused}");
+    assert_eq!(post_to(running.addr, &build(1)).await.unwrap(), 202);
+    assert_eq!(
+        rec.wait_for("slack", 1).await.len(),
+        1,
+        "still routed by the running config"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_taking_requests_and_finishes_the_send_in_flight() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Slow(1500)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = binary_config(
+        &rec,
+        dir.path(),
+        "[[routes]]\nname = \"all\"\nto = [\"slack\"]\n",
+    );
+    let mut running = start_binary(&cfg).await;
+    assert_eq!(post_to(running.addr, &build(1)).await.unwrap(), 202);
+    rec.wait_for("slack", 1).await;
+    let pid = running.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for_line(&mut running, "shutting down")
+        .await
+        .expect("a log line saying it is shutting down");
+    assert!(
+        post_to(running.addr, &build(2)).await.is_err(),
+        "no new request is taken once shutdown has begun"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait())
+        .await
+        .expect("it exits within the deadline")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let all = deliveries(&dir.path().join("k.db")).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0].state,
+        DeliveryState::Sent,
+        "the send in flight ended"
+    );
+}
+
+#[tokio::test]
+async fn a_digest_survives_a_kill_9_inside_its_window() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = binary_config(
+        &rec,
+        dir.path(),
+        "[[routes]]\nname = \"failed jobs\"\nevents = [\"job.finished\"]\nto = [\"slack\"]\n\
+         group_window = \"3s\"\ngroup_by = [\"build.id\"]\n",
+    );
+    let job = |n: u64| {
+        let mut v = fixture_json("job.finished");
+        v["job"]["id"] = json!(format!("job-{n}"));
+        v["job"]["label"] = json!(format!(":rspec: Shard {n}"));
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut running = start_binary(&cfg).await;
+    for n in 1..=3 {
+        assert_eq!(post_to(running.addr, &job(n)).await.unwrap(), 202);
+    }
+    running.child.start_kill().unwrap();
+    running.child.wait().await.unwrap();
+    let running = start_binary(&cfg).await;
+    for n in 4..=5 {
+        assert_eq!(post_to(running.addr, &job(n)).await.unwrap(), 202);
+    }
+    let got = rec.wait_for("slack", 1).await;
+    assert_eq!(got.len(), 1);
+    let body = got[0].json();
+    assert_eq!(body["text"], "❌ 5 × job.finished · Web App #1842");
+    let lines = strings(&body).join("\n");
+    for n in 1..=5 {
+        assert!(
+            lines.contains(&format!(":rspec: Shard {n} failed")),
+            "{lines}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rec.received_on("slack").len(), 1, "one message, not five");
+}
