@@ -257,3 +257,32 @@ fn listening_port(pid: u32) -> std::net::SocketAddr {
     }
     panic!("no listening socket for {pid}");
 }
+
+/// A panic (a bug, never expected) prints its message with every known secret scrubbed. The
+/// test runs itself again as a child process that installs the service's panic hook and
+/// panics with a secret in the message, and reads everything the child printed.
+#[test]
+fn a_panic_message_is_scrubbed_of_secrets() {
+    const NAME: &str = "secrets::a_panic_message_is_scrubbed_of_secrets";
+    if std::env::var_os("KITEBRIDGE_PANIC_CHILD").is_some() {
+        kitebridge::secret::install_panic_hook();
+        let token = kitebridge::secret::Secret::new(SECRETS[0].1);
+        panic!("lost the token {} here", token.expose());
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+        .env("KITEBRIDGE_PANIC_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the child panicked: {text}");
+    assert!(
+        text.contains("kitebridge panicked at ") && text.contains("lost the token [redacted] here"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRETS[0].1), "{text}");
+}
