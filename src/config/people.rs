@@ -1,4 +1,4 @@
-//! Validation of `[[people]]` (who can be mentioned) and `[[mute]]` (quiet times).
+//! Validation of `[[people]]` or `[people]` (who can be mentioned) and `[[mute]]` (quiet times).
 
 use super::check::Check;
 use super::raw::{RawConfig, Text};
@@ -13,9 +13,12 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 impl Check<'_> {
     pub(super) fn people(&mut self, raw: &RawConfig) -> People {
         let mut people = People::default();
-        for (i, spanned) in raw.people.iter().enumerate() {
+        for (i, spanned) in raw.people.0.iter().enumerate() {
             let p = spanned.get_ref();
-            let what = format!("people #{}", i + 1);
+            let what = match &p.key {
+                Some(key) => format!("people.{key:?}"),
+                None => format!("people #{}", i + 1),
+            };
             let mut keys = self.texts(&p.emails, &format!("{what} emails"));
             keys.extend(self.texts(&p.buildkite, &format!("{what} buildkite")));
             keys.retain(|k| !k.trim().is_empty());

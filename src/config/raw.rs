@@ -28,15 +28,81 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
-    pub people: Vec<Spanned<RawPerson>>,
+    pub people: RawPeople,
     #[serde(default)]
     pub mute: Vec<Spanned<RawMute>>,
+}
+
+/// Who can be mentioned, written either way: `[[people]]` entries that each list the emails and
+/// user names of one person, or one `[people]` table from an email or user name to a person.
+#[derive(Debug, Default)]
+pub struct RawPeople(pub Vec<Spanned<RawPerson>>);
+
+impl<'de> Deserialize<'de> for RawPeople {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawPeople;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[[people]] entries, or a [people] table keyed by email or user name")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawPeople, A::Error> {
+                let mut people = Vec::new();
+                while let Some(p) = seq.next_element::<Spanned<RawPerson>>()? {
+                    people.push(p);
+                }
+                Ok(RawPeople(people))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawPeople, A::Error> {
+                let mut people = Vec::new();
+                while let Some(key) = map.next_key::<Text>()? {
+                    let entry = map.next_value::<Spanned<RawPersonEntry>>()?;
+                    let span = entry.span();
+                    let e = entry.into_inner();
+                    people.push(Spanned::new(
+                        span,
+                        RawPerson {
+                            key: Some(key.get_ref().clone()),
+                            name: e.name,
+                            emails: vec![key],
+                            buildkite: Vec::new(),
+                            slack: e.slack,
+                            teams: e.teams,
+                        },
+                    ));
+                }
+                Ok(RawPeople(people))
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+/// One value of the `[people]` table: the key is the email or user name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPersonEntry {
+    pub name: Option<Text>,
+    pub slack: Option<Text>,
+    pub teams: Option<Text>,
 }
 
 /// `[[people]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPerson {
+    /// The `[people]` table key this entry came from, to name it in complaints.
+    #[serde(skip)]
+    pub key: Option<String>,
     pub name: Option<Text>,
     #[serde(default)]
     pub emails: Vec<Text>,

@@ -473,3 +473,47 @@ fn destination_hosts_must_be_allowed() {
     assert!(!host_allowed(&["*.example.com".into()], "example.com"));
     assert!(!host_allowed(&["*.example.com".into()], "evilexample.com"));
 }
+
+#[test]
+fn people_may_be_a_table_keyed_by_email_or_user_name() {
+    let c = parse(&format!(
+        r#"{MINIMAL}
+[people]
+"maria@acme.example" = {{ slack = "U024BE7LH", teams = "maria@acme.example", name = "Maria" }}
+mlopez = {{ slack = "U024BE7LH" }}
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.people.len(), 2);
+    let maria = c.people.find("MARIA@acme.example").unwrap();
+    assert_eq!(
+        (
+            maria.slack.as_deref(),
+            maria.teams.as_deref(),
+            maria.name.as_deref()
+        ),
+        (Some("U024BE7LH"), Some("maria@acme.example"), Some("Maria"))
+    );
+    assert_eq!(
+        c.people.find("mlopez").unwrap().slack.as_deref(),
+        Some("U024BE7LH")
+    );
+
+    let problems = self::problems(&format!(
+        "{MINIMAL}\n[people]\n\"maria@acme.example\" = {{ slack = \"maria\" }}\n"
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "dir/kitebridge.toml:13: people.\"maria@acme.example\": slack must be a member id"
+        ),
+        "{problems:?}"
+    );
+    let problems = self::problems(&format!(
+        "{MINIMAL}\n[people]\n\"maria@acme.example\" = {{ slack = \"U1\", emails = [] }}\n"
+    ));
+    assert!(
+        problems[0].starts_with("dir/kitebridge.toml:13:") && problems[0].contains("emails"),
+        "{problems:?}"
+    );
+}
