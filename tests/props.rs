@@ -7,6 +7,7 @@
 //! regressions file: proptest prints the minimal input, which belongs in a unit test.
 
 use chrono::Utc;
+use kitebridge::config::Config;
 use kitebridge::event::{Event, EventError, VerifiedBody};
 use kitebridge::ingress::auth::{AuthError, AuthMode, Credentials, SignatureHeader, sign};
 use kitebridge::render::{Body, Renderer, TemplateData, TemplateKind, limits, samples};
@@ -15,6 +16,7 @@ use kitebridge::secret::Secret;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
+use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -884,52 +886,115 @@ fn check_teams_inert(v: &Value) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The Teams body without its real mentions. A mention is an `<at>…</at>` tag in the card's text
+/// plus an entry in the card's `msteams.entities` that Teams resolves it by: every entity must
+/// be a mention whose tag appears in the card, and the copy returned has the entities and every
+/// tag that matches one removed, so any `<at` left over came from payload text.
+fn without_mentions(v: &Value) -> Result<Value, TestCaseError> {
+    let mut rest = v.clone();
+    let Some(entities) = rest
+        .pointer_mut("/attachments/0/content/msteams")
+        .and_then(Value::as_object_mut)
+        .and_then(|msteams| msteams.remove("entities"))
+    else {
+        return Ok(rest);
+    };
+    let entities = entities.as_array().map_or(&[][..], Vec::as_slice);
+    prop_assert!(
+        !entities.is_empty(),
+        "msteams.entities is empty or not a list"
+    );
+    let mut tags = Vec::new();
+    for e in entities {
+        let tag = e["text"].as_str().unwrap_or_default();
+        prop_assert_eq!(&e["type"], "mention", "{}", e);
+        prop_assert!(tag.starts_with("<at>") && tag.ends_with("</at>"), "{}", e);
+        prop_assert!(e["mentioned"]["id"].is_string(), "{}", e);
+        tags.push(tag.to_string());
+    }
+    fn strip(v: &mut Value, tags: &[String], used: &mut [bool]) {
+        match v {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        Value::String(s) if !key.ends_with("url") => {
+                            for (tag, used) in tags.iter().zip(used.iter_mut()) {
+                                if s.contains(tag.as_str()) {
+                                    *used = true;
+                                    *s = s.replace(tag.as_str(), "");
+                                }
+                            }
+                        }
+                        _ => strip(child, tags, used),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| strip(i, tags, used)),
+            _ => {}
+        }
+    }
+    let mut used = vec![false; tags.len()];
+    strip(&mut rest, &tags, &mut used);
+    for (tag, used) in tags.iter().zip(used) {
+        prop_assert!(used, "entity {:?} has no tag in the card", tag);
+    }
+    Ok(rest)
+}
+
+/// Checks one rendered body: Slack and Teams bodies are JSON within the destination's limits,
+/// console text is clean, and no payload text became a ping or mention.
+fn check_body(
+    label: &str,
+    kind: TemplateKind,
+    template: &str,
+    body: &Body,
+) -> Result<(), TestCaseError> {
+    match (kind, body) {
+        (TemplateKind::Slack, Body::Json(v)) => check_slack(v)
+            .map_err(|e| TestCaseError::fail(format!("{label} slack/{template}: {e}")))?,
+        (TemplateKind::Teams, Body::Json(v)) => {
+            without_mentions(v)
+                .and_then(|rest| check_teams_inert(&rest))
+                .map_err(|e| TestCaseError::fail(format!("{label} teams/{template}: {e}")))?;
+            let size = serde_json::to_vec(v).unwrap().len();
+            prop_assert!(
+                size <= limits::TEAMS_BYTES,
+                "{} teams/{}: {} bytes",
+                label,
+                template,
+                size
+            );
+        }
+        (TemplateKind::Console, Body::Text(t)) => {
+            prop_assert!(t.chars().count() <= limits::CONSOLE_CHARS);
+            prop_assert!(
+                !t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
+                "{} console/{}: control character in {:?}",
+                label,
+                template,
+                t
+            );
+        }
+        (kind, body) => prop_assert!(false, "{label} {kind}: unexpected body {body:?}"),
+    }
+    // Whatever the kind, the bytes posted are what the value says.
+    if let Body::Json(v) = body {
+        let back: Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+        prop_assert_eq!(&back, v);
+    }
+    Ok(())
+}
+
 /// Renders `event` for every kind and checks each body.
 fn check_render(label: &str, event: &Event) -> Result<(), TestCaseError> {
     let data = TemplateData::new(event, Utc::now());
     for kind in TemplateKind::ALL {
-        let rendered = RENDERER.render_event(kind, None, event, &data);
-        let (template, body) = match rendered {
-            Ok(ok) => ok,
-            Err(e) => {
-                return Err(TestCaseError::fail(format!(
-                    "{label} {kind}: {e}\n{}",
-                    event.payload()
-                )));
-            }
-        };
-        match (kind, &body) {
-            (TemplateKind::Slack, Body::Json(v)) => check_slack(v)
-                .map_err(|e| TestCaseError::fail(format!("{label} slack/{template}: {e}")))?,
-            (TemplateKind::Teams, Body::Json(v)) => {
-                check_teams_inert(v)
-                    .map_err(|e| TestCaseError::fail(format!("{label} teams/{template}: {e}")))?;
-                let size = serde_json::to_vec(v).unwrap().len();
-                prop_assert!(
-                    size <= limits::TEAMS_BYTES,
-                    "{} teams/{}: {} bytes",
-                    label,
-                    template,
-                    size
-                );
-            }
-            (TemplateKind::Console, Body::Text(t)) => {
-                prop_assert!(t.chars().count() <= limits::CONSOLE_CHARS);
-                prop_assert!(
-                    !t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
-                    "{} console/{}: control character in {:?}",
-                    label,
-                    template,
-                    t
-                );
-            }
-            (kind, body) => prop_assert!(false, "{label} {kind}: unexpected body {body:?}"),
-        }
-        // Whatever the kind, the bytes posted are what the value says.
-        if let Body::Json(v) = &body {
-            let back: Value = serde_json::from_slice(&body.to_bytes()).unwrap();
-            prop_assert_eq!(&back, v);
-        }
+        let (template, body) = RENDERER
+            .render_event(kind, None, event, &data)
+            .map_err(|e| {
+                TestCaseError::fail(format!("{label} {kind}: {e}\n{}", event.payload()))
+            })?;
+        check_body(label, kind, &template, &body)?;
     }
     Ok(())
 }
@@ -959,5 +1024,282 @@ proptest! {
         let (label, base) = &SAMPLES[sample.index(SAMPLES.len())];
         let event = Event::from_value(base.name(), payload, Utc::now());
         check_render(label, &event)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mentions and digests
+// ---------------------------------------------------------------------------------------------
+
+/// The one person in the mention config: her Slack member id, Teams UPN and name.
+const MARIA_SLACK: &str = "U024BE7LH";
+const MARIA_TEAMS: &str = "mlopez@acme.onmicrosoft.example";
+const MARIA_NAME: &str = "Maria López";
+/// The emails and Buildkite user name `[[people]]` knows her by, as written there.
+const MARIA_KEYS: &[&str] = &["maria.lopez@acme.example", "Maria@Acme.Example", "mlopez"];
+
+/// The built-in templates with a config that lists Maria in `[[people]]`.
+static MENTIONING: LazyLock<Renderer> = LazyLock::new(|| {
+    let toml = format!(
+        r#"
+[buildkite]
+token = "t"
+
+[destinations.out]
+kind = "console"
+
+[[routes]]
+name = "all"
+to = ["out"]
+
+[[people]]
+name = "{MARIA_NAME}"
+emails = ["{}", "{}"]
+buildkite = ["{}"]
+slack = "{MARIA_SLACK}"
+teams = "{MARIA_TEAMS}"
+"#,
+        MARIA_KEYS[0], MARIA_KEYS[1], MARIA_KEYS[2]
+    );
+    let config = Config::parse(Path::new("kitebridge.toml"), &toml, |_| None)
+        .expect("the people config is valid");
+    assert_eq!(config.people.len(), 1);
+    Renderer::new(None, config.people.clone()).expect("built-in templates compile")
+});
+
+/// The payload fields `{{mention}}` looks the author up by.
+const AUTHOR_KEYS: [&str; 3] = [
+    "build.author.email",
+    "build.creator.email",
+    "build.author.username",
+];
+
+/// Whether `payload` names Maria where `{{mention}}` looks: one of her keys, in any case, with
+/// any space around it.
+fn names_maria(payload: &Value) -> bool {
+    AUTHOR_KEYS.iter().any(|path| {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        payload
+            .pointer(&pointer)
+            .and_then(Value::as_str)
+            .is_some_and(|s| {
+                let s = s.trim().to_lowercase();
+                MARIA_KEYS.iter().any(|k| k.to_lowercase() == s)
+            })
+    })
+}
+
+/// Strings close to Maria's keys, her ids or her mention that are none of her keys.
+const NEAR_MISSES: &[&str] = &[
+    "maria.lopez@acme.example.evil",
+    "maria.lopez@acme",
+    "maria.lopez",
+    "mlopez2",
+    "m lopez",
+    "mlopez@acme.example",
+    "maria.lopez@acme.example\u{200b}",
+    "\u{feff}mlopez",
+    "maria.lopez@acme.example mlopez",
+    "Maria López",
+    "U024BE7LH",
+    "<@U024BE7LH>",
+    "<at>Maria López</at>",
+    "mlopez@acme.onmicrosoft.example",
+];
+
+/// A value for a field the author is looked up by: one of Maria's keys in any case with space
+/// around it, a near miss, hostile text, any JSON, or null.
+fn author_key() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => (prop::sample::select(MARIA_KEYS), any::<u64>(), "[ \t\n]{0,2}", "[ \t\n]{0,2}")
+            .prop_map(|(key, case, before, after)| {
+                let key: String = key
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if case >> (i % 64) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c.to_ascii_lowercase()
+                        }
+                    })
+                    .collect();
+                Value::String(format!("{before}{key}{after}"))
+            }),
+        2 => prop::sample::select(NEAR_MISSES).prop_map(Value::from),
+        2 => short_hostile().prop_map(Value::String),
+        1 => arb_json(),
+        2 => Just(Value::Null),
+    ]
+}
+
+/// Text imitating a mention of Maria (or a group).
+const IMPERSONATIONS: &[&str] = &[
+    "<@U024BE7LH>",
+    "<@U024BE7LH|maria>",
+    "<at>Maria López</at>",
+    "<AT>Maria López</AT>",
+    "<at>mlopez@acme.onmicrosoft.example</at>",
+    "@Maria López",
+    "<!subteam^S0123>",
+];
+
+/// Fields a message shows: names and the commit message.
+const SHOWN: &[&str] = &[
+    "build.author.name",
+    "build.creator.name",
+    "build.message",
+    "job.unblocked_by.name",
+    "sender.name",
+];
+
+/// A shown field's value: an imitated mention inside hostile text, or any field value.
+fn shown_text() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (
+            short_hostile(),
+            prop::sample::select(IMPERSONATIONS),
+            short_hostile()
+        )
+            .prop_map(|(a, m, b)| Value::String(format!("{a}{m}{b}"))),
+        field_value(),
+    ]
+}
+
+/// A sample event (with its fixture name) with hostile edits, imitated mentions in its text,
+/// and author fields that name Maria or not.
+fn authored_event() -> impl Strategy<Value = (&'static str, Event)> {
+    (
+        any::<prop::sample::Index>(),
+        prop::collection::vec((path(), field_value()), 0..4),
+        prop::collection::vec((prop::sample::select(SHOWN), shown_text()), 1..4),
+        prop::array::uniform3(author_key()),
+    )
+        .prop_map(|(sample, edits, shown, keys)| {
+            let (label, base) = &SAMPLES[sample.index(SAMPLES.len())];
+            let mut payload = base.payload().clone();
+            for (path, value) in edits.into_iter().chain(shown) {
+                set_path(&mut payload, path, value);
+            }
+            for (path, value) in AUTHOR_KEYS.into_iter().zip(keys) {
+                set_path(&mut payload, path, value);
+            }
+            (*label, Event::from_value(base.name(), payload, Utc::now()))
+        })
+}
+
+/// The default templates that show the author with `{{mention}}`.
+fn mentions_author(template: &str) -> bool {
+    matches!(template, "build" | "job")
+}
+
+/// How many Slack mentions `body` holds; each must be Maria's.
+fn slack_mentions(body: &Value) -> Result<usize, TestCaseError> {
+    let want = format!("<@{MARIA_SLACK}>");
+    let mut n = 0;
+    for s in strings(body) {
+        for (i, _) in s.match_indices("<@") {
+            prop_assert!(s[i..].starts_with(&want), "not Maria's mention: {:?}", s);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// How many Teams mention entities `body` holds; each must be Maria's, as configured. (That
+/// every `<at>` tag has its entity and every entity its tag is `check_body`'s.)
+fn teams_mentions(body: &Value) -> Result<usize, TestCaseError> {
+    let want = json!({
+        "type": "mention",
+        "text": format!("<at>{MARIA_NAME}</at>"),
+        "mentioned": {"id": MARIA_TEAMS, "name": MARIA_NAME},
+    });
+    let entities = body
+        .pointer("/attachments/0/content/msteams/entities")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    for e in entities {
+        prop_assert_eq!(e, &want);
+    }
+    Ok(entities.len())
+}
+
+/// How many mentions a Slack or Teams body holds (none for console text).
+fn mentions(kind: TemplateKind, body: &Body) -> Result<usize, TestCaseError> {
+    match (kind, body) {
+        (TemplateKind::Slack, Body::Json(v)) => slack_mentions(v),
+        (TemplateKind::Teams, Body::Json(v)) => teams_mentions(v),
+        _ => Ok(0),
+    }
+}
+
+/// An event for a digest: an authored sample, or any JSON under a sample's event name.
+fn digest_event() -> impl Strategy<Value = (&'static str, Event)> {
+    prop_oneof![
+        3 => authored_event(),
+        1 => (any::<prop::sample::Index>(), arb_json()).prop_map(|(sample, payload)| {
+            let (label, base) = &SAMPLES[sample.index(SAMPLES.len())];
+            (*label, Event::from_value(base.name(), payload, Utc::now()))
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(192))]
+
+    #[test]
+    fn only_a_mapped_author_is_mentioned_and_payload_text_never_is(
+        (label, event) in authored_event(),
+    ) {
+        let mapped = names_maria(event.payload());
+        let data = TemplateData::new(&event, Utc::now());
+        for kind in TemplateKind::ALL {
+            let (template, body) = MENTIONING
+                .render_event(kind, None, &event, &data)
+                .map_err(|e| TestCaseError::fail(format!("{label} {kind}: {e}\n{}", event.payload())))?;
+            check_body(label, kind, &template, &body)?;
+            if kind == TemplateKind::Console {
+                continue;
+            }
+            // Exactly one mention where the template shows the author and Maria is the
+            // author; none anywhere else, whatever the text says.
+            let want = usize::from(mapped && mentions_author(&template));
+            prop_assert_eq!(
+                mentions(kind, &body)?,
+                want,
+                "{} {}/{}: mapped = {}\n{}",
+                label,
+                kind,
+                template,
+                mapped,
+                event.payload()
+            );
+        }
+    }
+
+    #[test]
+    fn digests_of_arbitrary_events_render_valid_json_within_limits(
+        events in prop::collection::vec(digest_event(), 2..8),
+        // Eight times over goes past the 30 lines a digest lists.
+        copies in prop_oneof![3 => Just(1usize), 1 => Just(8)],
+        explicit in prop::option::of(
+            prop::sample::select(&["digest", "default", "build", "job", "agent"][..])
+        ),
+    ) {
+        let label = events.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" + ");
+        let mapped = events.iter().any(|(_, e)| names_maria(e.payload()));
+        let count = events.len() * copies;
+        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).cycle().take(count).collect();
+        for kind in TemplateKind::ALL {
+            let (template, body) = MENTIONING
+                .render_group(kind, explicit, &events, Utc::now())
+                .map_err(|e| TestCaseError::fail(format!("{label} {kind} digest: {e}")))?;
+            prop_assert_eq!(template.as_str(), explicit.unwrap_or("digest"));
+            check_body(&label, kind, &template, &body)?;
+            // A template that mentions the author can only mention Maria, and only when she
+            // wrote one of the events.
+            let found = mentions(kind, &body)?;
+            prop_assert!(mapped || found == 0, "{} {}/{}: {} mentions", label, kind, template, found);
+        }
     }
 }

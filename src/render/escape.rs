@@ -50,7 +50,8 @@ pub fn teams_text(s: &str) -> String {
         out.push(c);
         let after = &rest[c.len_utf8()..];
         if (c == ']' && after.starts_with('('))
-            || (c == '<' && (starts_with_ignore_case(after, "at") || after.starts_with("/at")))
+            || (c == '<'
+                && (starts_with_ignore_case(after, "at") || starts_with_ignore_case(after, "/at")))
         {
             out.push('\u{2060}');
         }
@@ -122,6 +123,7 @@ mod tests {
     fn teams_text_breaks_markdown_links_and_at_tags() {
         assert_eq!(teams_text("[x](https://evil)"), "[x]\u{2060}(https://evil)");
         assert_eq!(teams_text("<at>Boss</at>"), "<\u{2060}at>Boss<\u{2060}/at>");
+        assert_eq!(teams_text("<AT>Boss</At>"), "<\u{2060}AT>Boss<\u{2060}/At>");
         assert_eq!(teams_text("a < b [c] (d)"), "a < b [c] (d)");
     }
 }
