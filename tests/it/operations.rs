@@ -411,3 +411,55 @@ async fn a_digest_survives_a_kill_9_inside_its_window() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rec.received_on("slack").len(), 1, "one message, not five");
 }
+
+#[tokio::test]
+async fn requests_arriving_during_reloads_are_each_accepted_and_sent_once() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    let text = |timeout: &str| {
+        format!(
+            "[server]\nreload_token = \"reload-me\"\n[storage]\npath = \"k.db\"\n{}",
+            config_for(&rec, "").replace(
+                "kind = \"slack\"\n",
+                &format!("kind = \"slack\"\ntimeout = \"{timeout}\"\n")
+            )
+        )
+    };
+    std::fs::write(&cfg, text("5s")).unwrap();
+    let app = std::sync::Arc::new(TestApp::spawn_file(&cfg).await);
+    let posts: Vec<_> = (1..=60)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move { app.post_signed(&build(n)).await.0 })
+        })
+        .collect();
+    // Reload (each time changing the Slack destination, so its worker is replaced) while the
+    // requests above are arriving.
+    for i in 0..5 {
+        std::fs::write(&cfg, text(&format!("{}s", 6 + i))).unwrap();
+        let status = app
+            .client
+            .post(app.url("/-/reload"))
+            .bearer_auth("reload-me")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 202);
+    }
+    let got = rec.wait_for("slack", 60).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut numbers: Vec<u64> = rec
+        .received_on("slack")
+        .iter()
+        .filter_map(|r| build_number_in(r.json()["text"].as_str()?))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(got.len(), 60);
+    assert_eq!(numbers, (1..=60).collect::<Vec<_>>(), "each once");
+    assert_eq!(rec.wait_for("teams", 60).await.len(), 60);
+}
