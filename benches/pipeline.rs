@@ -59,34 +59,17 @@ pub fn router(n: usize) -> Router {
                 format!("pipeline-{i}")
             };
             Route {
-                name: format!("route {i}"),
                 events: list(&["build.finished", "build.failing"]),
                 pipelines: list(&[pipeline.as_str()]),
                 branches: list(&["main", "release/*"]),
                 states: list(&["failed", "failing"]),
-                transitions: list(&[]),
-                when: vec![],
-                to: vec!["slack".into()],
-                template: None,
-                continue_matching: false,
-                group: None,
-                mute: vec![],
+                ..Route::new(format!("route {i}"), ["slack"])
             }
         })
         .collect();
     routes.push(Route {
-        name: "everything".into(),
         events: list(&["*"]),
-        pipelines: list(&[]),
-        branches: list(&[]),
-        states: list(&[]),
-        transitions: list(&[]),
-        when: vec![],
-        to: vec!["console".into()],
-        template: None,
-        continue_matching: false,
-        group: None,
-        mute: vec![],
+        ..Route::new("everything", ["console"])
     });
     Router::new(routes)
 }

@@ -480,18 +480,13 @@ fn route_spec() -> impl Strategy<Value = RouteSpec> {
 /// The route, named `name`, or `None` when one of its lists does not compile.
 fn compile(spec: &RouteSpec, name: String) -> Option<Route> {
     Some(Route {
-        name,
         events: PatternList::new(&spec.events).ok()?,
         pipelines: PatternList::new(&spec.pipelines).ok()?,
         branches: PatternList::new(&spec.branches).ok()?,
         states: PatternList::new(&spec.states).ok()?,
-        transitions: PatternList::new::<&str>(&[]).ok()?,
         when: spec.when.iter().flatten().cloned().collect(),
-        to: vec!["dest".into()],
-        template: None,
         continue_matching: spec.cont,
-        group: None,
-        mute: vec![],
+        ..Route::new(name, ["dest"])
     })
 }
 

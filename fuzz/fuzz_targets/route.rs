@@ -39,18 +39,14 @@ impl Spec {
 
     fn build(self) -> Route {
         Route {
-            name: self.name.into(),
             events: PatternList::new(self.events).unwrap(),
             pipelines: PatternList::new(self.pipelines).unwrap(),
             branches: PatternList::new(self.branches).unwrap(),
             states: PatternList::new(self.states).unwrap(),
             transitions: PatternList::new(self.transitions).unwrap(),
             when: self.when,
-            to: vec!["slack".into()],
-            template: None,
             continue_matching: self.cont,
-            group: None,
-            mute: vec![],
+            ..Route::new(self.name, ["slack"])
         }
     }
 }

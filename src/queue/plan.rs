@@ -92,27 +92,17 @@ pub fn plan(routes: &[&Route], event: &Event, enabled: impl Fn(&str) -> bool) ->
 mod tests {
     use super::*;
     use crate::mute::{MuteAction, MuteWindow};
-    use crate::routing::PatternList;
     use chrono::{NaiveTime, TimeZone, Utc};
     use serde_json::json;
     use std::sync::Arc;
     use std::time::Duration;
 
     fn route(name: &str, group: Option<Grouping>, mute: Vec<Arc<MuteWindow>>) -> Route {
-        let any = PatternList::new::<&str>(&[]).unwrap();
         Route {
-            name: name.into(),
-            events: any.clone(),
-            pipelines: any.clone(),
-            branches: any.clone(),
-            states: any.clone(),
-            transitions: any,
-            when: vec![],
-            to: vec!["a".into(), "off".into()],
-            template: None,
             continue_matching: true,
             group,
             mute,
+            ..Route::new(name, ["a", "off"])
         }
     }
 

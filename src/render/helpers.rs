@@ -17,8 +17,8 @@ use handlebars::{
 };
 use serde_json::Value;
 
-/// The names of all helpers, for the README and `check`.
-pub const HELPERS: &[&str] = &[
+/// The names of all helpers (the README's helper table lists each one; a test checks it).
+const HELPERS: &[&str] = &[
     "plain",
     "json",
     "truncate",
@@ -165,5 +165,23 @@ impl HelperDef for KbHelper {
             _ => unreachable!("only names in HELPERS are registered"),
         };
         Ok(ScopedJson::Derived(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HELPERS;
+
+    #[test]
+    fn the_readme_lists_every_helper() {
+        let readme = include_str!("../../README.md");
+        let table = &readme[readme.find("| helper | example | result |").unwrap()..];
+        let table = &table[..table.find("\n\n").unwrap()];
+        for name in HELPERS.iter().chain(&["mention"]) {
+            assert!(
+                table.contains(&format!("`{name} ")),
+                "the README's helper table has no row for {name}"
+            );
+        }
     }
 }

@@ -14,7 +14,6 @@ pub mod mention;
 pub mod samples;
 pub mod templates;
 
-pub use helpers::HELPERS;
 pub use look::{Look, look_of};
 pub use mention::{People, Person};
 
@@ -127,7 +126,7 @@ pub enum RenderError {
     },
 }
 
-/// The data templates render, computed once per event.
+/// The data templates render, computed for each message rendered.
 pub struct TemplateData(handlebars::Context);
 
 impl TemplateData {
@@ -150,20 +149,16 @@ impl TemplateData {
             .first()
             .cloned()
             .unwrap_or_else(|| Value::Object(Default::default()));
+        let emoji = data["kb"]["emoji"].as_str().unwrap_or_default();
         let group = serde_json::json!({
             "count": items.len(),
-            "title": context::group_title(events),
+            "title": context::group_title(events, emoji),
             "events": items,
         });
         if let Some(kb) = data.get_mut("kb").and_then(Value::as_object_mut) {
             kb.insert("group".into(), group);
         }
         Self(handlebars::Context::from(data))
-    }
-
-    /// The data as JSON, for documentation and tests.
-    pub fn value(&self) -> &Value {
-        self.0.data()
     }
 }
 

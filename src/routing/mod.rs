@@ -55,6 +55,24 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route named `name` to `to` that matches every event; set the conditions on it.
+    pub fn new<S: Into<String>>(name: impl Into<String>, to: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            name: name.into(),
+            events: PatternList::default(),
+            pipelines: PatternList::default(),
+            branches: PatternList::default(),
+            states: PatternList::default(),
+            transitions: PatternList::default(),
+            when: Vec::new(),
+            to: to.into_iter().map(Into::into).collect(),
+            template: None,
+            continue_matching: false,
+            group: None,
+            mute: Vec::new(),
+        }
+    }
+
     /// Whether every condition of the route holds for `event`.
     pub fn matches(&self, event: &Event) -> bool {
         self.events.matches(Some(event.name()))
@@ -130,12 +148,14 @@ impl Router {
             .collect();
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         if index.1 < INDEX_MAX {
-            index.1 += 1;
-            index
+            let fresh = index
                 .0
                 .entry(name.to_string())
                 .or_default()
-                .insert(slug.to_string(), found.clone());
+                .insert(slug.to_string(), found.clone())
+                .is_none();
+            // Two requests that missed the same pair at once store it once.
+            index.1 += usize::from(fresh);
         }
         found
     }
@@ -187,18 +207,13 @@ mod tests {
 
         fn build(self) -> Route {
             Route {
-                name: self.name.into(),
                 events: PatternList::new(self.events).unwrap(),
                 pipelines: PatternList::new(self.pipelines).unwrap(),
                 branches: PatternList::new(self.branches).unwrap(),
                 states: PatternList::new(self.states).unwrap(),
-                transitions: PatternList::new::<&str>(&[]).unwrap(),
                 when: self.when,
-                to: vec!["dest".into()],
-                template: None,
                 continue_matching: self.cont,
-                group: None,
-                mute: vec![],
+                ..Route::new(self.name, ["dest"])
             }
         }
     }

@@ -19,11 +19,10 @@ pub struct PatternError {
 /// An empty list holds for everything, including a missing value. A list of only `!` entries
 /// holds for every present value those entries do not exclude. `*` matches `/` too, so
 /// `release/*` covers `release/2026/11`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PatternList {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
-    empty: bool,
 }
 
 impl PatternList {
@@ -72,18 +71,17 @@ impl PatternList {
         Ok(Self {
             include: build(include, has_include)?,
             exclude: build(exclude, has_exclude)?,
-            empty: patterns.is_empty(),
         })
     }
 
     /// True when the list places no condition.
     pub fn is_empty(&self) -> bool {
-        self.empty
+        self.include.is_none() && self.exclude.is_none()
     }
 
     /// Whether `value` passes the list.
     pub fn matches(&self, value: Option<&str>) -> bool {
-        if self.empty {
+        if self.is_empty() {
             return true;
         }
         let Some(value) = value else { return false };

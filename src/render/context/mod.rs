@@ -1,7 +1,7 @@
 //! The data a template sees: the payload as Buildkite sent it (minus secrets), plus `kb`, the
 //! derived fields every message needs (title, state look, short commit, durations, links).
 //!
-//! Computed once per event and shared by every destination it goes to.
+//! Computed each time a message is rendered (each delivery renders its own).
 
 mod facts;
 
@@ -357,18 +357,12 @@ fn transition_verb(t: Option<&Transition>) -> Option<(String, String)> {
     })
 }
 
-/// A digest's first line: the first event's emoji, how many events, which, and the build
-/// they share if they all share one.
-pub fn group_title(events: &[Event]) -> String {
+/// A digest's first line: the first event's emoji (as its own message shows it), how many
+/// events, which, and the build they share if they all share one.
+pub fn group_title(events: &[Event], emoji: &str) -> String {
     let Some(first) = events.first() else {
         return String::new();
     };
-    let emoji = look_of(
-        first
-            .state()
-            .unwrap_or(first.name().rsplit('.').next().unwrap_or("")),
-    )
-    .emoji;
     let name = if events.iter().all(|e| e.name() == first.name()) {
         first.name()
     } else {

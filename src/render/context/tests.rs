@@ -3,13 +3,7 @@ use crate::event::time::parse_timestamp;
 use serde_json::json;
 
 fn fixture(name: &str) -> Event {
-    let path = format!(
-        "{}/tests/fixtures/buildkite/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let payload: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let event = payload["event"].as_str().unwrap().to_string();
-    Event::from_value(&event, payload, Utc::now())
+    crate::render::samples::event(name).unwrap()
 }
 
 fn now() -> DateTime<Utc> {
