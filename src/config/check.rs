@@ -66,13 +66,17 @@ impl Check<'_> {
         }
     }
 
+    /// A duration above zero, or `default` when absent (or wrong: then with a problem).
     pub(super) fn duration(&mut self, t: Option<&Text>, what: &str, default: Duration) -> Duration {
-        let Some(t) = t else { return default };
-        let Some(v) = self.text(t, what) else {
-            return default;
-        };
-        match humantime::parse_duration(&v) {
-            Ok(d) if !d.is_zero() => d,
+        t.and_then(|t| self.duration_of(t, what, false))
+            .unwrap_or(default)
+    }
+
+    /// `t`, interpolated, as a duration (zero only where `zero_ok`); `None` after a problem.
+    pub(super) fn duration_of(&mut self, t: &Text, what: &str, zero_ok: bool) -> Option<Duration> {
+        let v = self.text(t, what)?;
+        match humantime::parse_duration(v.trim()) {
+            Ok(d) if zero_ok || !d.is_zero() => Some(d),
             _ => {
                 self.problem(
                     Some(t.span()),
@@ -81,7 +85,7 @@ impl Check<'_> {
                         Self::shown(t, &v)
                     ),
                 );
-                default
+                None
             }
         }
     }
@@ -118,9 +122,12 @@ impl Check<'_> {
             .and_then(|p| self.text(p, "storage.path"))
             .unwrap_or_else(|| "kitebridge.db".into());
         let durability = self.durability(raw.storage.durability.as_ref());
+        // Zero turns duplicate detection off.
         let dedupe_window = match raw.storage.dedupe_window.as_ref() {
-            Some(t) if t.get_ref().trim() == "0" || t.get_ref().trim() == "0s" => None,
-            other => Some(self.duration(other, "storage.dedupe_window", Duration::from_secs(600))),
+            None => Some(Duration::from_secs(600)),
+            Some(t) => self
+                .duration_of(t, "storage.dedupe_window", true)
+                .filter(|d| !d.is_zero()),
         };
         let retention = self.duration(
             raw.storage.retention.as_ref(),

@@ -157,7 +157,8 @@ impl Check<'_> {
 
     fn transitions(&mut self, route: &str, list: &[Text]) -> Option<PatternList> {
         for t in list {
-            let v = t.get_ref().trim_start_matches('!');
+            let v = self.text(t, &format!("route {route:?} transitions"))?;
+            let v = v.trim_start_matches('!');
             if !TRANSITIONS.contains(&v) {
                 self.problem(
                     Some(t.span()),
