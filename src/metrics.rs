@@ -171,6 +171,13 @@ impl Metrics {
             .unwrap_or("other")
     }
 
+    /// Counts one refused request, under the event its unauthenticated `X-Buildkite-Event`
+    /// header claimed (only ever one of Buildkite's names, or `other`), or `unknown`.
+    pub fn refused(&self, claimed: Option<&str>, verdict: &str) {
+        let label = claimed.map_or("unknown", Self::event_label);
+        self.events.with_label_values(&[label, verdict]).inc();
+    }
+
     /// Counts one webhook request.
     pub fn event(&self, name: &str, verdict: &str) {
         self.events

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use axum::Json;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use client::{check_address, peer, read_body, single_header};
@@ -34,6 +34,7 @@ use serde_json::json;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -50,8 +51,9 @@ pub struct AppState {
     pub buildkite_ips: Arc<ArcSwap<Vec<IpNet>>>,
 }
 
-/// The service's HTTP routes, with the concurrency cap: requests beyond it are answered 503
-/// at once rather than queued, so a flood cannot pile up memory or time.
+/// The service's HTTP routes. The two webhook endpoints share one concurrency cap: requests
+/// beyond it are answered 503 at once rather than queued, so a flood cannot pile up memory or
+/// time. Probes, metrics and reload stay outside it, so an orchestrator still sees the service.
 pub fn router(state: AppState) -> axum::Router {
     let live = state.live.load();
     let (path, cap) = (
@@ -59,23 +61,17 @@ pub fn router(state: AppState) -> axum::Router {
         live.config.server.max_concurrent_requests,
     );
     let metrics = state.metrics.clone();
-    axum::Router::new()
+    let webhooks = axum::Router::new()
         .route(&path, post(buildkite))
         .route("/webhooks/test-engine/{key}", post(test_engine))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/-/reload", post(ops::reload))
-        .with_state(state)
-        .layer(
+        // `route_layer` applies the layer to each route separately; the global limit's one
+        // semaphore makes the cap a total, not one per route.
+        .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
                     let metrics = metrics.clone();
                     async move {
-                        metrics
-                            .events
-                            .with_label_values(&["unknown", "overloaded"])
-                            .inc();
+                        metrics.refused(None, "overloaded");
                         tracing::warn!("request refused: too many requests at once");
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -84,8 +80,15 @@ pub fn router(state: AppState) -> axum::Router {
                     }
                 }))
                 .load_shed()
-                .concurrency_limit(cap),
-        )
+                .layer(GlobalConcurrencyLimitLayer::new(cap)),
+        );
+    axum::Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/-/reload", post(ops::reload))
+        .merge(webhooks)
+        .with_state(state)
 }
 
 const TOKEN: &str = "x-buildkite-token";
@@ -101,28 +104,21 @@ fn event_header(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
         })
 }
 
-/// The event type a refused request named in its `X-Buildkite-Event` header, for the metrics
-/// only: the header is unauthenticated, so it is never trusted beyond picking one label from
-/// Buildkite's fixed list (anything else counts as `other`, no header as `unknown`).
-fn claimed_event(headers: &HeaderMap) -> &'static str {
-    match event_header(headers) {
-        Ok(Some(name)) => Metrics::event_label(&name),
-        _ => "unknown",
-    }
-}
-
+/// Logs and counts a refused request and answers it. `claimed` is the `X-Buildkite-Event`
+/// header it came with, which only picks a metrics label.
 fn refuse(
     state: &AppState,
     err: IngressError,
-    event: &'static str,
+    claimed: Option<&HeaderValue>,
     ip: Option<IpAddr>,
-    request_id: Option<&str>,
+    request_id: Option<&HeaderValue>,
 ) -> Response {
     state
         .metrics
-        .events
-        .with_label_values(&[event, err.verdict()])
-        .inc();
+        .refused(claimed.and_then(|v| v.to_str().ok()), err.verdict());
+    let request_id = request_id
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(64).collect::<String>());
     tracing::warn!(
         status = err.status().as_u16(),
         reason = %err,
@@ -140,15 +136,12 @@ async fn buildkite(State(state): State<AppState>, req: Request) -> Response {
         req.headers(),
         &live.config.server.trusted_proxies,
     );
-    let request_id = req
-        .headers()
-        .get("x-buildkite-request")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect::<String>());
-    let claimed = claimed_event(req.headers());
+    // Kept (cheap: shared bytes) for the log line and metrics label of a refusal.
+    let claimed = req.headers().get(EVENT).cloned();
+    let request_id = req.headers().get("x-buildkite-request").cloned();
     match receive_buildkite(&state, &live, ip, req).await {
         Ok(response) => response,
-        Err(err) => refuse(&state, err, claimed, ip, request_id.as_deref()),
+        Err(err) => refuse(&state, err, claimed.as_ref(), ip, request_id.as_ref()),
     }
 }
 
@@ -195,7 +188,7 @@ async fn test_engine(
     );
     match receive_test_engine(&state, &live, ip, &key, req).await {
         Ok(response) => response,
-        Err(err) => refuse(&state, err, "unknown", ip, None),
+        Err(err) => refuse(&state, err, None, ip, None),
     }
 }
 

@@ -379,6 +379,12 @@ async fn requests_beyond_the_cap_are_refused_at_once() {
             .unwrap()
             .contains("too many requests")
     );
+    let (status, _) = app
+        .post_to("/webhooks/test-engine/te-key-123", b"{}".to_vec(), &[])
+        .await;
+    assert_eq!(status, 503, "both webhook endpoints share the one cap");
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "probes are outside the cap");
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
