@@ -41,31 +41,31 @@ pub struct Reloader {
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
-/// Settings that take effect only at a restart.
-fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if old.server.listen != new.server.listen {
-        changed.push("server.listen");
+/// Settings that take effect only at a restart: each one that changed keeps its running value
+/// in `new` (so what runs matches what the warning says), and is named in the result.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($name:literal, $($field:ident).+) => {
+            if old.$($field).+ != new.$($field).+ {
+                new.$($field).+ = old.$($field).+.clone();
+                kept.push($name);
+            }
+        };
     }
-    if old.server.path != new.server.path {
-        changed.push("server.path");
-    }
-    if old.server.read_timeout != new.server.read_timeout {
-        changed.push("server.read_timeout");
-    }
-    if old.server.max_concurrent_requests != new.server.max_concurrent_requests {
-        changed.push("server.max_concurrent_requests");
-    }
-    if old.server.tls.is_some() != new.server.tls.is_some() {
-        changed.push("server.tls");
-    }
-    if old.storage_path != new.storage_path || old.durability != new.durability {
-        changed.push("storage");
-    }
-    if old.allow_buildkite_ips != new.allow_buildkite_ips || old.meta_url != new.meta_url {
-        changed.push("buildkite.allowed_ips \"buildkite\" / buildkite.meta_url");
-    }
-    changed
+    keep!("server.listen", server.listen);
+    keep!("server.path", server.path);
+    keep!("server.read_timeout", server.read_timeout);
+    keep!(
+        "server.max_concurrent_requests",
+        server.max_concurrent_requests
+    );
+    keep!("server.tls", server.tls);
+    keep!("storage.path", storage_path);
+    keep!("storage.durability", durability);
+    keep!("buildkite.allowed_ips \"buildkite\"", allow_buildkite_ips);
+    keep!("buildkite.meta_url", meta_url);
+    kept
 }
 
 impl Reloader {
@@ -96,7 +96,7 @@ impl Reloader {
         })
         .await
         .unwrap_or_else(|e| Err(vec![format!("reload failed: {e}")]));
-        let (config, validated) = match checked {
+        let (mut config, validated) = match checked {
             Ok(ok) => ok,
             Err(problems) => {
                 self.metrics.reloads.with_label_values(&["rejected"]).inc();
@@ -107,7 +107,7 @@ impl Reloader {
             }
         };
         let old = self.live.load_full();
-        for setting in restart_only(&old.config, &config) {
+        for setting in keep_restart_only(&old.config, &mut config) {
             tracing::warn!(setting, "changed, but takes effect only at the next start");
         }
         // Workers first, so routes to a new destination find it ready.
@@ -122,5 +122,39 @@ impl Reloader {
         self.metrics.reloads.with_label_values(&["applied"]).inc();
         tracing::info!(summary = %validated.summary, "config reloaded");
         Ok(validated.summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(extra_server: &str, allowed_ips: &str) -> Config {
+        let text = format!(
+            "[server]\n{extra_server}\n[buildkite]\ntoken = \"t\"\nallowed_ips = {allowed_ips}\n\
+             [destinations.c]\nkind = \"console\"\n[[routes]]\nname = \"all\"\nto = [\"c\"]\n"
+        );
+        Config::parse(Path::new("k.toml"), &text, |_| None).unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let old = parse("listen = \"127.0.0.1:9000\"", "[]");
+        let mut new = parse(
+            "listen = \"127.0.0.1:9001\"\nmax_body_bytes = 2048",
+            "[\"buildkite\"]",
+        );
+        let kept = keep_restart_only(&old, &mut new);
+        assert_eq!(
+            kept,
+            ["server.listen", "buildkite.allowed_ips \"buildkite\""]
+        );
+        assert_eq!(new.server.listen, old.server.listen);
+        assert!(
+            !new.allow_buildkite_ips,
+            "no address list is being fetched, so it must not be required"
+        );
+        assert_eq!(new.server.max_body_bytes, 2048, "live settings change");
     }
 }
