@@ -123,7 +123,7 @@ impl Queue {
     }
 
     /// Takes in a reloaded config: new templates at once; a worker is replaced only when its
-    /// destination (or the retry settings) changed, after its attempts in flight have finished
+    /// destination (or the retry policy) changed, after its attempts in flight have finished
     /// and been recorded, so no message is sent twice or dropped; removed destinations stop,
     /// leaving their pending deliveries in the store.
     pub async fn reload(
@@ -133,12 +133,14 @@ impl Queue {
         settings: Settings,
     ) {
         self.inner.renderer.store(Arc::new(renderer));
-        let changed = **self.inner.settings.load() != settings;
+        // Workers hold the retry policy; dedupe and retention are read where they are used.
+        let policy_changed = self.inner.settings.load().policy != settings.policy;
         self.inner.settings.store(Arc::new(settings));
-        self.apply(destinations, changed).await;
+        self.apply(destinations, policy_changed).await;
     }
 
-    /// Makes the running workers match `destinations`.
+    /// Makes the running workers match `destinations`; `restart_all` when the retry policy
+    /// they hold changed.
     async fn apply(&self, destinations: &[DestinationConfig], restart_all: bool) {
         let inner = &self.inner;
         let mut workers = inner.workers.lock().await;
