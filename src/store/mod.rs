@@ -331,9 +331,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// One delivery and its attempts.
     async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError>;
 
-    /// Deletes up to `limit` sent deliveries last changed before `before`, and up to `limit`
-    /// events older than `before` that no delivery needs any more. Returns the rows deleted;
-    /// call again while it returns `limit` or more, so no single write holds the store long.
+    /// Deletes up to `limit` sent deliveries last changed before `before` (with their
+    /// attempts), up to `limit` events older than `before` that no delivery needs any more, and
+    /// up to `limit` Slack message ids not updated since. Returns the largest of those counts;
+    /// call again while it returns `limit`, so no single write holds the store long.
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError>;
 
     /// Pending and dead counts per destination.

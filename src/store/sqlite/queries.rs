@@ -316,30 +316,34 @@ impl Store for SqliteStore {
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let limit = limit as i64;
-            let chosen = "SELECT id FROM deliveries WHERE state = 'sent' AND updated_at < ?1 LIMIT ?2";
-            conn.execute(
-                &format!("DELETE FROM attempts WHERE delivery_id IN ({chosen})"),
-                params![before, limit],
-            )?;
-            conn.execute(
-                &format!("DELETE FROM delivery_events WHERE delivery_id IN ({chosen})"),
-                params![before, limit],
-            )?;
-            let deliveries = conn.execute(
-                &format!("DELETE FROM deliveries WHERE id IN ({chosen})"),
-                params![before, limit],
-            )?;
+            // One choice of deliveries, so their attempts and event links go with them.
+            let chosen: Vec<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM deliveries WHERE state = 'sent' AND updated_at < ?1 LIMIT ?2",
+                )?
+                .query_map(params![before, limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let chosen = serde_json::to_string(&chosen).expect("ids serialise");
+            for sql in [
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT value FROM json_each(?1))",
+                "DELETE FROM delivery_events WHERE delivery_id IN (SELECT value FROM json_each(?1))",
+            ] {
+                conn.prepare_cached(sql)?.execute([&chosen])?;
+            }
+            let deliveries = conn
+                .prepare_cached("DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1))")?
+                .execute([&chosen])?;
             let events = conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at < ?1 \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id) \
                  AND NOT EXISTS (SELECT 1 FROM delivery_events de WHERE de.event_id = events.id) LIMIT ?2)",
                 params![before, limit],
             )?;
-            conn.execute(
+            let refs = conn.execute(
                 "DELETE FROM message_refs WHERE rowid IN (SELECT rowid FROM message_refs WHERE updated_at < ?1 LIMIT ?2)",
                 params![before, limit],
             )?;
-            Ok(deliveries.max(events))
+            Ok(deliveries.max(events).max(refs))
         })
         .await
     }
