@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Datelike, Duration as Span, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use std::borrow::Borrow;
 
 /// What a muted message becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,22 +76,18 @@ impl MuteWindow {
 
 /// Whether `windows` mute a message at `at`: a dropping window wins; otherwise it is held
 /// until no holding window covers it any more (back-to-back windows are followed through).
-pub fn decide(windows: &[&MuteWindow], at: DateTime<Utc>) -> Option<Muted> {
-    if let Some(w) = windows
-        .iter()
-        .find(|w| w.action == MuteAction::Drop && w.active_until(at).is_some())
+pub fn decide<W: Borrow<MuteWindow>>(windows: &[W], at: DateTime<Utc>) -> Option<Muted> {
+    let windows = || windows.iter().map(Borrow::borrow);
+    if let Some(w) =
+        windows().find(|w| w.action == MuteAction::Drop && w.active_until(at).is_some())
     {
         return Some(Muted::Drop(w.name.clone()));
     }
-    let holding: Vec<&&MuteWindow> = windows
-        .iter()
-        .filter(|w| w.action == MuteAction::Hold)
-        .collect();
     let mut until = at;
     let mut by = None;
     for _ in 0..16 {
-        let Some((w, end)) = holding
-            .iter()
+        let Some((w, end)) = windows()
+            .filter(|w| w.action == MuteAction::Hold)
             .filter_map(|w| Some((w, w.active_until(until)?)))
             .max_by_key(|(_, end)| *end)
         else {

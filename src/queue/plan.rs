@@ -50,8 +50,7 @@ pub fn plan(routes: &[&Route], event: &Event, enabled: impl Fn(&str) -> bool) ->
     let thread = thread_key(event);
     for route in routes {
         out.routes.push(route.name.clone());
-        let windows: Vec<&mute::MuteWindow> = route.mute.iter().map(AsRef::as_ref).collect();
-        let muted = mute::decide(&windows, event.received_at());
+        let muted = mute::decide(&route.mute, event.received_at());
         let group = route
             .group
             .as_ref()
