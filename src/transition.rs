@@ -118,21 +118,15 @@ pub fn next(last: Option<&LastBuild>, build: &BuildOutcome) -> Option<(Transitio
             return None;
         }
     }
-    let was_failing = last.is_some_and(|l| l.failed);
-    let same_build = last.is_some_and(|l| l.number == build.number);
-    let (kind, consecutive) = match (was_failing, build.failed) {
-        (false, true) => (TransitionKind::Broken, 1),
+    let (kind, consecutive) = match (last.filter(|l| l.failed), build.failed) {
+        (None, true) => (TransitionKind::Broken, 1),
         // The same build failing again after a retry is not one more failure in a row.
-        (true, true) if same_build => (
+        (Some(l), true) => (
             TransitionKind::StillFailing,
-            last.map_or(1, |l| l.consecutive_failures),
+            l.consecutive_failures + u32::from(l.number != build.number),
         ),
-        (true, true) => (
-            TransitionKind::StillFailing,
-            last.map_or(1, |l| l.consecutive_failures + 1),
-        ),
-        (true, false) => (TransitionKind::Fixed, 0),
-        (false, false) => (TransitionKind::Passing, 0),
+        (Some(_), false) => (TransitionKind::Fixed, 0),
+        (None, false) => (TransitionKind::Passing, 0),
     };
     let transition = Transition {
         kind,

@@ -72,9 +72,9 @@ struct Record {
 /// How one attempt ended, for the worker loop.
 enum Done {
     /// Attempted and recorded.
-    Recorded(Option<Verdict>),
+    Recorded(Verdict),
     /// Attempted, but the store refused the record: keep it and try the store again.
-    Unrecorded(Option<Verdict>, Record),
+    Unrecorded(Verdict, Record),
     /// Not attempted: the store could not be read. The delivery is untouched.
     StoreTrouble(StoreError),
 }
@@ -160,11 +160,6 @@ impl Worker {
                 return now + STORE_PAUSE;
             }
         };
-        let rows: Vec<Delivery> = rows
-            .into_iter()
-            .filter(|r| !st.busy.contains(&r.id))
-            .take(free)
-            .collect();
         if rows.is_empty() {
             // Nothing due: sleep until a retry comes due, or a new message rings.
             return match self.store.next_due_after(name, now_ms()).await {
@@ -212,11 +207,11 @@ impl Worker {
         let verdict = match done {
             Done::Recorded(verdict) => {
                 st.busy.remove(&id);
-                verdict
+                Some(verdict)
             }
             Done::Unrecorded(verdict, record) => {
                 st.unrecorded.insert(id, record);
-                verdict
+                Some(verdict)
             }
             Done::StoreTrouble(e) => {
                 tracing::error!(destination = name, delivery = id, error = %e, "cannot load a message to send");
@@ -387,7 +382,7 @@ impl Worker {
                     resolution: Resolution::Dead,
                 };
                 return self
-                    .record(row.id, record, Some(Verdict::Dead { reason }))
+                    .record(row.id, record, Verdict::Dead { reason })
                     .await;
             }
         };
@@ -436,7 +431,7 @@ impl Worker {
             body: rendered,
             resolution,
         };
-        self.record(row.id, record, Some(verdict)).await
+        self.record(row.id, record, verdict).await
     }
 
     fn count(&self, outcome: &Outcome, verdict: &Verdict, latency_ms: u64, age_ms: i64) {
@@ -464,7 +459,7 @@ impl Worker {
         }
     }
 
-    async fn record(&self, id: i64, record: Record, verdict: Option<Verdict>) -> Done {
+    async fn record(&self, id: i64, record: Record, verdict: Verdict) -> Done {
         let stored = self
             .store
             .finish_attempt(
