@@ -16,7 +16,9 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
     /// Longest `Retry-After` honoured.
     pub max_retry_after: Duration,
-    /// A message still failing this long after it was accepted becomes a dead letter.
+    /// A message still failing this long after it could first be sent (`age_from`: its
+    /// arrival, the end of the mute window or digest holding it, or a manual retry) becomes a
+    /// dead letter.
     pub max_age: Duration,
 }
 

@@ -210,7 +210,8 @@ pub struct Attempt {
     pub at: i64,
     /// HTTP status, if an answer came.
     pub status: Option<u16>,
-    /// `sent`, `retry`, `permanent`, `render` or `expired`.
+    /// `sent`, `retry`, `permanent` or `render` (a failing attempt past `max_age` is a
+    /// `retry` whose delivery became dead).
     pub outcome: String,
     /// What went wrong, if anything.
     pub reason: Option<String>,
