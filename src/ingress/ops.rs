@@ -44,9 +44,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             let d = [s.destination.as_str()];
             m.queue_depth.with_label_values(&d).set(s.pending as i64);
             m.dead_letters.with_label_values(&d).set(s.dead as i64);
-            let age = s
-                .oldest_due_at
-                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+            let age = s.oldest_age_ms(now).map_or(0.0, |ms| ms as f64 / 1000.0);
             m.oldest_pending_seconds.with_label_values(&d).set(age);
         }
     }

@@ -319,7 +319,7 @@ impl Queue {
         };
         let now = now_ms();
         for s in stats {
-            let oldest_age_s = s.oldest_due_at.map(|t| (now - t).max(0) / 1000);
+            let oldest_age_s = s.oldest_age_ms(now).map(|ms| ms / 1000);
             let configured = self.has_destination(&s.destination);
             if s.pending > 0 && !configured {
                 tracing::warn!(destination = %s.destination, pending = s.pending, "pending deliveries for a destination that is not configured or is disabled: they wait until it is back");

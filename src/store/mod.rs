@@ -253,6 +253,13 @@ pub struct QueueStat {
     pub dead: u64,
 }
 
+impl QueueStat {
+    /// How long (ms) the longest-waiting deliverable message has waited at `now`.
+    pub fn oldest_age_ms(&self, now: i64) -> Option<i64> {
+        self.oldest_due_at.map(|t| (now - t).max(0))
+    }
+}
+
 /// The durable store.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
