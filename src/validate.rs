@@ -24,7 +24,7 @@ pub fn validate(config: &Config) -> Result<Validated, Vec<String>> {
 
 /// Checks that every route's explicit template exists for the kind of each of its
 /// destinations; one line per problem.
-pub fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String> {
+fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String> {
     let mut problems = Vec::new();
     for route in &config.routes {
         let Some(template) = &route.template else {

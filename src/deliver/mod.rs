@@ -10,10 +10,10 @@ mod slack_app;
 mod teams;
 
 pub use console::Console;
-pub use http::{client, install_crypto_provider, parse_retry_after};
-pub use slack::{Slack, classify as classify_slack};
-pub use slack_app::{SlackApp, classify_api_error, rank};
-pub use teams::{Teams, classify as classify_teams, is_legacy_connector};
+pub use http::{client, install_crypto_provider};
+pub use slack::Slack;
+pub use slack_app::SlackApp;
+pub use teams::Teams;
 
 use crate::config::DestinationConfig;
 use crate::render::{Body, TemplateKind};
@@ -124,8 +124,6 @@ impl Outcome {
 /// What a destination may need to know about a message besides its body.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Context {
-    /// The delivery's id.
-    pub delivery_id: i64,
     /// The (first) event's id; ids grow with arrival.
     pub event_id: i64,
     /// The event's name.

@@ -12,7 +12,7 @@ mod client;
 mod error;
 mod ops;
 
-pub use client::client_ip;
+use client::client_ip;
 pub use error::IngressError;
 
 use crate::event::{Event, VerifiedBody};

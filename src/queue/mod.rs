@@ -7,9 +7,8 @@ mod plan;
 mod policy;
 mod worker;
 
-pub use pacer::Pacer;
-pub use plan::{Plan, group_key, plan, thread_key};
-pub use policy::{DESTINATION_PAUSE_MAX, RetryPolicy, Verdict};
+pub use plan::{Plan, plan};
+pub use policy::RetryPolicy;
 pub use worker::Limits;
 
 use crate::config::DestinationConfig;

@@ -352,7 +352,6 @@ impl Worker {
                     Err(e) => return Done::StoreTrouble(e),
                 };
                 let context = Context {
-                    delivery_id: row.id,
                     event_id: row.event_id,
                     event_name: row.event_name.clone(),
                     thread_key: row.thread_key.clone(),

@@ -14,7 +14,6 @@ pub mod mention;
 pub mod samples;
 pub mod templates;
 
-pub use look::{Look, look_of};
 pub use mention::{People, Person};
 
 use crate::event::Event;

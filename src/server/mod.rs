@@ -4,7 +4,6 @@
 
 mod meta;
 
-pub use meta::parse as parse_buildkite_meta;
 
 use crate::config::Config;
 use crate::deliver;
@@ -112,16 +111,6 @@ impl Service {
         })
     }
 
-    /// The HTTP routes, for tests that drive the service without a socket.
-    pub fn router(&self) -> axum::Router {
-        ingress::router(self.state.clone())
-    }
-
-    /// Reloads the config file, as SIGHUP does.
-    pub async fn reload(&self) -> Result<String, Vec<String>> {
-        self.state.reloader.reload().await
-    }
-
     /// Serves on `listener` (with TLS when configured) until `shutdown` resolves; then stops
     /// taking requests, gives open connections and attempts in flight the configured deadline,
     /// and leaves everything else queued.
@@ -165,8 +154,7 @@ impl Service {
             store = %config.storage_path.display(),
             "listening"
         );
-        let app = self
-            .router()
+        let app = ingress::router(self.state.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let read_timeout = config.server.read_timeout;
         match &config.server.tls {

@@ -130,11 +130,6 @@ impl SqliteStore {
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Transactions committed so far (each may hold many writes).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
