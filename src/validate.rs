@@ -104,20 +104,15 @@ fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>>
     if !problems.is_empty() {
         return Err(problems);
     }
-    let disabled: Vec<&str> = config
+    let disabled: Vec<String> = config
         .destinations
         .iter()
-        .filter(|d| !d.enabled())
-        .map(|d| d.name.as_str())
+        .filter_map(|d| Some(format!("{}: {}", d.name, d.disabled_reason()?)))
         .collect();
     let disabled = if disabled.is_empty() {
         String::new()
     } else {
-        format!(
-            " ({} disabled, url empty: {})",
-            disabled.len(),
-            disabled.join(", ")
-        )
+        format!(" ({} disabled; {})", disabled.len(), disabled.join(", "))
     };
     Ok(format!(
         "{}: ok: {} destinations{disabled}, {} routes, {rendered} template renderings of {} sample events",

@@ -119,8 +119,12 @@ pub fn run(
                 }
             }
             for p in &disabled {
+                let reason = config
+                    .destination(&p.destination)
+                    .and_then(|d| d.disabled_reason())
+                    .unwrap_or_default();
                 println!(
-                    "route {:?} → {}: not sent, destination disabled (url empty)",
+                    "route {:?} → {}: not sent, destination disabled ({reason})",
                     p.route, p.destination
                 );
             }

@@ -61,9 +61,10 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         }
     };
     let Some(dest) = deliver::build(dest_config, &deliver::client(), Arc::new(store)) else {
-        eprintln!(
-            "destination {name:?} is disabled: its url is empty (is its environment variable set?)"
-        );
+        let reason = dest_config
+            .disabled_reason()
+            .unwrap_or("it cannot be built");
+        eprintln!("destination {name:?} is disabled: {reason} (is its environment variable set?)");
         return ExitCode::FAILURE;
     };
     let data = TemplateData::new(&event, Utc::now());

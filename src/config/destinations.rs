@@ -102,7 +102,7 @@ impl Check<'_> {
                     (!url.is_empty()).then(|| Secret::new(url))
                 }
             };
-            let (token, channel) = match self.slack_app(&what, kind, d) {
+            let (token, channel) = match self.slack_app(&what, kind, d, dest.span()) {
                 Some(found) => found,
                 None => continue,
             };
@@ -131,6 +131,7 @@ impl Check<'_> {
         what: &str,
         kind: DestinationKind,
         d: &raw::RawDestination,
+        span: std::ops::Range<usize>,
     ) -> Option<(Option<Secret>, Option<String>)> {
         if kind != DestinationKind::SlackApp {
             if let Some(t) = d.token.as_ref().or(d.channel.as_ref()) {
@@ -144,23 +145,18 @@ impl Check<'_> {
         }
         let Some(token) = &d.token else {
             self.problem(
-                None,
+                Some(span.clone()),
                 format!("{what}: token is required for kind \"slack_app\" (a bot token, xoxb-…)"),
             );
             return None;
         };
         let token = self.text(token, &format!("{what} token"))?;
         let Some(channel_text) = &d.channel else {
-            self.problem(None, format!("{what}: channel is required for kind \"slack_app\" (a channel id such as \"C0123ABCD\")"));
+            self.problem(Some(span), format!("{what}: channel is required for kind \"slack_app\" (a channel id such as \"C0123ABCD\")"));
             return None;
         };
         let channel = self.text(channel_text, &format!("{what} channel"))?;
-        let valid = channel.len() >= 3
-            && channel.starts_with(['C', 'G', 'D'])
-            && channel
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-        if !valid {
+        if !is_slack_id(&channel, &['C', 'G', 'D']) {
             self.problem(
                 Some(channel_text.span()),
                 format!("{what}: channel must be a channel id such as \"C0123ABCD\" (updates need the id, not the name)"),
@@ -219,4 +215,14 @@ impl Check<'_> {
             concurrency,
         }
     }
+}
+
+/// Whether `id` looks like a Slack id starting with one of `first` (`U…` for members, `C…` for
+/// channels): upper-case letters and digits only.
+pub(super) fn is_slack_id(id: &str, first: &[char]) -> bool {
+    id.len() >= 3
+        && id.starts_with(first)
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }

@@ -93,13 +93,20 @@ pub struct DestinationConfig {
 }
 
 impl DestinationConfig {
-    /// Whether messages are sent to it (a webhook destination needs its URL, a Slack app its
-    /// token).
+    /// Whether messages are sent to it.
     pub fn enabled(&self) -> bool {
+        self.disabled_reason().is_none()
+    }
+
+    /// Why nothing is sent to it, if so: a webhook destination needs its URL, a Slack app its
+    /// token.
+    pub fn disabled_reason(&self) -> Option<&'static str> {
         match self.kind {
-            DestinationKind::Console => true,
-            DestinationKind::SlackApp => self.token.is_some(),
-            DestinationKind::Slack | DestinationKind::Teams => self.url.is_some(),
+            DestinationKind::Console => None,
+            DestinationKind::SlackApp => self.token.is_none().then_some("its token is empty"),
+            DestinationKind::Slack | DestinationKind::Teams => {
+                self.url.is_none().then_some("its url is empty")
+            }
         }
     }
 }

@@ -31,12 +31,7 @@ impl Check<'_> {
             }
             let slack = self.optional(p.slack.as_ref(), &format!("{what} slack"));
             if let (Some(id), Some(t)) = (&slack, &p.slack) {
-                let valid = id.len() >= 3
-                    && id.starts_with(['U', 'W'])
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-                if !valid {
+                if !super::destinations::is_slack_id(id, &['U', 'W']) {
                     self.problem(
                         Some(t.span()),
                         format!("{what}: slack must be a member id such as \"U024BE7LH\" (the profile's \"Copy member ID\")"),

@@ -380,9 +380,7 @@ impl Worker {
                     body: None,
                     resolution: Resolution::Dead,
                 };
-                return self
-                    .record(row.id, record, Verdict::Dead { reason })
-                    .await;
+                return self.record(row.id, record, Verdict::Dead { reason }).await;
             }
         };
         let latency_ms = started.elapsed().as_millis() as u64;

@@ -4,7 +4,6 @@
 
 mod meta;
 
-
 use crate::config::Config;
 use crate::deliver;
 use crate::ingress::{self, AppState};
@@ -69,8 +68,10 @@ impl Service {
         store: Arc<dyn Store>,
     ) -> Result<Self, ServeError> {
         let validated = validate(&config).map_err(ServeError::Templates)?;
-        for d in config.destinations.iter().filter(|d| !d.enabled()) {
-            tracing::warn!(destination = %d.name, kind = %d.kind, "destination disabled: its url or token is empty");
+        for d in &config.destinations {
+            if let Some(reason) = d.disabled_reason() {
+                tracing::warn!(destination = %d.name, kind = %d.kind, reason, "destination disabled");
+            }
         }
         let metrics = Arc::new(Metrics::new());
         let queue = Queue::start(
@@ -154,8 +155,8 @@ impl Service {
             store = %config.storage_path.display(),
             "listening"
         );
-        let app = ingress::router(self.state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            ingress::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let read_timeout = config.server.read_timeout;
         match &config.server.tls {
             Some(tls) => {
