@@ -30,13 +30,13 @@ impl Check<'_> {
                 continue;
             }
             let slack = self.optional(p.slack.as_ref(), &format!("{what} slack"));
-            if let (Some(id), Some(t)) = (&slack, &p.slack) {
-                if !super::destinations::is_slack_id(id, &['U', 'W']) {
-                    self.problem(
-                        Some(t.span()),
-                        format!("{what}: slack must be a member id such as \"U024BE7LH\" (the profile's \"Copy member ID\")"),
-                    );
-                }
+            if let (Some(id), Some(t)) = (&slack, &p.slack)
+                && !super::destinations::is_slack_id(id, &['U', 'W'])
+            {
+                self.problem(
+                    Some(t.span()),
+                    format!("{what}: slack must be a member id such as \"U024BE7LH\" (the profile's \"Copy member ID\")"),
+                );
             }
             let teams = self.optional(p.teams.as_ref(), &format!("{what} teams"));
             if let (Some(upn), Some(t)) = (&teams, &p.teams)

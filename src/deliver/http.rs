@@ -119,8 +119,8 @@ fn transport_failure(e: reqwest::Error, timeout: Duration) -> Outcome {
     }
 }
 
-/// Classifies what Slack and Teams have in common: 429 and 408 and 5xx retry, other 4xx and
-/// anything unexpected are permanent. `None` means a 2xx the caller must judge itself.
+/// Classifies what Slack, Teams and the Slack Web API have in common: 429, 408 and 5xx retry,
+/// other 4xx and anything unexpected (a redirect included) are permanent. `None` means a 2xx the caller must judge itself.
 pub fn classify_common(answer: &Answer) -> Option<Outcome> {
     let status = Some(answer.status);
     let reason = || {
@@ -133,12 +133,7 @@ pub fn classify_common(answer: &Answer) -> Option<Outcome> {
     };
     match answer.status {
         200..=299 => None,
-        429 => Some(Outcome::Retry {
-            status,
-            after: answer.retry_after,
-            reason: reason(),
-        }),
-        408 | 500..=599 => Some(Outcome::Retry {
+        408 | 429 | 500..=599 => Some(Outcome::Retry {
             status,
             after: answer.retry_after,
             reason: reason(),
@@ -147,5 +142,15 @@ pub fn classify_common(answer: &Answer) -> Option<Outcome> {
             status,
             reason: reason(),
         }),
+    }
+}
+
+/// An answer, for tests of the judging functions.
+#[cfg(test)]
+pub(super) fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
+    Answer {
+        status,
+        retry_after: retry_after.map(Duration::from_secs),
+        body: body.into(),
     }
 }

@@ -5,15 +5,14 @@
 
 mod console;
 mod http;
-mod slack;
 mod slack_app;
 mod teams;
+mod webhook;
 
 pub use console::Console;
 pub use http::{client, install_crypto_provider};
-pub use slack::Slack;
 pub use slack_app::SlackApp;
-pub use teams::Teams;
+pub use webhook::Webhook;
 
 use crate::config::DestinationConfig;
 use crate::render::{Body, TemplateKind};
@@ -158,14 +157,9 @@ pub fn build(
     let name = config.name.clone();
     Some(match config.kind {
         DestinationKind::Console => Arc::new(Console::new(name)),
-        DestinationKind::Slack => Arc::new(Slack::new(
+        DestinationKind::Slack | DestinationKind::Teams => Arc::new(Webhook::new(
             name,
-            config.url.clone()?,
-            config.timeout,
-            client.clone(),
-        )),
-        DestinationKind::Teams => Arc::new(Teams::new(
-            name,
+            config.kind,
             config.url.clone()?,
             config.timeout,
             client.clone(),

@@ -267,11 +267,7 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, body: &str) -> Answer {
-        Answer {
-            status,
-            retry_after: Some(Duration::from_secs(3)),
-            body: body.into(),
-        }
+        super::super::http::answer(status, body, Some(3))
     }
 
     #[test]
