@@ -202,6 +202,13 @@ fn load(path: &Path) -> Option<Config> {
     }
 }
 
+/// The config's templates, compiled; `None` after printing why they cannot be.
+fn renderer(config: &Config) -> Option<crate::render::Renderer> {
+    crate::render::Renderer::new(config.templates_dir.as_deref(), config.people.clone())
+        .map_err(|problems| problems.iter().for_each(|p| eprintln!("{p}")))
+        .ok()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

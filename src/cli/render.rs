@@ -4,7 +4,7 @@ use super::RenderFormat;
 use crate::event::{Event, VerifiedBody};
 use crate::mute::Muted;
 use crate::queue::plan;
-use crate::render::{Renderer, TemplateData};
+use crate::render::TemplateData;
 use crate::routing::Router;
 use crate::store::NewDelivery;
 use chrono::Utc;
@@ -22,12 +22,8 @@ pub fn run(
     let Some(config) = super::load(config_path) else {
         return ExitCode::FAILURE;
     };
-    let renderer = match Renderer::new(config.templates_dir.as_deref(), config.people.clone()) {
-        Ok(r) => r,
-        Err(problems) => {
-            problems.iter().for_each(|p| eprintln!("{p}"));
-            return ExitCode::FAILURE;
-        }
+    let Some(renderer) = super::renderer(&config) else {
+        return ExitCode::FAILURE;
     };
     let bytes = match std::fs::read(payload) {
         Ok(b) => b,
@@ -37,16 +33,12 @@ pub fn run(
         }
     };
     let now = Utc::now();
-    let event = match Event::parse(&VerifiedBody::trusted(bytes), event_name, now) {
+    let body = VerifiedBody::trusted(bytes);
+    let event = match Event::parse(&body, event_name, now) {
         Ok(e) => e,
         // `--event` overrides the body's name rather than having to agree with it.
         Err(crate::event::EventError::HeaderMismatch { .. }) => {
-            let parsed = Event::parse(
-                &VerifiedBody::trusted(std::fs::read(payload).unwrap_or_default()),
-                None,
-                now,
-            );
-            match parsed {
+            match Event::parse(&body, None, now) {
                 Ok(e) => {
                     Event::from_value(event_name.unwrap_or_default(), e.payload().clone(), now)
                 }

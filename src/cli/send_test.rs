@@ -2,7 +2,7 @@
 
 use crate::deliver::{self, Context, Outcome};
 use crate::event::Event;
-use crate::render::{Renderer, TemplateData, samples};
+use crate::render::{TemplateData, samples};
 use crate::store::SqliteStore;
 use chrono::Utc;
 use serde_json::json;
@@ -29,12 +29,8 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let renderer = match Renderer::new(config.templates_dir.as_deref(), config.people.clone()) {
-        Ok(r) => r,
-        Err(problems) => {
-            problems.iter().for_each(|p| eprintln!("{p}"));
-            return ExitCode::FAILURE;
-        }
+    let Some(renderer) = super::renderer(&config) else {
+        return ExitCode::FAILURE;
     };
     let event = match sample {
         Some(s) => match samples::event(s) {
