@@ -66,6 +66,11 @@ impl Check<'_> {
         }
     }
 
+    /// `t`, interpolated, unless absent or blank.
+    pub(super) fn optional(&mut self, t: Option<&Text>, what: &str) -> Option<String> {
+        self.text(t?, what).filter(|v| !v.trim().is_empty())
+    }
+
     /// A duration above zero, or `default` when absent (or wrong: then with a problem).
     pub(super) fn duration(&mut self, t: Option<&Text>, what: &str, default: Duration) -> Duration {
         t.and_then(|t| self.duration_of(t, what, false))
@@ -108,12 +113,8 @@ impl Check<'_> {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         };
-        let test_engine_key = raw
-            .test_engine
-            .key
-            .as_ref()
-            .and_then(|k| self.text(k, "test_engine.key"))
-            .filter(|k| !k.is_empty())
+        let test_engine_key = self
+            .optional(raw.test_engine.key.as_ref(), "test_engine.key")
             .map(Secret::new);
         let storage_path = raw
             .storage
@@ -151,12 +152,8 @@ impl Check<'_> {
             "delivery.shutdown_deadline",
             Duration::from_secs(10),
         );
-        let templates_dir = raw
-            .templates
-            .dir
-            .as_ref()
-            .and_then(|d| self.text(d, "templates.dir"))
-            .filter(|d| !d.is_empty())
+        let templates_dir = self
+            .optional(raw.templates.dir.as_ref(), "templates.dir")
             .map(|d| base.join(d));
         let destinations = self.destinations(&raw, &allowed_hosts);
         let names: HashSet<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
@@ -259,11 +256,8 @@ impl Check<'_> {
                 "server.trusted_proxies: list the proxies' own addresses, not \"buildkite\"",
             );
         }
-        let reload_token = s
-            .reload_token
-            .as_ref()
-            .and_then(|t| self.text(t, "server.reload_token"))
-            .filter(|t| !t.is_empty())
+        let reload_token = self
+            .optional(s.reload_token.as_ref(), "server.reload_token")
             .map(Secret::new);
         let tls = s.tls.as_ref().and_then(|t| self.tls(t.get_ref(), base));
         Some(ServerConfig {

@@ -71,10 +71,6 @@ impl Check<'_> {
         people
     }
 
-    fn optional(&mut self, t: Option<&Text>, what: &str) -> Option<String> {
-        self.text(t?, what).filter(|v| !v.trim().is_empty())
-    }
-
     pub(super) fn mutes(&mut self, raw: &RawConfig) -> HashMap<String, Arc<MuteWindow>> {
         let mut out = HashMap::new();
         for (i, spanned) in raw.mute.iter().enumerate() {
