@@ -140,13 +140,6 @@ async fn a_mapped_author_is_mentioned_in_slack_and_teams_and_an_unmapped_one_is_
     }
 }
 
-fn job(n: u64) -> Vec<u8> {
-    let mut v = fixture_json("job.finished");
-    v["job"]["id"] = json!(format!("job-{n}"));
-    v["job"]["label"] = json!(format!(":rspec: Shard {n}"));
-    serde_json::to_vec(&v).unwrap()
-}
-
 #[tokio::test]
 async fn five_job_failures_within_the_window_give_one_message_even_across_a_restart() {
     let rec = Recorder::start().await;
@@ -162,12 +155,12 @@ async fn five_job_failures_within_the_window_give_one_message_even_across_a_rest
     let app = TestApp::spawn(&toml).await;
     let started = std::time::Instant::now();
     for n in 1..=3 {
-        assert_eq!(app.post_signed(&job(n)).await.0, 202);
+        assert_eq!(app.post_signed(&failed_job(n)).await.0, 202);
     }
     app.stop().await;
     let again = TestApp::spawn(&toml).await;
     for n in 4..=5 {
-        assert_eq!(again.post_signed(&job(n)).await.0, 202);
+        assert_eq!(again.post_signed(&failed_job(n)).await.0, 202);
     }
     let got = rec.wait_for("slack", 1).await;
     assert!(
@@ -242,16 +235,18 @@ fn render_text(toml: &str) -> String {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/buildkite/build.finished.json"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
-        .args([
-            "render",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--payload",
-            payload,
-        ])
-        .output()
-        .unwrap();
+    let out = kitebridge(&[
+        "render",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--payload",
+        payload,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -321,18 +316,6 @@ to = ["live"]
     )
 }
 
-async fn post_to(addr: std::net::SocketAddr, body: Vec<u8>) -> u16 {
-    kitebridge::deliver::client()
-        .post(format!("http://{addr}/webhooks/buildkite"))
-        .header("X-Buildkite-Signature", signature(TOKEN, now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 fn calls(rec: &Recorder) -> Vec<(String, Value)> {
     rec.received()
         .iter()
@@ -361,9 +344,19 @@ async fn one_slack_message_per_build_updated_in_place_with_failed_jobs_in_its_th
     std::fs::write(&cfg, slack_app_config(&rec, &dir.path().join("k.db"))).unwrap();
 
     let mut first = start_binary(&cfg).await;
-    assert_eq!(post_to(first.addr, fixture("build.scheduled")).await, 202);
+    assert_eq!(
+        post_signed_to(first.addr, &fixture("build.scheduled"))
+            .await
+            .unwrap(),
+        202
+    );
     assert_eq!(wait_calls(&rec, 1).await.len(), 1);
-    assert_eq!(post_to(first.addr, fixture("build.running")).await, 202);
+    assert_eq!(
+        post_signed_to(first.addr, &fixture("build.running"))
+            .await
+            .unwrap(),
+        202
+    );
     assert_eq!(wait_calls(&rec, 2).await.len(), 2);
     first.child.start_kill().unwrap();
     first.child.wait().await.unwrap();
@@ -379,7 +372,7 @@ async fn one_slack_message_per_build_updated_in_place_with_failed_jobs_in_its_th
         fixture("build.finished.passed"),
     ];
     for body in events {
-        assert_eq!(post_to(second.addr, body).await, 202);
+        assert_eq!(post_signed_to(second.addr, &body).await.unwrap(), 202);
         // One at a time, as Buildkite sends a build's events over minutes.
         let before = calls(&rec).len();
         assert_eq!(wait_calls(&rec, before + 1).await.len(), before + 1);

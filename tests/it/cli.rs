@@ -2,21 +2,6 @@
 
 use crate::helpers::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kitebridge");
-
-fn kitebridge(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("SLACK_WEBHOOK_URL")
-        .env_remove("TEAMS_WEBHOOK_URL")
-        .env_remove("BUILDKITE_WEBHOOK_TOKEN")
-        .env_remove("KITEBRIDGE_CONFIG")
-        .output()
-        .unwrap()
-}
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -262,6 +247,7 @@ fn render_json_lists_route_destination_kind_and_body() {
         "--format",
         "json",
     ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v[0]["body"]["text"], "❌ Web App #1842 failed",

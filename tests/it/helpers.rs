@@ -660,3 +660,113 @@ pub fn build_number_in(title: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// A `build.finished` fixture made unique by its build number.
+pub fn build_finished(n: u64) -> Vec<u8> {
+    let mut v = fixture_json("build.finished");
+    v["build"]["number"] = serde_json::json!(n);
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A failed `job.finished` of the fixture's build, made unique by its job id and label.
+pub fn failed_job(n: u64) -> Vec<u8> {
+    let mut v = fixture_json("job.finished");
+    v["job"]["id"] = serde_json::json!(format!("job-{n}"));
+    v["job"]["label"] = serde_json::json!(format!(":rspec: Shard {n}"));
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Runs the binary from the project folder, without the variables the example config reads.
+pub fn kitebridge(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SLACK_WEBHOOK_URL")
+        .env_remove("TEAMS_WEBHOOK_URL")
+        .env_remove("BUILDKITE_WEBHOOK_TOKEN")
+        .env_remove("KITEBRIDGE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary off the async runtime; returns its output, or fails the test with stderr.
+pub async fn run_ok(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        kitebridge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Posts `body` to the webhook endpoint at `addr`, signed now, with the event header its
+/// `event` field names; a fresh connection each time, so none outlives a shutdown.
+pub async fn post_signed_to(addr: SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut req = client
+        .post(format!("http://{addr}/webhooks/buildkite"))
+        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
+        .body(body.to_vec());
+    if let Some(event) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["event"].as_str().map(str::to_string))
+    {
+        req = req.header("X-Buildkite-Event", event);
+    }
+    Ok(req.send().await?.status().as_u16())
+}
+
+impl Running {
+    /// Sends the process a signal (`"HUP"`, `"TERM"`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// The next log line containing `needle`, within 10 s of each line.
+    pub async fn wait_for_line(&mut self, needle: &str) -> Option<String> {
+        while let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(10), self.lines.next_line()).await
+        {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    }
+}
+
+impl TestApp {
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
+
+    /// `POST /-/reload`, with `token` as the bearer token if given.
+    pub async fn reload(&self, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.client.post(self.url("/-/reload"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+        )
+    }
+}

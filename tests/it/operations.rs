@@ -6,36 +6,6 @@ use kitebridge::store::{DeliveryState, Store};
 use serde_json::json;
 use std::time::Duration;
 
-fn build(n: u64) -> Vec<u8> {
-    let mut v = fixture_json("build.finished");
-    v["build"]["number"] = json!(n);
-    serde_json::to_vec(&v).unwrap()
-}
-
-/// Runs the binary; returns stdout, or fails the test with stderr.
-async fn cli(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn metrics(app: &TestApp) -> String {
-    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
-    resp.text().await.unwrap()
-}
-
 /// A signed request with `X-Buildkite-Event` and `X-Forwarded-For` headers.
 fn signed_from(body: &[u8], event: &str, from: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -54,12 +24,12 @@ async fn refused_requests_and_failed_deliveries_show_in_the_metrics() {
         config_for(&rec, "allowed_ips = [\"192.0.2.0/24\"]")
     );
     let app = TestApp::spawn(&toml).await;
-    let ok = build(1);
+    let ok = build_finished(1);
     let (status, _) = app
         .post(ok.clone(), &signed_from(&ok, "build.finished", "192.0.2.5"))
         .await;
     assert_eq!(status, 202);
-    let elsewhere = build(2);
+    let elsewhere = build_finished(2);
     let (status, _) = app
         .post(
             elsewhere.clone(),
@@ -80,14 +50,14 @@ async fn refused_requests_and_failed_deliveries_show_in_the_metrics() {
             ("X-Buildkite-Event", event.to_string()),
             ("X-Forwarded-For", "192.0.2.5".to_string()),
         ];
-        assert_eq!(app.post(build(3), &headers).await.0, 401);
+        assert_eq!(app.post(build_finished(3), &headers).await.0, 401);
     }
     wait_for_deliveries(&app.db, |d| {
         d.iter().any(|d| d.state == DeliveryState::Dead)
             && d.iter().any(|d| d.state == DeliveryState::Sent)
     })
     .await;
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     for line in [
         "kitebridge_events_received_total{event=\"build.finished\",verdict=\"accepted\"} 1",
         "kitebridge_events_received_total{event=\"build.finished\",verdict=\"forbidden\"} 1",
@@ -124,7 +94,7 @@ async fn deliveries_list_filters_by_state_and_limit_and_retry_all_dead_resends_t
     .unwrap();
     let app = TestApp::spawn_file(&cfg).await;
     for n in 1..=3 {
-        assert_eq!(app.post_signed(&build(n)).await.0, 202);
+        assert_eq!(app.post_signed(&build_finished(n)).await.0, 202);
     }
     wait_for_deliveries(&app.db, |d| {
         d.len() == 6 && d.iter().all(|d| d.state != DeliveryState::Pending)
@@ -137,10 +107,10 @@ async fn deliveries_list_filters_by_state_and_limit_and_retry_all_dead_resends_t
             .count()
     };
 
-    let dead = cli(&["deliveries", "list", "--state", "dead", "--config", cfg]).await;
+    let dead = run_ok(&["deliveries", "list", "--state", "dead", "--config", cfg]).await;
     assert_eq!(rows(&dead, "dead"), 3, "{dead}");
     assert!(dead.contains("channel_not_found"), "{dead}");
-    let two = cli(&[
+    let two = run_ok(&[
         "deliveries",
         "list",
         "--state",
@@ -152,24 +122,24 @@ async fn deliveries_list_filters_by_state_and_limit_and_retry_all_dead_resends_t
     ])
     .await;
     assert_eq!(rows(&two, "dead"), 2, "{two}");
-    let sent = cli(&["deliveries", "list", "--state", "sent", "--config", cfg]).await;
+    let sent = run_ok(&["deliveries", "list", "--state", "sent", "--config", cfg]).await;
     assert_eq!(rows(&sent, "sent"), 3, "{sent}");
     assert!(sent.lines().skip(1).all(|l| l.contains("teams")), "{sent}");
-    let pending = cli(&["deliveries", "list", "--state", "pending", "--config", cfg]).await;
+    let pending = run_ok(&["deliveries", "list", "--state", "pending", "--config", cfg]).await;
     assert_eq!(pending.trim(), "no deliveries in state pending");
-    let all = cli(&["deliveries", "list", "--config", cfg]).await;
+    let all = run_ok(&["deliveries", "list", "--config", cfg]).await;
     assert_eq!(rows(&all, "dead") + rows(&all, "sent"), 6, "{all}");
 
     // The channel is fixed (the recorder answers 200 now): every dead letter goes again.
-    let retried = cli(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
-    assert!(retried.contains('3'), "{retried}");
+    let retried = run_ok(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
+    assert!(retried.contains("re-queued 3 deliveries"), "{retried}");
     let all = wait_for_deliveries(&app.db, |d| {
         d.iter().all(|d| d.state == DeliveryState::Sent)
     })
     .await;
     assert_eq!(all.len(), 6);
     assert_eq!(rec.received_on("slack").len(), 6, "3 refused, 3 resent");
-    let again = cli(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
+    let again = run_ok(&["deliveries", "retry", "--all-dead", "--config", cfg]).await;
     assert_eq!(again.trim(), "no dead letters to retry");
 }
 
@@ -182,7 +152,7 @@ async fn a_destination_that_does_not_answer_in_time_is_tried_again() {
         "kind = \"slack\"\ntimeout = \"300ms\"\n",
     );
     let app = TestApp::spawn(&toml).await;
-    assert_eq!(app.post_signed(&build(1)).await.0, 202);
+    assert_eq!(app.post_signed(&build_finished(1)).await.0, 202);
     let got = rec.wait_for("slack", 2).await;
     assert!(
         got[1].at - got[0].at >= Duration::from_millis(300),
@@ -222,22 +192,13 @@ async fn a_reload_reads_the_templates_again_and_keeps_them_when_one_breaks() {
     )
     .unwrap();
     let app = TestApp::spawn_file(&cfg).await;
-    let reload = async || {
-        let resp = app
-            .client
-            .post(app.url("/-/reload"))
-            .bearer_auth("reload-me")
-            .send()
-            .await
-            .unwrap();
-        resp.status().as_u16()
-    };
-    app.post_signed(&build(1)).await;
+    let reload = async || app.reload(Some("reload-me")).await.0;
+    app.post_signed(&build_finished(1)).await;
     assert_eq!(rec.wait_for("slack", 1).await[0].json()["text"], "first #1");
 
     std::fs::write(&template, "{\"text\": \"second #{{build.number}}\"}").unwrap();
     assert_eq!(reload().await, 200);
-    app.post_signed(&build(2)).await;
+    app.post_signed(&build_finished(2)).await;
     assert_eq!(
         rec.wait_for("slack", 2).await[1].json()["text"],
         "second #2"
@@ -245,7 +206,7 @@ async fn a_reload_reads_the_templates_again_and_keeps_them_when_one_breaks() {
 
     std::fs::write(&template, "{\"text\": \"{{#if}}\"}").unwrap();
     assert_eq!(reload().await, 422, "a template that does not compile");
-    app.post_signed(&build(3)).await;
+    app.post_signed(&build_finished(3)).await;
     assert_eq!(
         rec.wait_for("slack", 3).await[2].json()["text"],
         "second #3",
@@ -266,37 +227,6 @@ fn binary_config(rec: &Recorder, dir: &std::path::Path, routes: &str) -> std::pa
     cfg
 }
 
-async fn post_to(addr: std::net::SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
-    // A fresh client each time: no pooled connection outlives a shutdown.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let event = serde_json::from_slice::<serde_json::Value>(body).unwrap()["event"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let resp = client
-        .post(format!("http://{addr}/webhooks/buildkite"))
-        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
-        .header("X-Buildkite-Event", event)
-        .body(body.to_vec())
-        .send()
-        .await?;
-    Ok(resp.status().as_u16())
-}
-
-async fn wait_for_line(running: &mut Running, needle: &str) -> Option<String> {
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_secs(10), running.lines.next_line()).await
-    {
-        if line.contains(needle) {
-            return Some(line);
-        }
-    }
-    None
-}
-
 #[tokio::test]
 async fn a_bad_config_sent_by_sighup_is_refused_and_the_old_one_keeps_running() {
     let rec = Recorder::start().await;
@@ -309,19 +239,18 @@ async fn a_bad_config_sent_by_sighup_is_refused_and_the_old_one_keeps_running() 
     let mut running = start_binary(&cfg).await;
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("to = [\"slack\"]", "to = [\"nowhere\"]")).unwrap();
-    let pid = running.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let refused = wait_for_line(&mut running, "config reload refused")
+    running.signal("HUP");
+    let refused = running
+        .wait_for_line("config reload refused")
         .await
         .expect("a log line saying the reload was refused");
     assert!(refused.contains("unknown destination"), "{refused}");
-    assert_eq!(post_to(running.addr, &build(1)).await.unwrap(), 202);
+    assert_eq!(
+        post_signed_to(running.addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
+    );
     assert_eq!(
         rec.wait_for("slack", 1).await.len(),
         1,
@@ -340,21 +269,22 @@ async fn shutdown_stops_taking_requests_and_finishes_the_send_in_flight() {
         "[[routes]]\nname = \"all\"\nto = [\"slack\"]\n",
     );
     let mut running = start_binary(&cfg).await;
-    assert_eq!(post_to(running.addr, &build(1)).await.unwrap(), 202);
-    rec.wait_for("slack", 1).await;
-    let pid = running.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+    assert_eq!(
+        post_signed_to(running.addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
     );
-    wait_for_line(&mut running, "shutting down")
+    rec.wait_for("slack", 1).await;
+    running.signal("TERM");
+    running
+        .wait_for_line("shutting down")
         .await
         .expect("a log line saying it is shutting down");
     assert!(
-        post_to(running.addr, &build(2)).await.is_err(),
+        post_signed_to(running.addr, &build_finished(2))
+            .await
+            .is_err(),
         "no new request is taken once shutdown has begun"
     );
     let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait())
@@ -381,21 +311,21 @@ async fn a_digest_survives_a_kill_9_inside_its_window() {
         "[[routes]]\nname = \"failed jobs\"\nevents = [\"job.finished\"]\nto = [\"slack\"]\n\
          group_window = \"3s\"\ngroup_by = [\"build.id\"]\n",
     );
-    let job = |n: u64| {
-        let mut v = fixture_json("job.finished");
-        v["job"]["id"] = json!(format!("job-{n}"));
-        v["job"]["label"] = json!(format!(":rspec: Shard {n}"));
-        serde_json::to_vec(&v).unwrap()
-    };
     let mut running = start_binary(&cfg).await;
     for n in 1..=3 {
-        assert_eq!(post_to(running.addr, &job(n)).await.unwrap(), 202);
+        assert_eq!(
+            post_signed_to(running.addr, &failed_job(n)).await.unwrap(),
+            202
+        );
     }
     running.child.start_kill().unwrap();
     running.child.wait().await.unwrap();
     let running = start_binary(&cfg).await;
     for n in 4..=5 {
-        assert_eq!(post_to(running.addr, &job(n)).await.unwrap(), 202);
+        assert_eq!(
+            post_signed_to(running.addr, &failed_job(n)).await.unwrap(),
+            202
+        );
     }
     let got = rec.wait_for("slack", 1).await;
     assert_eq!(got.len(), 1);
@@ -431,22 +361,14 @@ async fn requests_arriving_during_reloads_are_each_accepted_and_sent_once() {
     let posts: Vec<_> = (1..=60)
         .map(|n| {
             let app = app.clone();
-            tokio::spawn(async move { app.post_signed(&build(n)).await.0 })
+            tokio::spawn(async move { app.post_signed(&build_finished(n)).await.0 })
         })
         .collect();
     // Reload (each time changing the Slack destination, so its worker is replaced) while the
     // requests above are arriving.
     for i in 0..5 {
         std::fs::write(&cfg, text(&format!("{}s", 6 + i))).unwrap();
-        let status = app
-            .client
-            .post(app.url("/-/reload"))
-            .bearer_auth("reload-me")
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(app.reload(Some("reload-me")).await.0, 200);
     }
     for p in posts {
         assert_eq!(p.await.unwrap(), 202);

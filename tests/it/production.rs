@@ -5,20 +5,14 @@ use crate::helpers::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn build(n: u64) -> Vec<u8> {
-    let mut v = fixture_json("build.finished");
-    v["build"]["number"] = json!(n);
-    serde_json::to_vec(&v).unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_events_routes_deliveries_latency_and_the_queue() {
     let rec = Recorder::start().await;
     rec.script("teams", [Reply::RateLimited(1)]);
     let app = TestApp::spawn(&config_for(&rec, "")).await;
-    app.post_signed(&build(1)).await;
-    app.post_signed(&build(1)).await; // a duplicate
-    app.post(build(2), &[("X-Buildkite-Token", "wrong".into())])
+    app.post_signed(&build_finished(1)).await;
+    app.post_signed(&build_finished(1)).await; // a duplicate
+    app.post(build_finished(2), &[("X-Buildkite-Token", "wrong".into())])
         .await;
     app.post_signed(b"[]").await;
     rec.wait_for("slack", 1).await;
@@ -58,18 +52,10 @@ async fn the_queue_gauges_show_a_backlog_and_its_age() {
     let toml = config_for(&rec, "").replace(&rec.url("slack"), &format!("http://{down}/slack"));
     let app = TestApp::spawn(&toml).await;
     for n in 1..=3 {
-        app.post_signed(&build(n)).await;
+        app.post_signed(&build_finished(n)).await;
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains("kitebridge_queue_depth{destination=\"slack\"} 3"),
         "{text}"
@@ -102,19 +88,6 @@ fn reloadable(rec: &Recorder, dir: &std::path::Path, route_to: &str) -> String {
     )
 }
 
-async fn reload(app: &TestApp, token: Option<&str>) -> (u16, serde_json::Value) {
-    let mut req = app.client.post(app.url("/-/reload"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn reload_swaps_routes_rejects_a_bad_config_and_needs_its_token() {
     let rec = Recorder::start().await;
@@ -122,47 +95,39 @@ async fn reload_swaps_routes_rejects_a_bad_config_and_needs_its_token() {
     let cfg = dir.path().join("k.toml");
     write(&cfg, &reloadable(&rec, dir.path(), "slack"));
     let app = TestApp::spawn_file(&cfg).await;
-    app.post_signed(&build(1)).await;
+    app.post_signed(&build_finished(1)).await;
     assert_eq!(rec.wait_for("slack", 1).await.len(), 1);
 
     write(&cfg, &reloadable(&rec, dir.path(), "teams"));
-    assert_eq!(reload(&app, None).await.0, 401);
-    assert_eq!(reload(&app, Some("nope")).await.0, 401);
-    let (status, answer) = reload(&app, Some("reload-me")).await;
+    assert_eq!(app.reload(None).await.0, 401);
+    assert_eq!(app.reload(Some("nope")).await.0, 401);
+    let (status, answer) = app.reload(Some("reload-me")).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (200, Some("reloaded")),
         "{answer}"
     );
-    app.post_signed(&build(2)).await;
+    app.post_signed(&build_finished(2)).await;
     assert_eq!(rec.wait_for("teams", 1).await.len(), 1, "the new route");
     assert_eq!(rec.received_on("slack").len(), 1, "not the old one");
 
     // A broken config is refused, with its problems; the running one stays.
     write(&cfg, &reloadable(&rec, dir.path(), "nowhere"));
-    let (status, answer) = reload(&app, Some("reload-me")).await;
+    let (status, answer) = app.reload(Some("reload-me")).await;
     assert_eq!(status, 422);
     let problem = answer["problems"][0].as_str().unwrap();
     assert!(
         problem.contains("unknown destination \"nowhere\""),
         "{answer}"
     );
-    app.post_signed(&build(3)).await;
+    app.post_signed(&build_finished(3)).await;
     assert_eq!(
         rec.wait_for("teams", 2).await.len(),
         2,
         "still routed by the last good config"
     );
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("kitebridge_config_reloads_total{result=\"applied\"} 1"));
     assert!(metrics.contains("kitebridge_config_reloads_total{result=\"rejected\"} 1"));
 }
@@ -171,7 +136,7 @@ async fn reload_swaps_routes_rejects_a_bad_config_and_needs_its_token() {
 async fn reload_is_off_without_a_token() {
     let rec = Recorder::start().await;
     let app = TestApp::spawn(&config_for(&rec, "")).await;
-    assert_eq!(reload(&app, Some("anything")).await.0, 404);
+    assert_eq!(app.reload(Some("anything")).await.0, 404);
 }
 
 #[tokio::test]
@@ -184,7 +149,7 @@ async fn a_reload_loses_and_repeats_nothing_in_flight_or_queued() {
     write(&cfg, &slack_only);
     let app = TestApp::spawn_file(&cfg).await;
     for n in 1..=5 {
-        app.post_signed(&build(n)).await;
+        app.post_signed(&build_finished(n)).await;
     }
     rec.wait_for("slack", 1).await;
     // The Slack destination itself changes, so its worker is replaced mid-queue.
@@ -192,7 +157,7 @@ async fn a_reload_loses_and_repeats_nothing_in_flight_or_queued() {
         &cfg,
         &slack_only.replace("kind = \"slack\"\n", "kind = \"slack\"\ntimeout = \"7s\"\n"),
     );
-    assert_eq!(reload(&app, Some("reload-me")).await.0, 200);
+    assert_eq!(app.reload(Some("reload-me")).await.0, 200);
     let got = rec.wait_for("slack", 5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let numbers: Vec<u64> = rec
@@ -218,33 +183,14 @@ async fn sighup_reloads_the_running_binary() {
     write(&cfg, &text("slack"));
     let mut running = start_binary(&cfg).await;
     write(&cfg, &text("teams"));
-    let pid = running.child.id().unwrap();
+    running.signal("HUP");
     assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
+        running.wait_for_line("config reloaded").await.is_some(),
+        "a 'config reloaded' log line"
     );
-    let mut reloaded = false;
-    while let Ok(Ok(Some(line))) =
-        tokio::time::timeout(Duration::from_secs(10), running.lines.next_line()).await
-    {
-        if line.contains("config reloaded") {
-            reloaded = true;
-            break;
-        }
-    }
-    assert!(reloaded, "a 'config reloaded' log line");
-    let body = build(9);
-    let status = kitebridge::deliver::client()
-        .post(format!("http://{}/webhooks/buildkite", running.addr))
-        .header("X-Buildkite-Signature", signature(TOKEN, now(), &body))
-        .body(body)
-        .send()
+    let status = post_signed_to(running.addr, &build_finished(9))
         .await
-        .unwrap()
-        .status();
+        .unwrap();
     assert_eq!(status, 202);
     assert_eq!(rec.wait_for("teams", 1).await.len(), 1);
     assert!(rec.received_on("slack").is_empty());
@@ -273,7 +219,7 @@ async fn tls_serves_https_with_the_configured_certificate() {
         .build()
         .unwrap();
     let url = format!("https://localhost:{}/webhooks/buildkite", app.addr.port());
-    let body = build(1);
+    let body = build_finished(1);
     let resp = client
         .post(&url)
         .header("X-Buildkite-Signature", signature(TOKEN, now(), &body))
@@ -303,7 +249,7 @@ async fn tls_serves_https_with_the_configured_certificate() {
         .problems
         .join("\n");
     assert!(
-        err.contains("key.pem holds no PEM private key") || err.contains("key.pem"),
+        err.contains("key.pem holds no PEM private key"),
         "{err}"
     );
     assert!(!err.contains("c2VjcmV0"));
@@ -322,7 +268,7 @@ async fn a_slow_client_cannot_hold_the_service() {
         .await
         .unwrap();
     // A body that never finishes.
-    let body = build(1);
+    let body = build_finished(1);
     let mut slow_body = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
         "POST /webhooks/buildkite HTTP/1.1\r\nHost: x\r\nX-Buildkite-Signature: {}\r\nContent-Length: {}\r\n\r\n",
@@ -332,7 +278,7 @@ async fn a_slow_client_cannot_hold_the_service() {
     slow_body.write_all(head.as_bytes()).await.unwrap();
     slow_body.write_all(&body[..10]).await.unwrap();
     // Meanwhile others are served.
-    assert_eq!(app.post_signed(&build(2)).await.0, 202);
+    assert_eq!(app.post_signed(&build_finished(2)).await.0, 202);
     let mut out = Vec::new();
     let closed =
         tokio::time::timeout(Duration::from_secs(5), slow_headers.read_to_end(&mut out)).await;
@@ -358,7 +304,7 @@ async fn requests_beyond_the_cap_are_refused_at_once() {
         config_for(&rec, "")
     );
     let app = TestApp::spawn(&toml).await;
-    let body = build(1);
+    let body = build_finished(1);
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
@@ -371,7 +317,7 @@ async fn requests_beyond_the_cap_are_refused_at_once() {
         held.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, answer) = app.post_signed(&build(2)).await;
+    let (status, answer) = app.post_signed(&build_finished(2)).await;
     assert_eq!(status, 503, "{answer}");
     assert!(
         answer["error"]
@@ -388,7 +334,7 @@ async fn requests_beyond_the_cap_are_refused_at_once() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        app.post_signed(&build(3)).await.0,
+        app.post_signed(&build_finished(3)).await.0,
         202,
         "served again once they are gone"
     );
