@@ -99,13 +99,7 @@ pub async fn closed_loop(
                     return;
                 }
                 let (body, header) = bodies.body(id, &token);
-                let ok = client
-                    .post(&url)
-                    .header("X-Buildkite-Signature", header)
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let ok = send(&client, &url, body, header).await;
                 if ok { &accepted } else { &refused }.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -147,13 +141,7 @@ pub async fn open_loop(
         tokio::time::sleep_until(at.into()).await;
         let (client, url) = (client.clone(), url.to_string());
         tasks.spawn(async move {
-            let ok = client
-                .post(&url)
-                .header("X-Buildkite-Signature", header)
-                .body(body)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+            let ok = send(&client, &url, body, header).await;
             (id, at, at.elapsed(), ok)
         });
     }
@@ -179,4 +167,15 @@ pub fn quantile(values: &mut [Duration], q: f64) -> Duration {
     values.sort();
     let i = ((values.len() as f64 - 1.0) * q).round() as usize;
     values[i]
+}
+
+/// Posts one signed body; true when it was accepted (2xx).
+async fn send(client: &reqwest::Client, url: &str, body: Vec<u8>, signature: String) -> bool {
+    client
+        .post(url)
+        .header("X-Buildkite-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
 }

@@ -248,10 +248,7 @@ async fn tls_serves_https_with_the_configured_certificate() {
         .unwrap_err()
         .problems
         .join("\n");
-    assert!(
-        err.contains("key.pem holds no PEM private key"),
-        "{err}"
-    );
+    assert!(err.contains("key.pem holds no PEM private key"), "{err}");
     assert!(!err.contains("c2VjcmV0"));
 }
 
