@@ -17,7 +17,7 @@
 //!   the answer, then per-destination workers render, pace, send and retry.
 //!
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
-//! [`cli`] (the `serve`, `check`, `render` and `send-test` commands), [`server`] (start-up and
+//! [`cli`] (the `serve`, `check`, `render`, `send-test` and `deliveries` commands), [`server`] (start-up and
 //! graceful shutdown) and [`secret`] (values that never print).
 
 pub mod cli;

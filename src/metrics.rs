@@ -43,7 +43,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     /// Webhook requests by event and verdict (accepted, duplicate, unauthorised, malformed,
-    /// forbidden, too_large, timeout, not_found, unavailable).
+    /// forbidden, too_large, timeout, not_found, unavailable, overloaded).
     pub events: IntCounterVec,
     /// Routes matched, by route.
     pub routes: IntCounterVec,

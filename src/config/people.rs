@@ -9,6 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const DAY_NAMES: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
 
 impl Check<'_> {
     pub(super) fn people(&mut self, raw: &RawConfig) -> People {
@@ -89,7 +98,7 @@ impl Check<'_> {
                     continue;
                 };
                 let v = v.to_ascii_lowercase();
-                match DAYS.iter().position(|d| v.starts_with(d) && v.len() <= 9) {
+                match (0..7).find(|&i| v == DAYS[i] || v == DAY_NAMES[i]) {
                     Some(d) => days[d] = true,
                     None => self.problem(
                         Some(t.span()),

@@ -337,6 +337,10 @@ fn alert_mistakes_are_named_with_their_line() {
             "kitebridge.toml:9: mute \"n\": day \"someday\"",
         ),
         (
+            "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\nto = \"06:00\"\ndays = [\"monstrous\"]\n",
+            "kitebridge.toml:9: mute \"n\": day \"monstrous\"",
+        ),
+        (
             "[[mute]]\nname = \"n\"\nfrom = \"22:00\"\nto = \"06:00\"\ntimezone = \"Mars/Olympus\"\n",
             "kitebridge.toml:9: mute \"n\": timezone \"Mars/Olympus\"",
         ),
