@@ -4,6 +4,26 @@
 //! twice: first so chat markup cannot come out of it (no mention, channel ping or link), then
 //! as JSON string content so the body stays valid JSON whatever the payload holds.
 
+use super::TemplateKind;
+
+/// Makes payload text inert in `kind`'s markup (mentions, links, terminal controls).
+pub fn markup(kind: TemplateKind, s: &str) -> String {
+    match kind {
+        TemplateKind::Slack => slack_text(s),
+        TemplateKind::Teams => teams_text(s),
+        TemplateKind::Console => console_text(s),
+    }
+}
+
+/// What a `{{value}}` in a `kind` template becomes: inert markup, and for Slack and Teams
+/// (whose templates are JSON) also JSON string content.
+pub fn template_value(kind: TemplateKind, s: &str) -> String {
+    match kind {
+        TemplateKind::Console => markup(kind, s),
+        TemplateKind::Slack | TemplateKind::Teams => json_content(&markup(kind, s)),
+    }
+}
+
 /// Escapes `s` as the content of a JSON string (without the surrounding quotes).
 pub fn json_content(s: &str) -> String {
     let quoted = serde_json::to_string(s).expect("a str always serialises");

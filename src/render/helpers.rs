@@ -6,7 +6,7 @@
 
 use super::TemplateKind;
 use super::context::first_line;
-use super::escape::{json_content, slack_text, teams_text};
+use super::escape::{json_content, markup};
 use super::limits::truncate;
 use super::look::look_of;
 use crate::event::time::{between, format_duration, parse_timestamp};
@@ -78,11 +78,7 @@ fn number(v: Option<&Value>, helper: &'static str) -> Result<usize, RenderError>
 /// Applies the kind's markup escaping to every string inside `v`.
 fn escape_strings(v: &Value, kind: TemplateKind) -> Value {
     match v {
-        Value::String(s) => Value::String(match kind {
-            TemplateKind::Slack => slack_text(s),
-            TemplateKind::Teams => teams_text(s),
-            TemplateKind::Console => s.clone(),
-        }),
+        Value::String(s) => Value::String(markup(kind, s)),
         Value::Array(items) => {
             Value::Array(items.iter().map(|i| escape_strings(i, kind)).collect())
         }

@@ -5,7 +5,7 @@
 //! people the operator listed can be pinged. An unmapped person is shown as a plain name.
 
 use super::TemplateKind;
-use super::escape::{console_text, json_content, slack_text, teams_text};
+use super::escape::{json_content, teams_text, template_value};
 use handlebars::{Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext};
 use serde_json::{Value, json};
 use std::cell::RefCell;
@@ -175,11 +175,11 @@ impl HelperDef for MentionHelper {
                 ENTITIES.with(|e| e.borrow_mut().push(entity));
                 json_content(&tag)
             }
-            (TemplateKind::Slack, _) => json_content(&slack_text(&fallback)),
-            (TemplateKind::Teams, _) => json_content(&teams_text(&fallback)),
-            (TemplateKind::Console, _) => {
-                console_text(person.and_then(|p| p.name.as_deref()).unwrap_or(&fallback))
-            }
+            (TemplateKind::Console, _) => template_value(
+                self.kind,
+                person.and_then(|p| p.name.as_deref()).unwrap_or(&fallback),
+            ),
+            (kind, _) => template_value(kind, &fallback),
         };
         out.write(&text)?;
         Ok(())
@@ -219,7 +219,7 @@ mod tests {
 
     fn render(template: &str, data: Value) -> String {
         let mut hb = Handlebars::new();
-        hb.register_escape_fn(|s| json_content(&slack_text(s)));
+        hb.register_escape_fn(|s| template_value(TemplateKind::Slack, s));
         hb.register_helper(
             "mention",
             Box::new(MentionHelper {

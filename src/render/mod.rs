@@ -177,15 +177,7 @@ impl fmt::Debug for Renderer {
 
 fn registry(kind: TemplateKind, people: &Arc<People>) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
-    match kind {
-        TemplateKind::Slack => {
-            hb.register_escape_fn(|s| escape::json_content(&escape::slack_text(s)))
-        }
-        TemplateKind::Teams => {
-            hb.register_escape_fn(|s| escape::json_content(&escape::teams_text(s)))
-        }
-        TemplateKind::Console => hb.register_escape_fn(escape::console_text),
-    }
+    hb.register_escape_fn(move |s| escape::template_value(kind, s));
     // Partials must not re-indent multi-line values, which would alter JSON strings.
     hb.set_prevent_indent(true);
     helpers::register(&mut hb, kind);
