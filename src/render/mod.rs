@@ -362,6 +362,22 @@ impl Renderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A digest's title shows the emoji its first event's own message shows (a promised
+    /// failure is 🟠, though the job is still running).
+    #[test]
+    fn a_digest_title_takes_its_first_events_emoji() {
+        let first = samples::event("job.promised_exit_status").unwrap();
+        let data = TemplateData::group(&[first.clone(), first], Utc::now());
+        let kb = &data.0.data()["kb"];
+        let emoji = kb["emoji"].as_str().unwrap();
+        assert!(!emoji.is_empty() && emoji != "🔄", "{kb}");
+        let title = kb["group"]["title"].as_str().unwrap();
+        assert!(
+            title.starts_with(&format!("{emoji} 2 × job.promised_exit_status")),
+            "{title}"
+        );
+    }
     use serde_json::json;
 
     /// Every payload field, at the top level and one below, replaced by values of the wrong
