@@ -54,8 +54,8 @@ fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 /// The queue query: due messages of one destination, oldest first, with the event itself
-/// for messages that still need rendering from it.
-fn due_sql() -> String {
+/// for messages that still need rendering from it. Built once: every worker turn runs it.
+static DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {DELIVERY_COLUMNS}, \
          CASE WHEN d.body IS NULL AND d.group_key IS NULL THEN e.body END, e.received_at, e.transition \
@@ -64,7 +64,7 @@ fn due_sql() -> String {
          AND d.id NOT IN (SELECT value FROM json_each(?4)) \
          ORDER BY d.next_attempt_at, d.id LIMIT ?3"
     )
-}
+});
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -91,7 +91,7 @@ impl Store for SqliteStore {
         // Left out in the query, so no body is read only to be thrown away.
         let skip = serde_json::to_string(&skip).expect("ids serialise");
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&due_sql())?;
+            let mut stmt = conn.prepare_cached(&DUE_SQL)?;
             let rows = stmt.query_map(params![destination, now, limit as i64, skip], |row| {
                 let mut d = delivery(row)?;
                 let body: Option<Vec<u8>> = row.get(17)?;
