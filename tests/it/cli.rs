@@ -210,8 +210,7 @@ fn render_json_lists_route_destination_kind_and_body() {
         "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/SECRET\"\n[destinations.c]\nkind = \"console\"\n[[routes]]\nname = \"r\"\nto = [\"s\", \"c\"]\n",
     )
     .unwrap();
-    let payload =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildkite/build.finished.json");
+    let payload = std::path::PathBuf::from(fixture_path("build.finished"));
     let out = kitebridge(&[
         "render",
         "--config",
@@ -417,8 +416,7 @@ fn render_event_flag_overrides_the_payload_event() {
         "[buildkite]\ntoken = \"t\"\n[destinations.c]\nkind = \"console\"\n[[routes]]\nname = \"failing only\"\nevents = [\"build.failing\"]\nto = [\"c\"]\n",
     )
     .unwrap();
-    let payload =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/buildkite/build.finished.json");
+    let payload = std::path::PathBuf::from(fixture_path("build.finished"));
     let (cfg, payload) = (cfg.to_str().unwrap(), payload.to_str().unwrap());
     let plain = kitebridge(&["render", "--config", cfg, "--payload", payload]);
     assert!(

@@ -770,3 +770,36 @@ impl TestApp {
         )
     }
 }
+
+/// `toml` with its store at `db` (TOML text, so it can also be written for the command line).
+pub fn with_store(toml: &str, db: &std::path::Path) -> String {
+    format!("{toml}\n[storage]\npath = \"{}\"\n", db.display())
+}
+
+/// A fixture's path, for `--payload`.
+pub fn fixture_path(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/buildkite/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Checks the one digest that five failed jobs of build 1842 (shards 1 to 5) give, and that no
+/// other message follows.
+pub async fn assert_one_digest_of_five_shards(rec: &Recorder) {
+    let got = rec.wait_for("slack", 1).await;
+    assert_eq!(got.len(), 1);
+    let body = got[0].json();
+    assert_eq!(body["text"], "❌ 5 × job.finished · Web App #1842");
+    let lines = body["attachments"][0]["blocks"][0]["text"]["text"]
+        .as_str()
+        .unwrap();
+    for n in 1..=5 {
+        assert!(
+            lines.contains(&format!(":rspec: Shard {n} failed")),
+            "{lines}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rec.received_on("slack").len(), 1, "one message, not five");
+}

@@ -85,11 +85,7 @@ async fn deliveries_list_filters_by_state_and_limit_and_retry_all_dead_resends_t
     let cfg = dir.path().join("k.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "[storage]\npath = \"{}\"\n{}",
-            dir.path().join("k.db").display(),
-            config_for(&rec, "")
-        ),
+        with_store(&config_for(&rec, ""), &dir.path().join("k.db")),
     )
     .unwrap();
     let app = TestApp::spawn_file(&cfg).await;
@@ -327,19 +323,7 @@ async fn a_digest_survives_a_kill_9_inside_its_window() {
             202
         );
     }
-    let got = rec.wait_for("slack", 1).await;
-    assert_eq!(got.len(), 1);
-    let body = got[0].json();
-    assert_eq!(body["text"], "❌ 5 × job.finished · Web App #1842");
-    let lines = strings(&body).join("\n");
-    for n in 1..=5 {
-        assert!(
-            lines.contains(&format!(":rspec: Shard {n} failed")),
-            "{lines}"
-        );
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rec.received_on("slack").len(), 1, "one message, not five");
+    assert_one_digest_of_five_shards(&rec).await;
 }
 
 #[tokio::test]

@@ -115,15 +115,7 @@ async fn a_404_becomes_a_dead_letter_and_retry_resends_it_after_the_fix() {
     // The channel is fixed (the recorder now answers 200); an operator replays the message.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("k.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}\n[storage]\npath = \"{}\"\n",
-            config_for(&rec, ""),
-            app.db.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, with_store(&config_for(&rec, ""), &app.db)).unwrap();
     let list = run_ok(&[
         "deliveries",
         "list",
@@ -387,11 +379,7 @@ async fn stopping_leaves_unsent_messages_queued_for_the_next_start() {
     rec.script("slack", [Reply::Slow(600)]);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.db");
-    let toml = format!(
-        "{}\n[storage]\npath = \"{}\"\n",
-        config_for(&rec, ""),
-        db.display()
-    );
+    let toml = with_store(&config_for(&rec, ""), &db);
     let app = TestApp::spawn(&toml).await;
     for n in 1..=3 {
         assert_eq!(app.post_signed(&build_finished(n)).await.0, 202);
