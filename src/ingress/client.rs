@@ -2,13 +2,12 @@
 //! address allow-list, single-valued headers, and the body read with a size and time limit.
 
 use super::IngressError;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 /// The value of a header that may appear at most once; `Err` names the header.
 pub(super) fn single_header<'a>(
@@ -81,12 +80,9 @@ pub(super) fn check_address(
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes or a body slower than `timeout`.
-pub(super) async fn read_body(
-    req: Request,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, IngressError> {
+/// Reads the body, refusing more than `max_body_bytes` or a body slower than `read_timeout`.
+pub(super) async fn read_body(req: Request, server: &ServerConfig) -> Result<Bytes, IngressError> {
+    let (limit, timeout) = (server.max_body_bytes, server.read_timeout);
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

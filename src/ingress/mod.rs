@@ -159,14 +159,10 @@ async fn receive_buildkite(
     let token = single_header(headers, TOKEN).map_err(bad_header)?;
     let signature = single_header(headers, SIGNATURE).map_err(bad_header)?;
     let presented = config.credentials.presented(token, signature)?;
-    // Judged only after authentication, so an unauthenticated caller always gets 401.
+    // Judged only after authentication, so only an authenticated caller learns that its event
+    // header is malformed.
     let header_event = event_header(headers);
-    let body = read_body(
-        req,
-        config.server.max_body_bytes,
-        config.server.read_timeout,
-    )
-    .await?;
+    let body = read_body(req, &config.server).await?;
     let now = chrono::Utc::now();
     let verified = config
         .credentials
@@ -208,12 +204,7 @@ async fn receive_test_engine(
         return Err(IngressError::BadKey);
     }
     let header_event = event_header(req.headers())?;
-    let body = read_body(
-        req,
-        config.server.max_body_bytes,
-        config.server.read_timeout,
-    )
-    .await?;
+    let body = read_body(req, &config.server).await?;
     // The secret path segment is this endpoint's authentication; it vouches only for Test
     // Engine's own events, so it cannot be used to inject build or agent events.
     let now = chrono::Utc::now();
