@@ -103,7 +103,8 @@ impl Check<'_> {
                     None => self.problem(
                         Some(t.span()),
                         format!(
-                            "{what}: day {v:?} is not one of mon, tue, wed, thu, fri, sat, sun"
+                            "{what}: day {} is not one of mon, tue, wed, thu, fri, sat, sun",
+                            Self::shown(t, &v)
                         ),
                     ),
                 }
@@ -113,14 +114,16 @@ impl Check<'_> {
             let timezone = match &m.timezone {
                 None => Some(chrono_tz::Tz::UTC),
                 Some(t) => {
-                    let v = self
-                        .text(t, &format!("{what} timezone"))
-                        .unwrap_or_default();
-                    let tz = v.parse::<chrono_tz::Tz>().ok();
-                    if tz.is_none() {
+                    // A failed interpolation is already reported.
+                    let v = self.text(t, &format!("{what} timezone"));
+                    let tz = v.as_ref().and_then(|v| v.parse::<chrono_tz::Tz>().ok());
+                    if let (Some(v), None) = (&v, tz) {
                         self.problem(
                             Some(t.span()),
-                            format!("{what}: timezone {v:?} is not an IANA zone such as \"Europe/Berlin\""),
+                            format!(
+                                "{what}: timezone {} is not an IANA zone such as \"Europe/Berlin\"",
+                                Self::shown(t, v)
+                            ),
                         );
                     }
                     tz
@@ -134,12 +137,14 @@ impl Check<'_> {
                 None => Some(MuteAction::Hold),
                 Some((_, Some(v))) if v == "hold" => Some(MuteAction::Hold),
                 Some((_, Some(v))) if v == "drop" => Some(MuteAction::Drop),
-                Some((t, v)) => {
+                // A failed interpolation is already reported.
+                Some((_, None)) => None,
+                Some((t, Some(v))) => {
                     self.problem(
                         Some(t.span()),
                         format!(
-                            "{what}: action {:?} is not \"hold\" or \"drop\"",
-                            v.unwrap_or_default()
+                            "{what}: action {} is not \"hold\" or \"drop\"",
+                            Self::shown(t, &v)
                         ),
                     );
                     None
@@ -197,7 +202,10 @@ impl Check<'_> {
         if parsed.is_none() {
             self.problem(
                 Some(t.span()),
-                format!("{what}: {key} {v:?} is not a time such as \"22:00\""),
+                format!(
+                    "{what}: {key} {} is not a time such as \"22:00\"",
+                    Self::shown(t, &v)
+                ),
             );
         }
         parsed

@@ -162,7 +162,10 @@ impl Check<'_> {
             if !TRANSITIONS.contains(&v) {
                 self.problem(
                     Some(t.span()),
-                    format!("route {route:?} transitions: {v:?} is not one of broken, fixed, still_failing, passing"),
+                    format!(
+                        "route {route:?} transitions: {} is not one of broken, fixed, still_failing, passing",
+                        Self::shown(t, v)
+                    ),
                 );
                 return None;
             }
