@@ -11,7 +11,7 @@ mod webhook;
 
 pub use console::Console;
 pub use http::{client, install_crypto_provider};
-pub use slack_app::SlackApp;
+pub use slack_app::{SlackApp, build_event_for};
 pub use webhook::Webhook;
 
 use crate::config::DestinationConfig;

@@ -262,6 +262,17 @@ impl Destination for SlackApp {
     }
 }
 
+/// The build event whose message a build in `state` shows: a job's reply needs its build's
+/// message, and a job event carries only the build's state.
+pub fn build_event_for(state: Option<&str>) -> &'static str {
+    match state {
+        Some("scheduled") => "build.scheduled",
+        Some("failing") => "build.failing",
+        Some("running" | "canceling" | "creating") => "build.running",
+        _ => "build.finished",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,10 @@ struct Record {
     resolution: Resolution,
 }
 
+/// A message ready to send: its body, the text to keep of it when it was rendered now, and the
+/// event it was rendered from (when one was parsed for it).
+type Rendered = (Body, Option<String>, Option<Event>);
+
 /// How one attempt ended, for the worker loop.
 enum Done {
     /// Attempted and recorded.
@@ -260,16 +264,13 @@ impl Worker {
     }
 
     /// The body to send: the stored rendering, or a fresh one (of all a digest's events).
-    async fn body(
-        &self,
-        row: &Delivery,
-    ) -> Result<Result<(Body, Option<String>), String>, StoreError> {
+    async fn body(&self, row: &Delivery) -> Result<Result<Rendered, String>, StoreError> {
         let kind = self.destination.kind().template_kind();
         if let Some(text) = &row.body {
             return Ok(match kind {
-                TemplateKind::Console => Ok((Body::Text(text.clone()), None)),
+                TemplateKind::Console => Ok((Body::Text(text.clone()), None, None)),
                 _ => serde_json::from_str(text)
-                    .map(|v| (Body::Json(v), None))
+                    .map(|v| (Body::Json(v), None, None))
                     .map_err(|e| format!("stored body is not JSON: {e}")),
             });
         }
@@ -284,32 +285,33 @@ impl Worker {
             }
         };
         let events: Result<Vec<Event>, String> = stored.into_iter().map(to_event).collect();
-        let rendered = events.and_then(|events| {
+        Ok(events.and_then(|mut events| {
             let now = Utc::now();
-            let result = if row.grouped {
-                self.renderer
-                    .load()
-                    .render_group(kind, row.template.as_deref(), &events, now)
+            let renderer = self.renderer.load();
+            let (_, body) = if row.grouped {
+                renderer.render_group(kind, row.template.as_deref(), &events, now)
             } else {
                 let data = TemplateData::new(&events[0], now);
-                self.renderer
-                    .load()
-                    .render_event(kind, row.template.as_deref(), &events[0], &data)
-            };
-            result.map_err(|e| e.to_string())
-        });
-        Ok(rendered.map(|(_, body)| {
+                renderer.render_event(kind, row.template.as_deref(), &events[0], &data)
+            }
+            .map_err(|e| e.to_string())?;
             let text = match &body {
                 Body::Text(t) => t.clone(),
                 Body::Json(v) => v.to_string(),
             };
-            (body, Some(text))
+            let single = (!row.grouped).then(|| events.remove(0));
+            Ok((body, Some(text), single))
         }))
     }
 
     /// For a job event to a Slack app: the build's message, rendered from the job's copy of the
     /// build as the build event its state stands for, in case the build has no message yet.
-    async fn parent(&self, row: &Delivery) -> Result<Option<(String, Body)>, StoreError> {
+    /// `parsed` is the job event when rendering its body already parsed it.
+    async fn parent(
+        &self,
+        row: &Delivery,
+        parsed: Option<Event>,
+    ) -> Result<Option<(String, Body)>, StoreError> {
         let wanted = self.destination.kind() == DestinationKind::SlackApp
             && row.event_name.starts_with("job.")
             && row.thread_key.is_some()
@@ -317,19 +319,21 @@ impl Worker {
         if !wanted {
             return Ok(None);
         }
-        let stored = match &row.event {
-            Some(event) => event.clone(),
-            None => self.store.event(row.event_id).await?,
+        let job = match parsed {
+            Some(job) => job,
+            None => {
+                let stored = match &row.event {
+                    Some(event) => event.clone(),
+                    None => self.store.event(row.event_id).await?,
+                };
+                let Ok(job) = to_event(stored) else {
+                    return Ok(None);
+                };
+                job
+            }
         };
-        let Ok(job) = to_event(stored) else {
-            return Ok(None);
-        };
-        let name = match job.lookup("build.state").and_then(|v| v.as_str()) {
-            Some("scheduled") => "build.scheduled",
-            Some("failing") => "build.failing",
-            Some("running" | "canceling" | "creating") => "build.running",
-            _ => "build.finished",
-        };
+        let name =
+            crate::deliver::build_event_for(job.lookup("build.state").and_then(|v| v.as_str()));
         let build = Event::from_value(name, job.payload().clone(), job.received_at());
         let data = TemplateData::new(&build, Utc::now());
         Ok(self
@@ -346,8 +350,8 @@ impl Worker {
         let dest = self.destination.name();
         let (outcome, rendered) = match self.body(&row).await {
             Err(e) => return Done::StoreTrouble(e),
-            Ok(Ok((body, rendered))) => {
-                let parent = match self.parent(&row).await {
+            Ok(Ok((body, rendered, parsed))) => {
+                let parent = match self.parent(&row, parsed).await {
                     Ok(parent) => parent,
                     Err(e) => return Done::StoreTrouble(e),
                 };
