@@ -5,14 +5,14 @@
 //! Every Slack and Teams body is parsed back as JSON and brought within the destination's
 //! limits, so a broken template is reported, never sent.
 
-pub mod context;
-pub mod escape;
+mod context;
+mod escape;
 mod helpers;
 pub mod limits;
 mod look;
-pub mod mention;
+mod mention;
 pub mod samples;
-pub mod templates;
+mod templates;
 
 pub use mention::{People, Person};
 

@@ -7,7 +7,6 @@ mod facts;
 
 pub use facts::{
     AgentFacts, BuildFacts, ClusterTokenFacts, Field, JobFacts, Subject, TestFacts, first_line,
-    safe_url,
 };
 
 use super::look::{Look, look_of};

@@ -1,3 +1,4 @@
+use super::facts::safe_url;
 use super::*;
 use crate::event::time::parse_timestamp;
 use serde_json::json;
