@@ -48,6 +48,10 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
             Utc::now(),
         ),
     };
+    if let Some(reason) = dest_config.disabled_reason() {
+        eprintln!("destination {name:?} is disabled: {reason} (is its environment variable set?)");
+        return ExitCode::FAILURE;
+    }
     // A Slack app keeps message ids in the store; a test message needs none, but shares it.
     let store = match SqliteStore::open(&config.storage_path, config.durability) {
         Ok(s) => s,
@@ -57,10 +61,7 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         }
     };
     let Some(dest) = deliver::build(dest_config, &deliver::client(), Arc::new(store)) else {
-        let reason = dest_config
-            .disabled_reason()
-            .unwrap_or("it cannot be built");
-        eprintln!("destination {name:?} is disabled: {reason} (is its environment variable set?)");
+        eprintln!("destination {name:?} cannot be built");
         return ExitCode::FAILURE;
     };
     let data = TemplateData::new(&event, Utc::now());
