@@ -308,9 +308,10 @@ impl Check<'_> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let cert = base.join(self.text(&t.cert, "server.tls.cert")?);
         let key = base.join(self.text(&t.key, "server.tls.key")?);
-        let certs_ok =
-            CertificateDer::pem_file_iter(&cert).map(|mut it| it.next().is_some_and(|c| c.is_ok()));
-        if !matches!(certs_ok, Ok(true)) {
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&cert)
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        if certs.is_empty() {
             self.problem(
                 Some(t.cert.span()),
                 format!(
@@ -323,10 +324,6 @@ impl Check<'_> {
         // The key's contents never show in a message, only whether it works with the cert.
         crate::deliver::install_crypto_provider();
         let usable = PrivateKeyDer::from_pem_file(&key).ok().and_then(|k| {
-            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&cert)
-                .ok()?
-                .filter_map(Result::ok)
-                .collect();
             rustls::ServerConfig::builder()
                 .with_no_client_auth()
                 .with_single_cert(certs, k)
