@@ -52,29 +52,30 @@ fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>>
     let mut rendered = 0;
     for kind in TemplateKind::ALL {
         for name in renderer.names(kind) {
-            let family_or_event = |e: &crate::event::Event| e.name() == name || e.family() == name;
-            let chosen: Vec<_> = if samples.iter().any(|(_, e)| family_or_event(e)) {
-                samples.iter().filter(|(_, e)| family_or_event(e)).collect()
-            } else {
-                samples.iter().collect()
+            let check = |data: &TemplateData| {
+                renderer
+                    .render(kind, &name, data)
+                    .map_err(|e| e.to_string())
+                    .and_then(|body| shape(kind, &body))
             };
-            // A digest renders many events at once: try it on all the samples together.
-            let digest = (name == "digest").then(|| {
-                let all: Vec<_> = samples.iter().map(|(_, e)| e.clone()).collect();
-                TemplateData::group(&all, Utc::now())
-            });
+            // The samples of the template's event or family; all of them for other names.
+            let mut chosen: Vec<_> = samples
+                .iter()
+                .filter(|(_, e)| e.name() == name || e.family() == name)
+                .collect();
+            if chosen.is_empty() {
+                chosen = samples.iter().collect();
+            }
+            let is_digest = name == "digest";
             // One line per template: its first failing sample, and how many failed.
             let mut failed: Vec<(&str, String)> = Vec::new();
             for (sample, event) in chosen {
-                let data = match &digest {
-                    Some(_) => TemplateData::group(std::slice::from_ref(event), Utc::now()),
-                    None => TemplateData::new(event, Utc::now()),
+                let data = if is_digest {
+                    TemplateData::group(std::slice::from_ref(event), Utc::now())
+                } else {
+                    TemplateData::new(event, Utc::now())
                 };
-                let result = renderer
-                    .render(kind, &name, &data)
-                    .map_err(|e| e.to_string())
-                    .and_then(|body| shape(kind, &body));
-                match result {
+                match check(&data) {
                     Ok(()) => rendered += 1,
                     Err(e) => failed.push((sample, e)),
                 }
@@ -86,12 +87,10 @@ fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>>
                 };
                 problems.push(format!("{e} [sample {sample}{more}]"));
             }
-            if let Some(data) = &digest {
-                match renderer
-                    .render(kind, &name, data)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| shape(kind, &b))
-                {
+            // A digest renders many events at once: try it on all the samples together.
+            if is_digest {
+                let all: Vec<_> = samples.iter().map(|(_, e)| e.clone()).collect();
+                match check(&TemplateData::group(&all, Utc::now())) {
                     Ok(()) => rendered += 1,
                     Err(e) => problems.push(format!(
                         "{} (all samples as one digest): {e}",
