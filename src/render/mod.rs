@@ -138,8 +138,7 @@ impl TemplateData {
     }
 
     /// The data for a digest of `events` (at least one): the first event's data, plus
-    /// `kb.group` with the count, a title and every event's own data. `kb.title` is the
-    /// digest's title, so the shared layouts head a digest as they head any message.
+    /// `kb.group` with the count, a title and every event's own data.
     pub fn group(events: &[Event], now: DateTime<Utc>) -> Self {
         let items: Vec<Value> = events
             .iter()
@@ -156,7 +155,6 @@ impl TemplateData {
             "events": items,
         });
         if let Some(kb) = data.get_mut("kb").and_then(Value::as_object_mut) {
-            kb.insert("title".into(), group["title"].clone());
             kb.insert("group".into(), group);
         }
         Self(handlebars::Context::from(data))
