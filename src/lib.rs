@@ -25,6 +25,7 @@ pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod ingress;
+pub mod memory;
 pub mod metrics;
 pub mod mute;
 pub mod queue;

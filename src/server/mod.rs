@@ -147,6 +147,7 @@ impl Service {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload")
             }
         }
+        crate::memory::release_after_start_up();
         tracing::info!(
             %addr,
             tls = config.server.tls.is_some(),
