@@ -5,8 +5,8 @@
 //! counted as `other`, so a stream of invented names cannot grow the metrics without end.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Event names counted by name; anything else is `other`.
@@ -63,6 +63,10 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     /// Config reloads by result (applied, rejected).
     pub reloads: IntCounterVec,
+    /// 1 for each destination this replica sends now, 0 for those another replica sends.
+    pub destination_held: IntGaugeVec,
+    /// Replicas sharing the store, as last seen (1 for a store of its own).
+    pub replicas: IntGauge,
 }
 
 impl Default for Metrics {
@@ -150,6 +154,22 @@ impl Metrics {
                 "Config reloads, by result (applied, rejected).",
                 &["result"],
             ),
+            destination_held: int_gauge(
+                "kitebridge_destination_held",
+                "1 while this replica holds the destination's lease and sends its messages; 0 while another replica does.",
+                &["destination"],
+            ),
+            replicas: {
+                let g = IntGauge::new(
+                    "kitebridge_replicas",
+                    "Replicas sharing the store, as last seen by this one.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             registry: registry.clone(),
         };
         int_gauge(

@@ -3,7 +3,8 @@
 use crate::config::Config;
 use crate::event::{Event, VerifiedBody};
 use crate::store::{
-    Delivery, DeliveryState, RetrySelector, SqliteStore, Store, StoreError, now_ms,
+    Delivery, DeliveryQueue, DeliveryState, Operations, RetrySelector, SqliteStore, StoreError,
+    now_ms,
 };
 use chrono::{TimeZone, Utc};
 use std::process::ExitCode;

@@ -1,7 +1,12 @@
 //! The durable delivery queue: an accepted event is stored with one delivery per (route,
 //! destination) before Buildkite gets its answer; per-destination workers then render and
-//! send each delivery, retrying as the destination asks, until it is sent or dead.
+//! send each delivery, retrying as the destination asks, until it is sent or dead. Replicas
+//! sharing a store split the destinations between them by lease ([`cluster`]): each is sent by
+//! one replica at a time.
 
+mod attempt;
+pub mod cluster;
+mod housekeeping;
 mod pacer;
 mod plan;
 mod policy;
@@ -17,10 +22,11 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::routing::Router;
-use crate::store::{Accepted, NewEvent, Planner, Store, StoreError, now_ms};
+use crate::store::{Accepted, NewEvent, Planner, Store, StoreError};
 use crate::transition;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use cluster::Cluster;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,12 +34,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::Worker;
-
-/// How often queue depth is logged and old deliveries pruned.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
-
-/// Rows deleted per pruning write.
-const PRUNE_CHUNK: usize = 2_000;
 
 /// Queue-wide settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +72,8 @@ struct Inner {
     /// Wakes each enabled destination's worker; swapped whole on reload.
     bells: ArcSwap<HashMap<String, Arc<Notify>>>,
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// Which destinations this replica sends.
+    cluster: Arc<Cluster>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -99,6 +101,7 @@ impl Queue {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (cluster, drained) = Cluster::new(store.clone(), metrics.clone());
         let queue = Self {
             inner: Arc::new(Inner {
                 store,
@@ -108,14 +111,31 @@ impl Queue {
                 settings: ArcSwap::from_pointee(settings),
                 bells: ArcSwap::from_pointee(HashMap::new()),
                 workers: tokio::sync::Mutex::new(HashMap::new()),
+                cluster,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
         };
         queue.apply(destinations, false).await;
+        let inner = &queue.inner;
+        inner
+            .tracker
+            .spawn(inner.cluster.clone().run(drained, inner.cancel.clone()));
+        // Other replicas say when they stored something for a destination this one sends.
+        let ring: crate::store::Ring = {
+            let queue = queue.clone();
+            Arc::new(move |destination: &str| {
+                if let Some(bell) = queue.inner.bells.load().get(destination) {
+                    bell.notify_one();
+                }
+            })
+        };
+        let (store, cancel) = (inner.store.clone(), inner.cancel.clone());
+        inner
+            .tracker
+            .spawn(async move { store.listen(ring, cancel).await });
         let housekeeping = queue.clone();
-        queue
-            .inner
+        inner
             .tracker
             .spawn(async move { housekeeping.housekeeping().await });
         queue
@@ -159,6 +179,7 @@ impl Queue {
             if let Some(w) = workers.remove(&name) {
                 w.cancel.cancel();
                 let _ = w.done.await;
+                inner.cluster.leave(&name);
                 tracing::info!(destination = %name, "worker stopped for the new config");
             }
         }
@@ -167,21 +188,23 @@ impl Queue {
             if workers.contains_key(name) {
                 continue;
             }
-            let Some(destination) = deliver::build(config, &inner.client, inner.store.clone())
-            else {
+            if deliver::build(config, &inner.client, inner.store.clone()).is_none() {
                 continue;
-            };
+            }
             let bell = Arc::new(Notify::new());
             let cancel = inner.cancel.child_token();
+            let (role, drained) = inner.cluster.join(name);
             let worker = Worker {
-                destination,
-                limits: config.limits,
+                config: config.clone(),
+                client: inner.client.clone(),
                 store: inner.store.clone(),
                 renderer: inner.renderer.clone(),
                 policy: settings.policy.clone(),
                 notify: bell.clone(),
                 cancel: cancel.clone(),
                 metrics: inner.metrics.clone(),
+                role,
+                drained,
             };
             let done = inner.tracker.spawn(worker.run());
             workers.insert(
@@ -264,67 +287,5 @@ impl Queue {
         tokio::time::timeout(deadline, self.inner.tracker.wait())
             .await
             .is_ok()
-    }
-
-    async fn housekeeping(self) {
-        self.log_depth(true).await;
-        let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.inner.cancel.cancelled() => return,
-            }
-            self.log_depth(false).await;
-            self.prune().await;
-        }
-    }
-
-    /// Deletes what retention no longer keeps, a chunk per write so webhooks are never held up.
-    async fn prune(&self) {
-        let before = now_ms() - self.inner.settings.load().retention.as_millis() as i64;
-        let mut total = 0;
-        loop {
-            match self.inner.store.prune(before, PRUNE_CHUNK).await {
-                Ok(n) => {
-                    total += n;
-                    if n < PRUNE_CHUNK || self.inner.cancel.is_cancelled() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot prune");
-                    break;
-                }
-            }
-        }
-        if total > 0 {
-            tracing::info!(
-                rows = total,
-                "pruned sent deliveries and events past retention"
-            );
-        }
-    }
-
-    /// Logs each destination's queue depth and oldest pending age (at start, also dead letters
-    /// and queues of destinations that are no longer configured).
-    async fn log_depth(&self, at_start: bool) {
-        let stats = match self.inner.store.queue_stats().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read queue depth");
-                return;
-            }
-        };
-        let now = now_ms();
-        for s in stats {
-            let oldest_age_s = s.oldest_age_ms(now).map(|ms| ms / 1000);
-            let configured = self.has_destination(&s.destination);
-            if s.pending > 0 && !configured {
-                tracing::warn!(destination = %s.destination, pending = s.pending, "pending deliveries for a destination that is not configured or is disabled: they wait until it is back");
-            } else if s.pending > 0 || (at_start && s.dead > 0) {
-                tracing::info!(destination = %s.destination, pending = s.pending, oldest_age_s, dead = s.dead, "queue depth");
-            }
-        }
     }
 }

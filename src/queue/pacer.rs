@@ -1,4 +1,5 @@
-//! A token bucket: at most `rate` messages per second on average, `burst` at once.
+//! A token bucket: at most `rate` messages per second on average, `burst` at once. The bucket
+//! is handed on with a destination's lease, so the pace holds for the whole cluster.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,29 @@ impl Pacer {
             tokens: burst,
             last: now,
         }
+    }
+
+    /// A bucket that held `tokens` `elapsed` ago, refilled since: how another holder left it.
+    /// A holder that vanished is taken to have emptied it just before its lease ran out.
+    pub fn resume(
+        rate: Option<f64>,
+        burst: u32,
+        now: Instant,
+        tokens: f64,
+        elapsed: Duration,
+    ) -> Self {
+        let mut p = Self::new(rate, burst, now);
+        if let Some(rate) = p.rate {
+            p.tokens = (tokens.max(0.0) + elapsed.as_secs_f64() * rate).min(p.burst);
+        }
+        p
+    }
+
+    /// The tokens in the bucket at `now`; `None` when unpaced.
+    pub fn tokens(&self, now: Instant) -> Option<f64> {
+        let rate = self.rate?;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        Some((self.tokens + elapsed * rate).min(self.burst))
     }
 
     /// Takes a token, or says how long until one is available.
@@ -57,6 +81,19 @@ mod tests {
         assert_eq!(p.take(t0 + Duration::from_millis(1000)), Ok(()));
         assert!(p.take(t0 + Duration::from_millis(1500)).is_err());
         assert_eq!(p.take(t0 + Duration::from_millis(2000)), Ok(()));
+    }
+
+    #[test]
+    fn a_resumed_bucket_refills_from_where_it_was_left() {
+        let t0 = Instant::now();
+        let mut empty = Pacer::resume(Some(2.0), 2, t0, 0.0, Duration::from_millis(250));
+        assert_eq!(empty.tokens(t0), Some(0.5));
+        assert!(empty.take(t0).is_err(), "half a token is not a message");
+        let mut full = Pacer::resume(Some(2.0), 2, t0, 1.0, Duration::from_secs(60));
+        assert_eq!(full.tokens(t0), Some(2.0), "never more than the burst");
+        assert_eq!(full.take(t0), Ok(()));
+        assert_eq!(full.tokens(t0), Some(1.0));
+        assert_eq!(Pacer::new(None, 1, t0).tokens(t0), None);
     }
 
     #[test]

@@ -450,7 +450,7 @@ pub fn open_store(db: &std::path::Path) -> kitebridge::store::SqliteStore {
 
 /// All deliveries in a store, oldest first.
 pub async fn deliveries(db: &std::path::Path) -> Vec<kitebridge::store::Delivery> {
-    use kitebridge::store::Store;
+    use kitebridge::store::Operations;
     let mut all = open_store(db).list(None, 10_000).await.unwrap();
     all.reverse();
     all
@@ -551,12 +551,13 @@ impl FaultyStore {
 }
 
 use kitebridge::store::{
-    Accepted, Attempt, Delivery, DeliveryState, MessageRef, NewEvent, Planner, QueueStat,
-    Resolution, RetrySelector, Store, StoreError, StoredEvent,
+    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Intake, Leases, MessageIds,
+    MessageRef, NewEvent, Operations, Planner, QueueStat, Resolution, RetrySelector, Ring,
+    StoreError, StoredEvent, Taken,
 };
 
 #[async_trait::async_trait]
-impl Store for FaultyStore {
+impl Intake for FaultyStore {
     async fn accept(
         &self,
         e: NewEvent,
@@ -566,6 +567,10 @@ impl Store for FaultyStore {
         self.fault()?;
         self.inner.accept(e, plan, since).await
     }
+}
+
+#[async_trait::async_trait]
+impl DeliveryQueue for FaultyStore {
     async fn due(
         &self,
         dest: &str,
@@ -588,6 +593,27 @@ impl Store for FaultyStore {
     async fn group_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.group_events(id).await
     }
+    async fn finish_attempt(
+        &self,
+        id: i64,
+        started: i64,
+        a: Attempt,
+        body: Option<String>,
+        r: Resolution,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fault()?;
+        let left = self.refuse_records.load(SeqCst);
+        if left > 0 {
+            self.refuse_records.store(left - 1, SeqCst);
+            return Err(StoreError::Database("database is locked".into()));
+        }
+        self.inner.finish_attempt(id, started, a, body, r).await
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageIds for FaultyStore {
     async fn message_ref(&self, dest: &str, key: &str) -> Result<Option<MessageRef>, StoreError> {
         self.inner.message_ref(dest, key).await
     }
@@ -606,23 +632,10 @@ impl Store for FaultyStore {
         }
         self.inner.set_message_ref(dest, key, m).await
     }
-    async fn finish_attempt(
-        &self,
-        id: i64,
-        started: i64,
-        a: Attempt,
-        body: Option<String>,
-        r: Resolution,
-    ) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.fault()?;
-        let left = self.refuse_records.load(SeqCst);
-        if left > 0 {
-            self.refuse_records.store(left - 1, SeqCst);
-            return Err(StoreError::Database("database is locked".into()));
-        }
-        self.inner.finish_attempt(id, started, a, body, r).await
-    }
+}
+
+#[async_trait::async_trait]
+impl Operations for FaultyStore {
     async fn retry(&self, s: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.fault()?;
         self.inner.retry(s, now).await
@@ -647,6 +660,38 @@ impl Store for FaultyStore {
     async fn probe(&self) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.probe().await
+    }
+}
+
+/// Leases are the inner store's: faults here are about storing, not about who sends.
+#[async_trait::async_trait]
+impl Leases for FaultyStore {
+    fn replica(&self) -> &str {
+        self.inner.replica()
+    }
+    fn lease_ttl(&self) -> Option<Duration> {
+        self.inner.lease_ttl()
+    }
+    async fn heartbeat(&self) -> Result<usize, StoreError> {
+        self.inner.heartbeat().await
+    }
+    async fn acquire(&self, d: &[String], grace: Duration) -> Result<Vec<Taken>, StoreError> {
+        self.inner.acquire(d, grace).await
+    }
+    async fn renew(&self, held: &[(String, i64)]) -> Result<Vec<String>, StoreError> {
+        self.inner.renew(held).await
+    }
+    async fn save_pause(&self, d: &str, e: i64, until: i64, f: u32) -> Result<(), StoreError> {
+        self.inner.save_pause(d, e, until, f).await
+    }
+    async fn release(&self, d: &str, e: i64, c: Carry) -> Result<(), StoreError> {
+        self.inner.release(d, e, c).await
+    }
+    async fn listen(&self, ring: Ring, cancel: tokio_util::sync::CancellationToken) {
+        self.inner.listen(ring, cancel).await
+    }
+    async fn leave(&self) -> Result<(), StoreError> {
+        self.inner.leave().await
     }
 }
 

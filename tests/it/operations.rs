@@ -2,7 +2,7 @@
 //! and failed requests, timeouts, reloading templates, and stopping or killing the service.
 
 use crate::helpers::*;
-use kitebridge::store::{DeliveryState, Store};
+use kitebridge::store::{DeliveryState, Operations};
 use serde_json::json;
 use std::time::Duration;
 

@@ -50,7 +50,7 @@ async fn a_500_then_200_is_delivered_once() {
         "one failure, one success, nothing after"
     );
     let (_, attempts) = {
-        use kitebridge::store::Store;
+        use kitebridge::store::Operations;
         open_store(&app.db).show(slack.id).await.unwrap()
     };
     let outcomes: Vec<(&str, Option<u16>)> = attempts

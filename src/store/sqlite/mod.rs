@@ -9,7 +9,7 @@
 mod intake;
 mod queries;
 
-use super::StoreError;
+use super::{LocalLeases, StoreError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +67,8 @@ pub struct SqliteStore {
     ops_slot: Arc<tokio::sync::Semaphore>,
     durability: Durability,
     commits: Arc<AtomicU64>,
+    /// One process has the file to itself, so its leases are local.
+    leases: LocalLeases,
     /// Dropped with the last handle, which stops the checkpointer.
     _alive: Arc<()>,
 }
@@ -126,6 +128,7 @@ impl SqliteStore {
             ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
             commits,
+            leases: LocalLeases::default(),
             _alive: alive,
         })
     }

@@ -2,8 +2,9 @@
 
 use super::SqliteStore;
 use crate::store::{
-    Accepted, Attempt, Delivery, DeliveryState, MessageRef, NewEvent, Planner, QueueStat,
-    Resolution, RetrySelector, Store, StoreError, StoredEvent,
+    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Intake, Leases, MessageIds,
+    MessageRef, NewEvent, Operations, Planner, QueueStat, Resolution, RetrySelector, Ring,
+    StoreError, StoredEvent, Taken,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,7 +68,7 @@ static DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Intake for SqliteStore {
     async fn accept(
         &self,
         event: NewEvent,
@@ -79,7 +80,10 @@ impl Store for SqliteStore {
         self.write(move |conn| super::intake::accept(conn, event, hash, plan, dedupe_since))
             .await
     }
+}
 
+#[async_trait]
+impl DeliveryQueue for SqliteStore {
     async fn due(
         &self,
         destination: &str,
@@ -158,48 +162,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn message_ref(
-        &self,
-        destination: &str,
-        key: &str,
-    ) -> Result<Option<MessageRef>, StoreError> {
-        let (destination, key) = (destination.to_string(), key.to_string());
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT channel, ts, rank, event_id FROM message_refs WHERE destination = ?1 AND key = ?2")?
-                .query_row(params![destination, key], |r| {
-                    Ok(MessageRef {
-                        channel: r.get(0)?,
-                        ts: r.get(1)?,
-                        as_of: (r.get(2)?, r.get(3)?),
-                    })
-                })
-                .optional()?)
-        })
-        .await
-    }
-
-    async fn set_message_ref(
-        &self,
-        destination: &str,
-        key: &str,
-        message: MessageRef,
-    ) -> Result<(), StoreError> {
-        let (destination, key) = (destination.to_string(), key.to_string());
-        let now = crate::store::now_ms();
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO message_refs (destination, key, channel, ts, rank, event_id, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, rank = ?5, event_id = ?6, updated_at = ?7 \
-                 WHERE (excluded.rank, excluded.event_id) >= (message_refs.rank, message_refs.event_id)",
-            )?
-            .execute(params![destination, key, message.channel, message.ts, message.as_of.0, message.as_of.1, now])?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn finish_attempt(
         &self,
         delivery_id: i64,
@@ -244,7 +206,55 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl MessageIds for SqliteStore {
+    async fn message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+    ) -> Result<Option<MessageRef>, StoreError> {
+        let (destination, key) = (destination.to_string(), key.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT channel, ts, rank, event_id FROM message_refs WHERE destination = ?1 AND key = ?2")?
+                .query_row(params![destination, key], |r| {
+                    Ok(MessageRef {
+                        channel: r.get(0)?,
+                        ts: r.get(1)?,
+                        as_of: (r.get(2)?, r.get(3)?),
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn set_message_ref(
+        &self,
+        destination: &str,
+        key: &str,
+        message: MessageRef,
+    ) -> Result<(), StoreError> {
+        let (destination, key) = (destination.to_string(), key.to_string());
+        let now = crate::store::now_ms();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO message_refs (destination, key, channel, ts, rank, event_id, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, rank = ?5, event_id = ?6, updated_at = ?7 \
+                 WHERE (excluded.rank, excluded.event_id) >= (message_refs.rank, message_refs.event_id)",
+            )?
+            .execute(params![destination, key, message.channel, message.ts, message.as_of.0, message.as_of.1, now])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Operations for SqliteStore {
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let set = "SET state = 'pending', attempts = 0, next_attempt_at = ?1, age_from = ?1, \
@@ -382,5 +392,57 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// One process has an SQLite store to itself: its leases are local.
+#[async_trait]
+impl Leases for SqliteStore {
+    fn replica(&self) -> &str {
+        self.leases.replica()
+    }
+
+    fn lease_ttl(&self) -> Option<std::time::Duration> {
+        self.leases.lease_ttl()
+    }
+
+    async fn heartbeat(&self) -> Result<usize, StoreError> {
+        self.leases.heartbeat().await
+    }
+
+    async fn acquire(
+        &self,
+        destinations: &[String],
+        grace: std::time::Duration,
+    ) -> Result<Vec<Taken>, StoreError> {
+        self.leases.acquire(destinations, grace).await
+    }
+
+    async fn renew(&self, held: &[(String, i64)]) -> Result<Vec<String>, StoreError> {
+        self.leases.renew(held).await
+    }
+
+    async fn save_pause(
+        &self,
+        destination: &str,
+        epoch: i64,
+        paused_until: i64,
+        failures: u32,
+    ) -> Result<(), StoreError> {
+        self.leases
+            .save_pause(destination, epoch, paused_until, failures)
+            .await
+    }
+
+    async fn release(&self, destination: &str, epoch: i64, carry: Carry) -> Result<(), StoreError> {
+        self.leases.release(destination, epoch, carry).await
+    }
+
+    async fn listen(&self, ring: Ring, cancel: tokio_util::sync::CancellationToken) {
+        self.leases.listen(ring, cancel).await
+    }
+
+    async fn leave(&self) -> Result<(), StoreError> {
+        self.leases.leave().await
     }
 }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::store::{
-    Accepted, Attempt, DeliveryState, NewDelivery, NewEvent, Planner, Resolution, RetrySelector,
-    Store, StoreError, now_ms,
+    Accepted, Attempt, DeliveryQueue, DeliveryState, Intake, NewDelivery, NewEvent, Operations,
+    Planner, Resolution, RetrySelector, StoreError, now_ms,
 };
 use bytes::Bytes;
 
