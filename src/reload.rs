@@ -61,8 +61,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         server.max_concurrent_requests
     );
     keep!("server.tls", server.tls);
-    keep!("storage.path", storage_path);
-    keep!("storage.durability", durability);
+    keep!("storage", storage);
     keep!("buildkite.allowed_ips \"buildkite\"", allow_buildkite_ips);
     keep!("buildkite.meta_url", meta_url);
     kept

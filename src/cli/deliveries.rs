@@ -2,22 +2,18 @@
 
 use crate::config::Config;
 use crate::event::{Event, VerifiedBody};
-use crate::store::{
-    Delivery, DeliveryQueue, DeliveryState, Operations, RetrySelector, SqliteStore, StoreError,
-    now_ms,
-};
+use crate::store::{Delivery, DeliveryState, RetrySelector, Schema, Store, StoreError, now_ms};
 use chrono::{TimeZone, Utc};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-fn open(config: &Config) -> Result<SqliteStore, String> {
-    if !config.storage_path.exists() {
-        return Err(format!(
-            "{}: no store yet (it is created when kitebridge serve first starts)",
-            config.storage_path.display()
-        ));
-    }
-    SqliteStore::open(&config.storage_path, config.durability)
-        .map_err(|e| format!("{}: {e}", config.storage_path.display()))
+/// The configured store, as it is: the operator's commands never create or migrate one.
+pub(super) fn open(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+) -> Result<Arc<dyn Store>, String> {
+    rt.block_on(config.storage.open(Schema::Check))
+        .map_err(|e| format!("{}: {e}", config.storage.shown()))
 }
 
 fn time(ms: i64) -> String {
@@ -53,11 +49,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 /// `deliveries list`.
 pub fn list(config: &Config, state: Option<DeliveryState>, limit: usize) -> ExitCode {
-    let store = match open(config) {
+    let rt = super::runtime();
+    let store = match open(&rt, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rows = match super::runtime().block_on(store.list(state, limit)) {
+    let rows = match rt.block_on(store.list(state, limit)) {
         Ok(rows) => rows,
         Err(e) => return fail(e),
     };
@@ -93,11 +90,11 @@ pub fn list(config: &Config, state: Option<DeliveryState>, limit: usize) -> Exit
 
 /// `deliveries show ID`.
 pub fn show(config: &Config, id: i64) -> ExitCode {
-    let store = match open(config) {
+    let rt = super::runtime();
+    let store = match open(&rt, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rt = super::runtime();
     let (d, attempts) = match rt.block_on(store.show(id)) {
         Ok(found) => found,
         Err(StoreError::NotFound(_)) => return fail(format!("no delivery {id}")),
@@ -183,11 +180,12 @@ pub fn show(config: &Config, id: i64) -> ExitCode {
 
 /// `deliveries retry ID|--all-dead`.
 pub fn retry(config: &Config, selector: RetrySelector) -> ExitCode {
-    let store = match open(config) {
+    let rt = super::runtime();
+    let store = match open(&rt, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    match super::runtime().block_on(store.retry(selector, now_ms())) {
+    match rt.block_on(store.retry(selector, now_ms())) {
         Ok(0) => match selector {
             RetrySelector::Id(id) => fail(format!(
                 "delivery {id} is not dead or pending (or does not exist)"

@@ -3,12 +3,11 @@
 use crate::deliver::{self, Context, Outcome};
 use crate::event::Event;
 use crate::render::{TemplateData, samples};
-use crate::store::SqliteStore;
+use crate::store::Schema;
 use chrono::Utc;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Sends a connection test (or a named sample event) and reports the answer.
@@ -53,14 +52,21 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // A Slack app keeps message ids in the store; a test message needs none, but shares it.
-    let store = match SqliteStore::open(&config.storage_path, config.durability) {
+    // A local store may be created as `serve` would; a shared one is used only as it is.
+    let rt = super::runtime();
+    let schema = if config.storage.shared() {
+        Schema::Check
+    } else {
+        Schema::Migrate
+    };
+    let store = match rt.block_on(config.storage.open(schema)) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: {e}", config.storage_path.display());
+            eprintln!("{}: {e}", config.storage.shown());
             return ExitCode::FAILURE;
         }
     };
-    let Some(dest) = deliver::build(dest_config, &deliver::client(), Arc::new(store)) else {
+    let Some(dest) = deliver::build(dest_config, &deliver::client(), store) else {
         eprintln!("destination {name:?} cannot be built");
         return ExitCode::FAILURE;
     };
@@ -78,7 +84,7 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
         event_name: event.name().to_string(),
         ..Context::default()
     };
-    let outcome = super::runtime().block_on(dest.send(&body, &context));
+    let outcome = rt.block_on(dest.send(&body, &context));
     let ms = started.elapsed().as_millis();
     let status = outcome
         .status()

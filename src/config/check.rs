@@ -6,7 +6,6 @@ use super::{Config, ServerConfig, interpolate};
 use crate::ingress::auth::{AuthMode, Credentials};
 use crate::queue::{RetryPolicy, Settings};
 use crate::secret::Secret;
-use crate::store::sqlite::Durability;
 use ipnet::IpNet;
 use std::collections::HashSet;
 use std::fmt;
@@ -14,6 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// `[server] drain` for replicas on a shared store: a few health checks of a load balancer.
+pub const DEFAULT_SHARED_DRAIN: Duration = Duration::from_secs(5);
 
 /// The state of one validation pass.
 pub(super) struct Check<'a> {
@@ -116,13 +118,17 @@ impl Check<'_> {
         let test_engine_key = self
             .optional(raw.test_engine.key.as_ref(), "test_engine.key")
             .map(Secret::new);
-        let storage_path = raw
-            .storage
-            .path
-            .as_ref()
-            .and_then(|p| self.text(p, "storage.path"))
-            .unwrap_or_else(|| "kitebridge.db".into());
-        let durability = self.durability(raw.storage.durability.as_ref());
+        let storage = self.storage(&raw.storage, base);
+        let server = server.map(|mut s| {
+            if s.drain == Duration::MAX {
+                s.drain = if storage.shared() {
+                    DEFAULT_SHARED_DRAIN
+                } else {
+                    Duration::ZERO
+                };
+            }
+            s
+        });
         // Zero turns duplicate detection off.
         let dedupe_window = match raw.storage.dedupe_window.as_ref() {
             None => Some(Duration::from_secs(600)),
@@ -168,8 +174,7 @@ impl Check<'_> {
             allow_buildkite_ips,
             meta_url,
             test_engine_key,
-            storage_path: base.join(storage_path),
-            durability,
+            storage,
             queue: Settings {
                 policy,
                 dedupe_window,
@@ -238,6 +243,12 @@ impl Check<'_> {
             "server.read_timeout",
             Duration::from_secs(10),
         );
+        // Its default depends on the store (see `validate`): replicas sit behind a balancer.
+        let drain = s
+            .drain
+            .as_ref()
+            .and_then(|t| self.duration_of(t, "server.drain", true))
+            .unwrap_or(Duration::MAX);
         let max_concurrent_requests = match &s.max_concurrent_requests {
             None => 1024,
             Some(n) if (1..=100_000).contains(n.get_ref()) => *n.get_ref() as usize,
@@ -266,6 +277,7 @@ impl Check<'_> {
             max_body_bytes,
             read_timeout,
             max_concurrent_requests,
+            drain,
             trusted_proxies: trusted_proxies.0,
             reload_token,
             tls,
@@ -398,22 +410,6 @@ impl Check<'_> {
             _ => None,
         };
         (credentials, allowed)
-    }
-
-    fn durability(&mut self, t: Option<&Text>) -> Durability {
-        let Some(t) = t else { return Durability::Full };
-        match self.text(t, "storage.durability").as_deref() {
-            Some("full") | None => Durability::Full,
-            Some("normal") => Durability::Normal,
-            Some(other) => {
-                let shown = Self::shown(t, other);
-                self.problem(
-                    Some(t.span()),
-                    format!("storage.durability: {shown} is not \"full\" or \"normal\""),
-                );
-                Durability::Full
-            }
-        }
     }
 
     fn policy(&mut self, d: &raw::RawDelivery) -> RetryPolicy {

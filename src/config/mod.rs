@@ -11,6 +11,7 @@ pub mod interpolate;
 mod people;
 mod raw;
 mod routes;
+mod storage;
 
 use crate::deliver::DestinationKind;
 use crate::ingress::auth::Credentials;
@@ -18,7 +19,7 @@ use crate::queue::{Limits, Settings};
 use crate::render::People;
 use crate::routing::Route;
 use crate::secret::Secret;
-use crate::store::sqlite::Durability;
+use crate::store::StoreConfig;
 use check::Check;
 use ipnet::IpNet;
 use raw::RawConfig;
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Requests handled at once; more are answered 503 at once.
     pub max_concurrent_requests: usize,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still served, so a
+    /// load balancer moves traffic away before the listener closes.
+    pub drain: Duration,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// The bearer token that enables `POST /-/reload`.
@@ -128,10 +132,8 @@ pub struct Config {
     pub meta_url: String,
     /// `[test_engine] key`; `None` turns the Test Engine endpoint off.
     pub test_engine_key: Option<Secret>,
-    /// `[storage] path`, resolved against the config file's folder.
-    pub storage_path: PathBuf,
-    /// `[storage] durability`.
-    pub durability: Durability,
+    /// `[storage]`: which store, and how to reach it.
+    pub storage: StoreConfig,
     /// `[delivery]` and the queue parts of `[storage]`.
     pub queue: Settings,
     /// `[delivery] shutdown_deadline`: how long in-flight work may finish at shutdown.

@@ -133,6 +133,7 @@ pub struct RawServer {
     pub path: Option<Text>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub read_timeout: Option<Text>,
+    pub drain: Option<Text>,
     pub max_concurrent_requests: Option<Spanned<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
@@ -174,6 +175,9 @@ pub struct RawTestEngine {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub path: Option<Text>,
+    pub url: Option<Text>,
+    pub lease: Option<Text>,
+    pub max_connections: Option<Spanned<i64>>,
     pub durability: Option<Text>,
     pub dedupe_window: Option<Text>,
     pub retention: Option<Text>,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::ingress::auth::AuthMode;
+use crate::store::sqlite::Durability;
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -38,7 +39,18 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.credentials.mode, AuthMode::Auto);
     assert_eq!(c.credentials.replay_window, Duration::from_secs(300));
     assert_eq!(c.credentials.tokens[0].expose(), "tok-s3cr3t");
-    assert_eq!(c.storage_path, Path::new("dir/kitebridge.db"));
+    assert_eq!(
+        c.storage,
+        StoreConfig::Sqlite {
+            path: "dir/kitebridge.db".into(),
+            durability: Durability::Full
+        }
+    );
+    assert_eq!(
+        c.server.drain,
+        Duration::ZERO,
+        "a single node stops at once"
+    );
     assert!(c.templates_dir.is_none() && c.test_engine_key.is_none());
     assert_eq!(c.routes[0].name, "all");
 }
@@ -52,6 +64,100 @@ fn example_config_is_valid_without_any_secret_set() {
     assert!(!c.destination("ci-slack").unwrap().enabled());
     assert!(!c.destination("platform-teams").unwrap().enabled());
     assert!(c.test_engine_key.is_none());
+}
+
+#[test]
+fn a_shared_store_is_read_from_its_url_and_never_shown_with_its_password() {
+    let env = |name: &str| match name {
+        "TOKEN" => Some("tok-s3cr3t".to_string()),
+        "DATABASE_URL" => {
+            Some("postgres://kb:db-s3cr3t@db.internal:5432/kitebridge?sslmode=verify-full".into())
+        }
+        _ => None,
+    };
+    let text = format!(
+        "{MINIMAL}\n[storage]\nurl = \"${{DATABASE_URL}}\"\nlease = \"5s\"\nmax_connections = 20\n"
+    );
+    let c = Config::parse(Path::new("k.toml"), &text, env).unwrap();
+    let StoreConfig::Postgres(o) = &c.storage else {
+        panic!("{:?}", c.storage)
+    };
+    assert_eq!(
+        (o.ssl, o.lease, o.max_connections),
+        (
+            crate::store::postgres::SslMode::VerifyFull,
+            Duration::from_secs(5),
+            20
+        )
+    );
+    assert_eq!(
+        c.storage.shown(),
+        "postgres://kb@db.internal:5432/kitebridge?sslmode=verify-full"
+    );
+    assert!(!format!("{c:?}").contains("db-s3cr3t"));
+    assert_eq!(
+        c.server.drain,
+        Duration::from_secs(5),
+        "replicas drain first"
+    );
+    // An empty url (the variable unset) is the embedded store, shared settings and all.
+    let unset = Config::parse(Path::new("k.toml"), &text, |n| {
+        (n == "TOKEN").then(|| "tok-s3cr3t".to_string())
+    });
+    assert!(unset.is_err(), "${{DATABASE_URL}} must be set");
+    let optional = text.replace("${DATABASE_URL}", "${DATABASE_URL:-}");
+    let c = Config::parse(Path::new("k.toml"), &optional, |n| {
+        (n == "TOKEN").then(|| "tok-s3cr3t".to_string())
+    })
+    .unwrap();
+    assert!(matches!(c.storage, StoreConfig::Sqlite { .. }));
+}
+
+#[test]
+fn storage_mistakes_name_their_line_without_the_url() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[storage]\npath = \"k.db\"\nurl = \"postgres://kb:pw-s3cr3t@db/k\"\n",
+            "k.toml:6: storage.path and storage.url are both set",
+        ),
+        (
+            "[storage]\nurl = \"mysql://kb:pw-s3cr3t@db/k\"\n",
+            "k.toml:6: storage.url: not a postgres:// or postgresql:// URL",
+        ),
+        (
+            "[storage]\nurl = \"postgres://kb:pw-s3cr3t@db/k?sslmode=verify-ca\"\n",
+            "k.toml:6: storage.url: sslmode=\"verify-ca\" is not one of disable, prefer, require, verify-full",
+        ),
+        (
+            "[storage]\nurl = \"postgres://kb:pw-s3cr3t@db/k\"\ndurability = \"normal\"\n",
+            "k.toml:7: storage.durability applies to the embedded store only",
+        ),
+        (
+            "[storage]\nurl = \"postgres://kb:pw-s3cr3t@db/k\"\nlease = \"1m\"\n",
+            "k.toml:7: storage.lease: 1m must be between 1s and 20s",
+        ),
+        (
+            "[storage]\nlease = \"5s\"\n",
+            "k.toml:6: storage.lease applies to a shared store (storage.url) only",
+        ),
+        (
+            "[storage]\nurl = \"postgres://kb:pw-s3cr3t@db/k\"\nmax_connections = 1\n",
+            "k.toml:7: storage.max_connections must be between 2 and 1000",
+        ),
+    ];
+    for (storage, want) in cases {
+        let text = format!(
+            "[buildkite]\ntoken = \"t\"\n[destinations.out]\nkind = \"console\"\n{storage}"
+        );
+        let got = Config::parse(Path::new("k.toml"), &text, env)
+            .unwrap_err()
+            .problems;
+        assert!(
+            got.iter().any(|p| p.starts_with(want)),
+            "{storage}: {got:?}"
+        );
+        assert!(got.iter().all(|p| !p.contains("pw-s3cr3t")), "{got:?}");
+    }
 }
 
 #[test]

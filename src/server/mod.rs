@@ -10,7 +10,7 @@ use crate::ingress::{self, AppState};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::reload::{Live, Reloader};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Schema, Store, StoreError};
 use crate::validate::validate;
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -30,7 +30,7 @@ pub enum ServeError {
     /// The store could not be opened.
     #[error("{path}: {source}")]
     Store {
-        /// The database file.
+        /// The database file or URL (without its password).
         path: String,
         /// What went wrong.
         source: StoreError,
@@ -48,18 +48,18 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the configured store and starts the service's workers.
+    /// Opens the configured store (creating or migrating its schema) and starts the
+    /// service's workers.
     pub async fn start(config: Config) -> Result<Self, ServeError> {
-        let path = config.storage_path.clone();
-        let durability = config.durability;
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability))
+        let store = config
+            .storage
+            .open(Schema::Migrate)
             .await
-            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
             .map_err(|source| ServeError::Store {
-                path: config.storage_path.display().to_string(),
+                path: config.storage.shown(),
                 source,
             })?;
-        Self::start_with_store(config, Arc::new(store)).await
+        Self::start_with_store(config, store).await
     }
 
     /// Starts the service on a given store.
@@ -153,7 +153,8 @@ impl Service {
             tls = config.server.tls.is_some(),
             path = %config.server.path,
             routes = config.routes.len(),
-            store = %config.storage_path.display(),
+            store = %config.storage.shown(),
+            replica = self.state.queue.store().replica(),
             "listening"
         );
         let app =

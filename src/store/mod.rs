@@ -5,13 +5,15 @@
 //! storing an event with its deliveries), [`DeliveryQueue`] (the workers taking and recording
 //! deliveries), [`MessageIds`] (the Slack app's message per build), [`Operations`] (the
 //! operator's commands, metrics and probes) and [`Leases`] (which replica sends each
-//! destination). [`Store`] is all of them. Behind it:
-//! [`sqlite::SqliteStore`], the embedded default (WAL mode, group commit).
+//! destination). [`Store`] is all of them. Two implementations sit behind it:
+//! [`sqlite::SqliteStore`], the embedded default (WAL mode, group commit), and
+//! [`postgres::PgStore`], which replicas share.
 
 mod intake;
 mod lease;
 mod messages;
 mod operations;
+pub mod postgres;
 mod queue;
 pub mod sqlite;
 
@@ -19,11 +21,77 @@ pub use intake::{Accepted, Intake, NewDelivery, NewEvent, Planner};
 pub use lease::{Carry, Leases, Left, LocalLeases, Pace, Ring, Taken};
 pub use messages::{MessageIds, MessageRef};
 pub use operations::{Operations, QueueStat, RetrySelector};
+pub use postgres::PgStore;
 pub use queue::{Attempt, Delivery, DeliveryQueue, DeliveryState, Resolution, StoredEvent};
 pub use sqlite::SqliteStore;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
+
+/// Whether opening a store may bring its schema up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Create or migrate it (`serve`).
+    Migrate,
+    /// Refuse anything but the current version (the operator's commands, which must not
+    /// change a schema running replicas use).
+    Check,
+}
+
+/// Which store, and where (`[storage]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// The embedded SQLite database (the default).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// How hard commits are pushed to disk.
+        durability: sqlite::Durability,
+    },
+    /// A PostgreSQL database that replicas share.
+    Postgres(Box<postgres::PgOptions>),
+}
+
+impl StoreConfig {
+    /// Where the store is, as it may be shown (a URL without its password).
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite { path, .. } => path.display().to_string(),
+            Self::Postgres(o) => o.shown.clone(),
+        }
+    }
+
+    /// True for a store that replicas share.
+    pub fn shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Opens the store. `serve` creates or migrates its schema; the operator's commands
+    /// (`Schema::Check`) use a shared store only at this binary's schema, and an embedded
+    /// one only once it exists.
+    pub async fn open(&self, schema: Schema) -> Result<Arc<dyn Store>, StoreError> {
+        match self {
+            Self::Sqlite { path, durability } => {
+                if schema == Schema::Check && !path.exists() {
+                    return Err(StoreError::Database(
+                        "no store yet (it is created when kitebridge serve first starts)".into(),
+                    ));
+                }
+                let (path, durability) = (path.clone(), *durability);
+                let store =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability))
+                        .await
+                        .map_err(|_| StoreError::Closed)??;
+                Ok(Arc::new(store))
+            }
+            Self::Postgres(options) => Ok(Arc::new(
+                PgStore::connect((**options).clone(), schema).await?,
+            )),
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

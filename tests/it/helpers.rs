@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kitebridge::config::Config;
 use kitebridge::server::Service;
+use kitebridge::store::StoreConfig;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -218,6 +219,14 @@ impl Recorder {
     }
 }
 
+/// The SQLite file a config stores in (empty for a shared store).
+pub fn sqlite_path(config: &Config) -> std::path::PathBuf {
+    match &config.storage {
+        StoreConfig::Sqlite { path, .. } => path.clone(),
+        StoreConfig::Postgres(_) => std::path::PathBuf::new(),
+    }
+}
+
 /// The service under test.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -271,7 +280,7 @@ impl TestApp {
     pub async fn spawn_file(path: &std::path::Path) -> Self {
         init_logs();
         let config = Config::load(path).unwrap_or_else(|e| panic!("test config: {e}"));
-        let db = config.storage_path.clone();
+        let db = sqlite_path(&config);
         let service = Service::start(config).await.unwrap();
         Self::serve(service, db, None).await
     }
@@ -286,9 +295,12 @@ impl TestApp {
         .unwrap_or_else(|e| panic!("test config: {e}"));
         let dir = (!toml.contains("[storage]")).then(|| tempfile::tempdir().unwrap());
         if let Some(dir) = &dir {
-            config.storage_path = dir.path().join("kitebridge.db");
+            config.storage = StoreConfig::Sqlite {
+                path: dir.path().join("kitebridge.db"),
+                durability: kitebridge::store::sqlite::Durability::Full,
+            };
         }
-        let db = config.storage_path.clone();
+        let db = sqlite_path(&config);
         let service = Service::start(config).await.unwrap();
         Self::serve(service, db, dir).await
     }
@@ -753,6 +765,7 @@ pub async fn run_ok(args: &[&str]) -> String {
 /// Posts `body` to the webhook endpoint at `addr`, signed now, with the event header its
 /// `event` field names; a fresh connection each time, so none outlives a shutdown.
 pub async fn post_signed_to(addr: SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
+    kitebridge::deliver::install_crypto_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()

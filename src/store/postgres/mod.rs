@@ -1,0 +1,271 @@
+//! The shared store: PostgreSQL, for replicas.
+//!
+//! Every replica keeps its events and deliveries here, and everything that must be decided
+//! once for the whole cluster is decided by the database: a body's duplicate by a unique key,
+//! a branch's history and a digest's membership under transaction-scoped advisory locks, who
+//! sends a destination by a lease row ([`lease`]). A replica that stores work for a
+//! destination says so with `NOTIFY`, so the destination's holder starts at once.
+//!
+//! The schema is created and migrated at start under a session advisory lock: when several
+//! replicas start at once, one migrates and the others wait, then find it current. A binary
+//! older than the schema refuses to start.
+
+mod intake;
+mod lease;
+pub mod options;
+mod queries;
+mod tls;
+
+pub use options::{PgOptions, SslMode, is_postgres_url};
+
+use super::{Schema, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The schema, one step per version.
+const MIGRATIONS: [&str; 1] = [include_str!("schema/v1.sql")];
+
+/// The session lock held while migrating (any fixed number; "kitebridge" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b69_7465_6272_6964;
+
+/// How long any one store operation may take before it counts as failed: a database that
+/// stopped answering must turn into `503`s and paused workers, not requests that hang.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel replicas tell each other about new work on; the payload is a destination.
+const CHANNEL: &str = "kitebridge";
+
+/// The transport: plain or rustls.
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(MakeRustlsConnect),
+}
+
+/// PostgreSQL-backed [`super::Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    options: Arc<PgOptions>,
+    tls: Tls,
+    /// This process's name among the replicas: host, process id and a random part.
+    replica: Arc<str>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.options.shown)
+            .field("replica", &self.replica)
+            .finish()
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Database(describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError;
+        StoreError::Database(match e {
+            PoolError::Backend(e) => describe(&e),
+            PoolError::Timeout(_) => "no database connection could be had in time".into(),
+            other => crate::secret::scrub(&other.to_string()),
+        })
+    }
+}
+
+/// A driver error with its causes, which carry the useful part (a refused connection, the
+/// server's message), and never a known secret.
+fn describe(e: &tokio_postgres::Error) -> String {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    };
+    crate::secret::scrub(&text)
+}
+
+/// Runs `f` with the operation timeout.
+async fn timed<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(OPERATION_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Database(format!(
+                "the database did not answer within {}s",
+                OPERATION_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// This process's name among the replicas.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+impl PgStore {
+    /// Connects, and creates or migrates the schema (or checks it).
+    pub async fn connect(options: PgOptions, schema: Schema) -> Result<Self, StoreError> {
+        crate::deliver::install_crypto_provider();
+        let tls = match tls::connector(&options).map_err(StoreError::Database)? {
+            Some(c) => Tls::Rustls(c),
+            None => Tls::Plain,
+        };
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Tls::Plain => Manager::from_config(options.config.clone(), NoTls, manager_config),
+            Tls::Rustls(c) => {
+                Manager::from_config(options.config.clone(), c.clone(), manager_config)
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let store = Self {
+            pool,
+            options: Arc::new(options),
+            tls,
+            replica: replica_name().into(),
+        };
+        store.schema(schema).await?;
+        Ok(store)
+    }
+
+    /// The URL, without its password.
+    pub fn shown(&self) -> &str {
+        &self.options.shown
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Brings the schema to this binary's version, one replica at a time.
+    async fn schema(&self, schema: Schema) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        // A session lock: replicas starting together queue here, and find the schema
+        // current once the first has migrated it.
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let result = migrate(&mut client, schema).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        result?;
+        unlocked?;
+        Ok(())
+    }
+}
+
+/// The schema's version, 0 for an empty database.
+async fn version(client: &deadpool_postgres::Object) -> Result<i64, StoreError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('kitebridge_schema') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::bigint FROM kitebridge_schema",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+async fn migrate(client: &mut deadpool_postgres::Object, schema: Schema) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found = version(client).await?;
+    if found > known {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {found}, newer than this kitebridge knows ({known}): run a kitebridge at least as new as the one that migrated it"
+        )));
+    }
+    if found == known {
+        return Ok(());
+    }
+    if schema == Schema::Check {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {found}, older than this kitebridge's ({known}): start `kitebridge serve` of this version to migrate it first"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = client.transaction().await?;
+        if i == 0 {
+            tx.batch_execute(
+                "CREATE TABLE kitebridge_schema (version integer NOT NULL, migrated_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO kitebridge_schema (version) VALUES ($1)",
+            &[&((i + 1) as i32)],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = i + 1, "storage: schema migrated");
+    }
+    Ok(())
+}
+
+/// A 64-bit key for a transaction-scoped advisory lock on `parts` (a branch, a digest group):
+/// concurrent writers of the same thing queue, others do not wait. Two things sharing a key
+/// by chance only wait for each other.
+fn lock_key(kind: &str, parts: &[&str]) -> i64 {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(kind.as_bytes());
+    for p in parts {
+        h.update([0]);
+        h.update(p.as_bytes());
+    }
+    let d = h.finalize();
+    i64::from_be_bytes(d[..8].try_into().expect("eight bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_keys_differ_by_kind_and_part_boundaries() {
+        use super::lock_key;
+        assert_ne!(
+            lock_key("branch", &["a", "bc"]),
+            lock_key("branch", &["ab", "c"])
+        );
+        assert_ne!(lock_key("branch", &["a"]), lock_key("group", &["a"]));
+        assert_eq!(
+            lock_key("group", &["x", "y"]),
+            lock_key("group", &["x", "y"])
+        );
+    }
+}

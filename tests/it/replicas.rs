@@ -1,0 +1,505 @@
+//! Several replicas on one PostgreSQL: real `kitebridge serve` processes on random ports,
+//! webhooks spread over them, and the recording server playing Slack.
+
+use crate::helpers::*;
+use crate::pg::TestDb;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One replica: the real binary, its log lines gathered as they come (so its output never
+/// fills a pipe and stalls it).
+pub struct Replica {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Replica {
+    pub async fn start(config: &std::path::Path) -> Self {
+        let Running {
+            child,
+            addr,
+            startup,
+            mut lines,
+        } = start_binary(config).await;
+        let log = Arc::new(Mutex::new(startup));
+        let gathered = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                gathered.lock().unwrap().push(line);
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    /// Whether this replica sends `destination` now (by its metrics).
+    pub async fn holds(&self, destination: &str) -> bool {
+        let Ok(resp) = kitebridge::deliver::client()
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.contains(&format!(
+            "kitebridge_destination_held{{destination=\"{destination}\"}} 1"
+        ))
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Log lines containing `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The index of the replica that holds `destination`, waiting up to 20 s for one to.
+pub async fn owner(replicas: &[&Replica], destination: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, r) in replicas.iter().enumerate() {
+            if r.holds(destination).await {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica took {destination}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A config for replicas on `db`: every event to the recorder's `slack` path, through
+/// `destination` (TOML lines added to its table).
+pub fn replica_config(
+    dir: &std::path::Path,
+    db: &TestDb,
+    rec: &Recorder,
+    destination: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("k.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+drain = "0s"
+
+[buildkite]
+token = "{TOKEN}"
+
+{storage}
+dedupe_window = "10m"
+
+[delivery]
+backoff_initial = "100ms"
+backoff_max = "1s"
+shutdown_deadline = "5s"
+allowed_hosts = ["127.0.0.1"]
+
+[destinations.slack]
+kind = "slack"
+url = "{url}"
+{destination}
+
+[[routes]]
+name = "all"
+to = ["slack"]
+"#,
+            storage = db.storage_toml(),
+            url = rec.url("slack"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// How many times each build number arrived at `path`.
+fn arrivals(rec: &Recorder, path: &str) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for r in rec.received_on(path) {
+        let title = r.json()["text"].as_str().unwrap_or_default().to_string();
+        if let Some(n) = build_number_in(&title) {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_is_delivered_when_the_sending_replica_is_killed_mid_load() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0\nconcurrency = 4");
+    let mut replicas = [
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+    ];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    let mut accepted = Vec::new();
+    let started = Instant::now();
+    let mut killed_at = None;
+    for n in 1..=300u64 {
+        if n == 100 {
+            // Mid-load, the replica that sends Slack dies with whatever it has in flight.
+            replicas[sender].child.start_kill().unwrap();
+            killed_at = Some(Instant::now());
+        }
+        let to = &replicas[(n as usize) % 3];
+        if let Ok(202) = post_signed_to(to.addr, &build_finished(n)).await {
+            accepted.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        accepted.len() >= 200,
+        "the two live replicas took their share: {}",
+        accepted.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let seen = loop {
+        let seen = arrivals(&rec, "slack");
+        if accepted.iter().all(|n| seen.contains_key(n)) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let missing: Vec<_> = accepted.iter().filter(|n| !seen.contains_key(n)).collect();
+    let duplicates: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "{} accepted in {:?}; killed the sender after {:?}; {} delivered twice: {duplicates:?}",
+        accepted.len(),
+        started.elapsed(),
+        killed_at.map(|k| k - started),
+        duplicates.len()
+    );
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert!(
+        duplicates.len() <= 4,
+        "only attempts in flight at the kill may repeat (concurrency 4): {duplicates:?}"
+    );
+    let live: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != sender)
+        .map(|(_, r)| r)
+        .collect();
+    let took = owner(&live, "slack").await;
+    assert!(
+        !live[took].logged("took the destination").is_empty(),
+        "the new sender says so"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_body_sent_to_two_replicas_at_once_is_stored_and_sent_once() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    let (a, b) = (Replica::start(&cfg).await, Replica::start(&cfg).await);
+    for n in 1..=5u64 {
+        let body = build_finished(n);
+        let sig = signature(TOKEN, now(), &body);
+        let post = |addr: std::net::SocketAddr| {
+            let (body, sig) = (body.clone(), sig.clone());
+            async move {
+                let resp = kitebridge::deliver::client()
+                    .post(format!("http://{addr}/webhooks/buildkite"))
+                    .header("X-Buildkite-Signature", sig)
+                    .header("X-Buildkite-Event", "build.finished")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                (
+                    status,
+                    serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+                )
+            }
+        };
+        let ((s1, j1), (s2, j2)) = tokio::join!(post(a.addr), post(b.addr));
+        assert_eq!((s1, s2), (202, 202));
+        let mut statuses = [j1["status"].clone(), j2["status"].clone()];
+        statuses.sort_by_key(|s| s.to_string());
+        assert_eq!(statuses, ["accepted", "duplicate"], "{j1} {j2}");
+        assert_eq!(j1["id"], j2["id"], "both name the one stored copy");
+    }
+    rec.wait_for("slack", 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = arrivals(&rec, "slack");
+    assert_eq!(seen.len(), 5);
+    assert!(seen.values().all(|c| *c == 1), "each sent once: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_app_build_whose_events_land_on_different_replicas_is_one_message() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+drain = "0s"
+
+[buildkite]
+token = "{TOKEN}"
+
+{storage}
+
+[delivery]
+allowed_hosts = ["127.0.0.1"]
+
+[destinations.live]
+kind = "slack_app"
+token = "xoxb-test-token"
+channel = "C0TEST"
+url = "{api}"
+
+[[routes]]
+name = "live"
+events = ["build.*", "job.finished"]
+to = ["live"]
+"#,
+            storage = db.storage_toml(),
+            api = rec.url("api"),
+        ),
+    )
+    .unwrap();
+    let replicas = [
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+    ];
+    let build = |event: &str, state: &str| {
+        let mut v = fixture_json("build.finished");
+        v["event"] = serde_json::json!(event);
+        v["build"]["state"] = serde_json::json!(state);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut job = fixture_json("job.finished");
+    job["build"] = fixture_json("build.finished")["build"].clone();
+    job["build"]["state"] = serde_json::json!("failing");
+    let events = [
+        build("build.scheduled", "scheduled"),
+        build("build.running", "running"),
+        serde_json::to_vec(&job).unwrap(),
+        build("build.failing", "failing"),
+        build("build.finished", "failed"),
+    ];
+    for (i, body) in events.iter().enumerate() {
+        let to = &replicas[i % 3];
+        assert_eq!(post_signed_to(to.addr, body).await.unwrap(), 202);
+        // One at a time, as Buildkite sends a build's events.
+        let total = || rec.received().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while total() < i + 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let posts = rec.received_on("api/chat.postMessage");
+    let updates = rec.received_on("api/chat.update");
+    let top: Vec<_> = posts
+        .iter()
+        .filter(|p| p.json().get("thread_ts").is_none())
+        .collect();
+    assert_eq!(top.len(), 1, "one message for the build");
+    assert_eq!(
+        updates.len(),
+        3,
+        "updated in place by the later build events"
+    );
+    let ts = "1700000000.000001"; // the recorder numbers its posts from 1
+    assert!(updates.iter().all(|u| u.json()["ts"] == ts));
+    let replies: Vec<_> = posts
+        .iter()
+        .filter(|p| p.json()["thread_ts"] == ts)
+        .collect();
+    assert_eq!(replies.len(), 1, "the failed job is a reply in its thread");
+}
+
+/// Arrival times at the recorder never exceed `burst` plus `rate` per second, in any window.
+fn assert_paced(times: &[Instant], rate: f64, burst: f64) {
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let window = (times[j] - times[i]).as_secs_f64();
+            let count = (j - i + 1) as f64;
+            // 100 ms of slack for the network and scheduling between sender and recorder.
+            assert!(
+                count <= burst + rate * (window + 0.1),
+                "{count} messages in {window:.3}s (rate {rate}, burst {burst})"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_destination_keeps_its_pace_across_the_cluster_and_a_handover() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 2\nburst = 2");
+    let mut replicas = [
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+    ];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    for n in 1..=12u64 {
+        let to = &replicas[(n as usize) % 3];
+        assert_eq!(
+            post_signed_to(to.addr, &build_finished(n)).await.unwrap(),
+            202
+        );
+    }
+    // Halfway through, the sender stops (a deploy): another replica goes on at the same pace.
+    rec.wait_for("slack", 5).await;
+    replicas[sender].signal("TERM");
+    let _ = replicas[sender].child.wait().await;
+    let got = rec.wait_for("slack", 12).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rec.received_on("slack").len() < 12 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = if got.len() < 12 {
+        rec.received_on("slack")
+    } else {
+        got
+    };
+    assert_eq!(got.len(), 12, "all sent");
+    let times: Vec<Instant> = got.iter().map(|r| r.at).collect();
+    assert_paced(&times, 2.0, 2.0);
+    let span = (times[11] - times[0]).as_secs_f64();
+    assert!(
+        span >= 4.5,
+        "12 messages at 2/s after a burst of 2 take 5 s: {span:.2}s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::RateLimited(3)]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    let mut replicas = [
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+    ];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    assert_eq!(
+        post_signed_to(replicas[sender].addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
+    );
+    let limited = rec.wait_for("slack", 1).await[0].at;
+    // The sender goes away right after the 429; whoever takes over keeps the pause.
+    replicas[sender].signal("TERM");
+    let _ = replicas[sender].child.wait().await;
+    for n in 2..=5u64 {
+        let to = &replicas[(sender + 1 + n as usize % 2) % 3];
+        assert_eq!(
+            post_signed_to(to.addr, &build_finished(n)).await.unwrap(),
+            202
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rec.received_on("slack").len() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = rec.received_on("slack");
+    assert_eq!(got.len(), 6, "the 429, then all five");
+    let next = got[1].at - limited;
+    assert!(
+        next >= Duration::from_millis(2900),
+        "nothing was sent during the Retry-After: the next came after {next:?}"
+    );
+    let seen = arrivals(&rec, "slack");
+    assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    let replicas = [Replica::start(&cfg).await, Replica::start(&cfg).await];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    let other = 1 - sender;
+    replicas[sender].signal("STOP");
+    let frozen = Instant::now();
+    for n in 1..=5u64 {
+        assert_eq!(
+            post_signed_to(replicas[other].addr, &build_finished(n))
+                .await
+                .unwrap(),
+            202
+        );
+    }
+    let got = rec.wait_for("slack", 5).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rec.received_on("slack").len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = frozen.elapsed();
+    assert!(
+        rec.received_on("slack").len() >= 5,
+        "taken over and sent within 30 s: {} of 5 after {took:?}",
+        got.len()
+    );
+    println!("takeover of a frozen sender: all sent {took:?} after it froze");
+    replicas[sender].signal("CONT");
+    for n in 6..=10u64 {
+        assert_eq!(
+            post_signed_to(replicas[sender].addr, &build_finished(n))
+                .await
+                .unwrap(),
+            202
+        );
+    }
+    rec.wait_for("slack", 10).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = arrivals(&rec, "slack");
+    assert_eq!(seen.len(), 10);
+    assert!(
+        seen.values().all(|c| *c == 1),
+        "nothing sent twice: {seen:?}"
+    );
+    assert!(
+        replicas[other].holds("slack").await,
+        "the woken replica did not take it back"
+    );
+    assert!(
+        !replicas[sender]
+            .logged("lost the destination's lease")
+            .is_empty(),
+        "the woken replica says it lost the destination"
+    );
+}

@@ -1,0 +1,549 @@
+//! The store's contract: each test below runs, unchanged, against the embedded SQLite store
+//! and against PostgreSQL (a fresh database each).
+
+use kitebridge::store::{
+    Accepted, Attempt, Carry, DeliveryState, Left, MessageRef, NewDelivery, NewEvent, Pace,
+    Planner, Resolution, RetrySelector, Store, now_ms,
+};
+use kitebridge::transition::{BuildOutcome, TransitionKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs each named contract test against both stores.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = kitebridge::store::SqliteStore::open(
+                        &dir.path().join("k.db"),
+                        kitebridge::store::sqlite::Durability::Full,
+                    )
+                    .unwrap();
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::pg::TestDb::new().await;
+                    super::$name(std::sync::Arc::new(db.store().await)).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    concurrent_events_are_each_stored_with_their_deliveries,
+    identical_bodies_within_the_window_are_stored_once,
+    the_same_body_from_many_writers_at_once_is_stored_once,
+    an_attempt_ending_after_a_manual_retry_does_not_undo_it,
+    attempts_retries_and_pruning,
+    a_closed_digest_takes_no_more_events,
+    concurrent_events_of_one_group_share_one_digest,
+    a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release,
+    held_messages_count_in_the_depth_but_not_in_the_age,
+    concurrent_builds_of_one_branch_are_counted_one_after_the_other,
+    a_build_message_is_only_moved_forward,
+    a_released_lease_hands_on_its_pace_and_pause,
+);
+
+fn event(body: &str, at: i64) -> NewEvent {
+    NewEvent {
+        name: "build.finished".into(),
+        body: bytes::Bytes::from(body.to_string()),
+        received_at: at,
+        build: None,
+    }
+}
+
+fn to(dest: &str) -> NewDelivery {
+    NewDelivery {
+        route: "r".into(),
+        destination: dest.into(),
+        template: None,
+        group: None,
+        not_before: None,
+        thread_key: None,
+    }
+}
+
+fn grouped(dest: &str, key: &str, window_ms: i64, not_before: Option<i64>) -> NewDelivery {
+    NewDelivery {
+        group: Some((key.into(), window_ms)),
+        not_before,
+        ..to(dest)
+    }
+}
+
+/// A plan that ignores the transition.
+fn fixed(deliveries: Vec<NewDelivery>) -> Planner {
+    Box::new(move |_| deliveries)
+}
+
+fn ids(a: Accepted) -> Vec<i64> {
+    match a {
+        Accepted::New { delivery_ids, .. } => delivery_ids,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn concurrent_events_are_each_stored_with_their_deliveries(store: Arc<dyn Store>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .accept(
+                    event(&format!("{{\"n\":{i}}}"), now_ms()),
+                    fixed(vec![to("a"), to("b")]),
+                    None,
+                )
+                .await
+        });
+    }
+    let mut events = std::collections::HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap().unwrap() {
+            Accepted::New {
+                event_id,
+                delivery_ids,
+                ..
+            } => {
+                assert!(events.insert(event_id));
+                assert_eq!(delivery_ids.len(), 2);
+                assert!(delivery_ids[0] < delivery_ids[1], "in the planned order");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(events.len(), 200);
+    let due = store.due("a", now_ms(), 1000, vec![]).await.unwrap();
+    assert_eq!(due.len(), 200);
+    assert!(
+        due.windows(2)
+            .all(|w| (w[0].next_attempt_at, w[0].id) < (w[1].next_attempt_at, w[1].id)),
+        "in the order they came due"
+    );
+    assert!(
+        due.iter().all(|d| d.event.is_some()),
+        "the event comes with each message to render"
+    );
+}
+
+async fn identical_bodies_within_the_window_are_stored_once(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let first = store
+        .accept(event("{\"a\":1}", t), fixed(vec![to("a")]), Some(t - 1000))
+        .await
+        .unwrap();
+    let Accepted::New { event_id, .. } = first else {
+        panic!()
+    };
+    let again = store
+        .accept(
+            event("{\"a\":1}", t + 10),
+            fixed(vec![to("a")]),
+            Some(t + 10 - 1000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Accepted::Duplicate { event_id });
+    let later = store
+        .accept(
+            event("{\"a\":1}", t + 5000),
+            fixed(vec![to("a")]),
+            Some(t + 5000 - 1000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(later, Accepted::New { .. }),
+        "outside the window it is new"
+    );
+    assert_eq!(store.due("a", t + 5000, 10, vec![]).await.unwrap().len(), 2);
+    // Messages in flight are left out, and the limit counts only the others.
+    let all = store.due("a", t + 5000, 10, vec![]).await.unwrap();
+    let rest = store.due("a", t + 5000, 1, vec![all[0].id]).await.unwrap();
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), [all[1].id]);
+}
+
+async fn the_same_body_from_many_writers_at_once_is_stored_once(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .accept(
+                    event("{\"same\":true}", t),
+                    fixed(vec![to("a")]),
+                    Some(t - 60_000),
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let (mut new, mut duplicates) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Accepted::New { event_id, .. } => new.push(event_id),
+            Accepted::Duplicate { event_id } => duplicates.push(event_id),
+        }
+    }
+    assert_eq!(new.len(), 1, "stored once");
+    assert_eq!(duplicates.len(), 15);
+    assert!(
+        duplicates.iter().all(|id| *id == new[0]),
+        "each names the first"
+    );
+    assert_eq!(store.due("a", t, 100, vec![]).await.unwrap().len(), 1);
+}
+
+async fn an_attempt_ending_after_a_manual_retry_does_not_undo_it(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let id = ids(store
+        .accept(event("{}", t), fixed(vec![to("a")]), None)
+        .await
+        .unwrap())[0];
+    // The attempt starts at t; an operator re-queues the delivery at t + 5 (say after a
+    // dead letter from an earlier attempt); then the attempt ends as a dead letter.
+    assert_eq!(store.retry(RetrySelector::Id(id), t + 5).await.unwrap(), 1);
+    let late = Attempt {
+        at: t + 10,
+        status: Some(404),
+        outcome: "permanent".into(),
+        reason: None,
+        latency_ms: 10,
+    };
+    store
+        .finish_attempt(id, t, late, None, Resolution::Dead)
+        .await
+        .unwrap();
+    let (d, attempts) = store.show(id).await.unwrap();
+    assert_eq!(d.state, DeliveryState::Pending, "the retry stands");
+    assert_eq!(attempts.len(), 1, "the attempt is still in the history");
+}
+
+async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let delivery_ids = ids(store
+        .accept(event("{}", t), fixed(vec![to("a"), to("b")]), None)
+        .await
+        .unwrap());
+    let attempt = |outcome: &str, status| Attempt {
+        at: t,
+        status,
+        outcome: outcome.into(),
+        reason: Some("why".into()),
+        latency_ms: 3,
+    };
+    store
+        .finish_attempt(
+            delivery_ids[0],
+            t,
+            attempt("retry", Some(500)),
+            Some("{}".into()),
+            Resolution::RetryAt(t + 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.due("a", t, 10, vec![]).await.unwrap().is_empty(),
+        "not due before its retry time"
+    );
+    assert_eq!(
+        store.next_due_after("a", t).await.unwrap(),
+        Some(t + 60_000)
+    );
+    store
+        .finish_attempt(
+            delivery_ids[0],
+            t,
+            attempt("permanent", Some(404)),
+            None,
+            Resolution::Dead,
+        )
+        .await
+        .unwrap();
+    let (dead, attempts) = store.show(delivery_ids[0]).await.unwrap();
+    assert_eq!(
+        (dead.state, dead.attempts, dead.last_status),
+        (DeliveryState::Dead, 2, Some(404))
+    );
+    assert_eq!(
+        dead.body.as_deref(),
+        Some("{}"),
+        "the first rendering is kept"
+    );
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        store.list(Some(DeliveryState::Dead), 10).await.unwrap()[0].id,
+        delivery_ids[0]
+    );
+
+    assert_eq!(store.retry(RetrySelector::AllDead, t + 1).await.unwrap(), 1);
+    let (retried, _) = store.show(delivery_ids[0]).await.unwrap();
+    assert_eq!(
+        (retried.state, retried.age_from, retried.body),
+        (DeliveryState::Pending, t + 1, None)
+    );
+
+    store
+        .finish_attempt(
+            delivery_ids[1],
+            t,
+            attempt("sent", Some(200)),
+            None,
+            Resolution::Sent,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.prune(t + 1, 1000).await.unwrap(),
+        1,
+        "the sent one goes"
+    );
+    assert!(store.show(delivery_ids[1]).await.is_err());
+    assert!(
+        store.show(delivery_ids[0]).await.is_ok(),
+        "the pending one stays"
+    );
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].destination.as_str(), stats[0].pending), ("a", 1));
+    store.probe().await.unwrap();
+}
+
+async fn a_closed_digest_takes_no_more_events(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let accept = |body: &str, d: NewDelivery| store.accept(event(body, t), fixed(vec![d]), None);
+    let a = ids(accept("{\"n\":1}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap());
+    let b = ids(accept("{\"n\":2}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap());
+    assert_eq!(a, b, "joined the open digest");
+    store.close_group(a[0], now_ms()).await.unwrap();
+    let c = ids(accept("{\"n\":3}", grouped("a", "k", 60_000, None))
+        .await
+        .unwrap());
+    assert_ne!(a, c, "a new digest after the first was closed");
+    assert_eq!(store.group_events(a[0]).await.unwrap().len(), 2);
+    assert_eq!(store.group_events(c[0]).await.unwrap().len(), 1);
+}
+
+async fn concurrent_events_of_one_group_share_one_digest(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            ids(store
+                .accept(
+                    event(&format!("{{\"n\":{i}}}"), t),
+                    fixed(vec![grouped("a", "k", 60_000, None), to("b")]),
+                    None,
+                )
+                .await
+                .unwrap())
+        });
+    }
+    let mut digests = std::collections::HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        digests.insert(r.unwrap()[0]);
+    }
+    assert_eq!(digests.len(), 1, "one digest: {digests:?}");
+    let digest = *digests.iter().next().unwrap();
+    assert_eq!(store.group_events(digest).await.unwrap().len(), 16);
+}
+
+async fn a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release(
+    store: Arc<dyn Store>,
+) {
+    let t = now_ms();
+    let later = t + 3_600_000;
+    let accept = |body: &str, d: NewDelivery| store.accept(event(body, t), fixed(vec![d]), None);
+    let a = ids(accept("{\"n\":1}", grouped("a", "k", 10_000, None))
+        .await
+        .unwrap());
+    accept("{\"n\":2}", grouped("a", "k", 10_000, Some(later)))
+        .await
+        .unwrap();
+    let (d, _) = store.show(a[0]).await.unwrap();
+    assert_eq!((d.next_attempt_at, d.age_from), (later, later));
+    let h = ids(accept(
+        "{\"n\":3}",
+        NewDelivery {
+            not_before: Some(later),
+            ..to("b")
+        },
+    )
+    .await
+    .unwrap());
+    let (held, _) = store.show(h[0]).await.unwrap();
+    assert_eq!(
+        (held.next_attempt_at, held.age_from, held.created_at),
+        (later, later, t)
+    );
+}
+
+/// A message held by a mute window or an open digest is queued but not late: it shows in the
+/// depth, not in the oldest-pending age that operators alert on.
+async fn held_messages_count_in_the_depth_but_not_in_the_age(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let later = t + 3_600_000;
+    let held = NewDelivery {
+        not_before: Some(later),
+        ..to("a")
+    };
+    store
+        .accept(event("{\"n\":1}", t - 60_000), fixed(vec![held]), None)
+        .await
+        .unwrap();
+    store
+        .accept(
+            event("{\"n\":2}", t - 30_000),
+            fixed(vec![grouped("a", "k", 600_000, None)]),
+            None,
+        )
+        .await
+        .unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats[0].pending, stats[0].oldest_due_at), (2, None));
+
+    store
+        .accept(event("{\"n\":3}", t - 5_000), fixed(vec![to("a")]), None)
+        .await
+        .unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats[0].pending, stats[0].oldest_due_at),
+        (3, Some(t - 5_000))
+    );
+}
+
+/// Twelve failed builds of one branch arriving together: each that counts sees the one before
+/// it, so no two claim the same place in the run of failures.
+async fn concurrent_builds_of_one_branch_are_counted_one_after_the_other(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 1..=12u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut e = event(&format!("{{\"build\":{n}}}"), t);
+            e.build = Some(BuildOutcome {
+                pipeline: "web".into(),
+                branch: "main".into(),
+                number: n,
+                failed: true,
+                finished_at: Some(t),
+            });
+            match store.accept(e, fixed(vec![to("a")]), None).await.unwrap() {
+                Accepted::New { transition, .. } => transition,
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+    let mut counts = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Some(t) = r.unwrap() {
+            assert!(matches!(
+                t.kind,
+                TransitionKind::Broken | TransitionKind::StillFailing
+            ));
+            counts.push(t.consecutive_failures);
+        }
+    }
+    counts.sort();
+    let expected: Vec<u32> = (1..=counts.len() as u32).collect();
+    assert_eq!(counts, expected, "each counted once, in a row");
+    // Then a pass fixes the branch, whatever order the failures landed in.
+    let mut fixed_build = event("{\"build\":13}", t);
+    fixed_build.build = Some(BuildOutcome {
+        pipeline: "web".into(),
+        branch: "main".into(),
+        number: 13,
+        failed: false,
+        finished_at: Some(t),
+    });
+    let Accepted::New { transition, .. } = store
+        .accept(fixed_build, fixed(vec![]), None)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(transition.unwrap().kind, TransitionKind::Fixed);
+}
+
+async fn a_build_message_is_only_moved_forward(store: Arc<dyn Store>) {
+    let m = |ts: &str, rank, id| MessageRef {
+        channel: "C1".into(),
+        ts: ts.into(),
+        as_of: (rank, id),
+    };
+    assert_eq!(store.message_ref("live", "web#1").await.unwrap(), None);
+    store
+        .set_message_ref("live", "web#1", m("1.1", 1, 10))
+        .await
+        .unwrap();
+    store
+        .set_message_ref("live", "web#1", m("1.1", 3, 12))
+        .await
+        .unwrap();
+    store
+        .set_message_ref("live", "web#1", m("9.9", 2, 11))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.message_ref("live", "web#1").await.unwrap(),
+        Some(m("1.1", 3, 12)),
+        "a late event about an earlier step does not move it back"
+    );
+    assert_eq!(store.message_ref("other", "web#1").await.unwrap(), None);
+}
+
+async fn a_released_lease_hands_on_its_pace_and_pause(store: Arc<dyn Store>) {
+    let a = vec!["a".to_string()];
+    let first = store.acquire(&a, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].left, Left::Fresh);
+    let epoch = first[0].epoch;
+    assert_eq!(store.renew(&[("a".into(), epoch)]).await.unwrap(), a);
+    store.save_pause("a", epoch, 5_000, 3).await.unwrap();
+    let carry = Carry {
+        pace: Some(Pace {
+            tokens: 0.5,
+            at: 4_000,
+        }),
+        paused_until: 6_000,
+        failures: 4,
+    };
+    store.release("a", epoch, carry).await.unwrap();
+    assert!(
+        store
+            .renew(&[("a".into(), epoch)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a released hold is not renewed"
+    );
+    let second = store.acquire(&a, Duration::ZERO).await.unwrap();
+    assert_eq!(second[0].left, Left::Released(carry.pace));
+    assert_eq!(second[0].carry, carry);
+    assert!(second[0].epoch > epoch);
+    // A stale holder's release changes nothing.
+    store.release("a", epoch, Carry::default()).await.unwrap();
+    assert_eq!(
+        store.renew(&[("a".into(), second[0].epoch)]).await.unwrap(),
+        a
+    );
+    assert!(store.heartbeat().await.unwrap() >= 1);
+}
