@@ -220,8 +220,26 @@ fn serve(path: &Path) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::FAILURE;
     };
+    // A socket systemd opened (socket activation), taken before any thread starts: while the
+    // service restarts, connections wait in its queue instead of being refused.
+    let inherited = match listenfd::ListenFd::from_env().take_tcp_listener(0) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "LISTEN_FDS: the first passed socket is not a TCP listener");
+            return ExitCode::FAILURE;
+        }
+    };
     runtime().block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.server.listen).await {
+        let listener = match inherited {
+            Some(socket) => {
+                tracing::info!("listening on the socket systemd passed (LISTEN_FDS); [server] listen is not used");
+                socket
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(socket))
+            }
+            None => tokio::net::TcpListener::bind(config.server.listen).await,
+        };
+        let listener = match listener {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(addr = %config.server.listen, error = %e, "cannot listen");

@@ -49,6 +49,9 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// Buildkite's published webhook addresses, when `allowed_ips` names `"buildkite"`.
     pub buildkite_ips: Arc<ArcSwap<Vec<IpNet>>>,
+    /// Set once shutdown has begun: `/readyz` answers 503 so a load balancer moves traffic
+    /// away, while requests are still served until the drain time is over.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The service's HTTP routes. The two webhook endpoints share one concurrency cap: requests

@@ -58,8 +58,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Ready when the store takes a write within two seconds.
+/// Ready when the store takes a write within two seconds, and not shutting down.
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
+    }
     let probe = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         state.queue.store().probe(),

@@ -2,6 +2,7 @@
 //! delivery workers, serves HTTP (or HTTPS) until the shutdown signal, reloads on SIGHUP, then
 //! lets attempts in flight finish (up to a deadline) and leaves the rest queued.
 
+mod http;
 mod meta;
 
 use crate::config::Config;
@@ -14,7 +15,6 @@ use crate::store::{Schema, Store, StoreError};
 use crate::validate::validate;
 use arc_swap::ArcSwap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -107,14 +107,16 @@ impl Service {
                 metrics,
                 reloader,
                 buildkite_ips,
+                draining: Default::default(),
             },
             stop_tasks,
         })
     }
 
-    /// Serves on `listener` (with TLS when configured) until `shutdown` resolves; then stops
-    /// taking requests, gives open connections and attempts in flight the configured deadline,
-    /// and leaves everything else queued.
+    /// Serves on `listener` (with TLS when configured) until `shutdown` resolves; then answers
+    /// `/readyz` with 503 for `[server] drain` while still serving, so a load balancer moves
+    /// traffic away first; then stops taking connections, gives open ones and attempts in
+    /// flight the configured deadline, and leaves everything else queued.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -122,16 +124,26 @@ impl Service {
     ) -> Result<(), ServeError> {
         let config = self.state.live.load().config.clone();
         let addr = listener.local_addr()?;
-        let listener = listener.into_std()?;
-        let handle = axum_server::Handle::new();
-        let deadline = config.shutdown_deadline;
-        {
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                handle.graceful_shutdown(Some(deadline));
-            });
-        }
+        let tls = match &config.server.tls {
+            Some(tls) => Some(http::tls_acceptor(&tls.cert, &tls.key)?),
+            None => None,
+        };
+        let (live, draining) = (self.state.live.clone(), self.state.draining.clone());
+        let stop = async move {
+            shutdown.await;
+            // Read now: a reload may have changed them since the start.
+            let config = live.load().config.clone();
+            let drain = config.server.drain;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            if !drain.is_zero() {
+                tracing::info!(
+                    ?drain,
+                    "draining: /readyz answers 503 while requests are still served"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            config.shutdown_deadline
+        };
         // The handler is in place before "listening" is logged: a SIGHUP sent as soon as the
         // service says it is up must reload it, not end it (the default action).
         #[cfg(unix)]
@@ -157,25 +169,11 @@ impl Service {
             replica = self.state.queue.store().replica(),
             "listening"
         );
-        let app =
-            ingress::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let read_timeout = config.server.read_timeout;
-        match &config.server.tls {
-            Some(tls) => {
-                deliver::install_crypto_provider();
-                let rustls =
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                        .await?;
-                let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
-                limit_http(server.http_builder(), read_timeout);
-                server.serve(app).await?;
-            }
-            None => {
-                let mut server = axum_server::from_tcp(listener)?.handle(handle);
-                limit_http(server.http_builder(), read_timeout);
-                server.serve(app).await?;
-            }
-        }
+        let serving = http::Serving {
+            read_timeout: config.server.read_timeout,
+            tls,
+        };
+        http::serve(listener, ingress::router(self.state.clone()), serving, stop).await;
         self.stop().await;
         Ok(())
     }
@@ -192,24 +190,6 @@ impl Service {
             );
         }
     }
-}
-
-/// Headers (with the request line) larger than this are refused with 431: Buildkite's are a
-/// few hundred bytes.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Read timeouts and header size limits for HTTP/1 and HTTP/2.
-fn limit_http(
-    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    read_timeout: std::time::Duration,
-) {
-    builder
-        .http1()
-        .header_read_timeout(read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
 }
 
 #[cfg(unix)]

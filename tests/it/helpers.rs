@@ -495,15 +495,24 @@ pub struct Running {
 /// Starts `kitebridge serve` with JSON logs and waits for its `listening` line; the config
 /// should listen on `127.0.0.1:0`.
 pub async fn start_binary(config: &std::path::Path) -> Running {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"));
+    cmd.args(serve_args(config));
+    start_command(cmd).await
+}
+
+/// The arguments of `kitebridge serve` with JSON logs.
+pub fn serve_args(config: &std::path::Path) -> Vec<String> {
+    ["--log-format", "json", "serve", "--config"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([config.to_str().unwrap().to_string()])
+        .collect()
+}
+
+/// Starts `cmd` (a `kitebridge serve` with JSON logs) and waits for its `listening` line.
+pub async fn start_command(mut cmd: tokio::process::Command) -> Running {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-        ])
+    let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -530,7 +539,7 @@ pub async fn start_binary(config: &std::path::Path) -> Running {
             };
         }
     }
-    panic!("kitebridge did not start");
+    panic!("kitebridge did not start: {startup:?}");
 }
 
 /// The real store, with faults on demand: every write refused (a full or read-only disk), or
@@ -765,11 +774,16 @@ pub async fn run_ok(args: &[&str]) -> String {
 /// Posts `body` to the webhook endpoint at `addr`, signed now, with the event header its
 /// `event` field names; a fresh connection each time, so none outlives a shutdown.
 pub async fn post_signed_to(addr: SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
-    kitebridge::deliver::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    // Built once: building a client (its TLS roots) costs milliseconds of CPU, which under a
+    // test's steady load starves the services it tests.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        kitebridge::deliver::install_crypto_provider();
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    });
     let mut req = client
         .post(format!("http://{addr}/webhooks/buildkite"))
         .header("X-Buildkite-Signature", signature(TOKEN, now(), body))

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod answers;
+mod balancer;
 mod cli;
 mod crash;
 mod delivery;
@@ -15,5 +16,6 @@ mod postgres;
 mod production;
 mod queue;
 mod replicas;
+mod restarts;
 mod secrets;
 mod store_contract;

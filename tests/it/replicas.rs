@@ -17,12 +17,17 @@ pub struct Replica {
 
 impl Replica {
     pub async fn start(config: &std::path::Path) -> Self {
+        Self::gather(start_binary(config).await)
+    }
+
+    /// Gathers a started binary's log lines from now on.
+    pub fn gather(running: Running) -> Self {
         let Running {
             child,
             addr,
             startup,
             mut lines,
-        } = start_binary(config).await;
+        } = running;
         let log = Arc::new(Mutex::new(startup));
         let gathered = log.clone();
         tokio::spawn(async move {
