@@ -13,3 +13,4 @@ mod operations;
 mod production;
 mod queue;
 mod secrets;
+mod storage_faults;
