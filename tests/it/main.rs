@@ -18,4 +18,5 @@ mod queue;
 mod replicas;
 mod restarts;
 mod secrets;
+mod storage_faults;
 mod store_contract;

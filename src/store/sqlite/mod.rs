@@ -203,9 +203,10 @@ impl SqliteStore {
 }
 
 /// The schema, one step per version; `PRAGMA user_version` records how far a database is.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../schema/v1.sql"),
     include_str!("../schema/v2.sql"),
+    include_str!("../schema/v3.sql"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -168,3 +168,67 @@ async fn the_log_is_copied_into_the_database_off_the_writer() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Pages in the log and pages of it copied into the database file, checkpointing what it can.
+async fn log_pages(store: &SqliteStore) -> (i64, i64) {
+    loop {
+        let pages = store
+            .read(|c| {
+                Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })?)
+            })
+            .await
+            .unwrap();
+        // -1: the checkpointer was at it just then.
+        if pages.0 >= 0 {
+            return pages;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The pages `write` appends to the log: it runs once the log is all copied in, so its commit
+/// starts the log afresh.
+async fn log_pages_of<T: std::fmt::Debug>(
+    store: &SqliteStore,
+    write: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> i64 {
+    loop {
+        let (log, copied) = log_pages(store).await;
+        if log == copied {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    write.await.unwrap();
+    log_pages(store).await.0
+}
+
+/// A commit needs room in the log for every page it changed; a full disk has room for the
+/// probe only when it has room for an event of Buildkite's size.
+#[tokio::test]
+async fn the_probe_needs_as_much_room_in_the_log_as_storing_an_event() {
+    let (_dir, store) = store();
+    let t = now_ms();
+    let bodies = [
+        include_str!("../../../tests/fixtures/buildkite/ping.json"),
+        include_str!("../../../tests/fixtures/buildkite/build.finished.json"),
+        include_str!("../../../tests/fixtures/buildkite/job.finished.json"),
+    ];
+    let mut event_pages = Vec::new();
+    for n in 0..60 {
+        let body = bodies[n % 3].replacen('{', &format!("{{\"n\":{n},"), 1);
+        let plan = (0..=n % 4).map(|d| to(&format!("d{d}"))).collect();
+        let accept = store.accept(event(&body, t + n as i64), fixed(plan), Some(t - 600_000));
+        event_pages.push(log_pages_of(&store, accept).await);
+    }
+    let most = *event_pages.iter().max().unwrap();
+    // The first probe also makes its row (and grows the file by it); later ones rewrite it.
+    store.probe().await.unwrap();
+    let probe = log_pages_of(&store, store.probe()).await;
+    assert!(
+        (most..=2 * most).contains(&probe),
+        "the probe wrote {probe} pages, an event up to {most}: {event_pages:?}"
+    );
+}
