@@ -12,6 +12,7 @@ mod hostile;
 mod hostile_requests;
 mod operations;
 mod pg;
+mod pg_outage;
 mod postgres;
 mod production;
 mod queue;
