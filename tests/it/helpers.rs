@@ -774,6 +774,15 @@ pub async fn run_ok(args: &[&str]) -> String {
 /// Posts `body` to the webhook endpoint at `addr`, signed now, with the event header its
 /// `event` field names; a fresh connection each time, so none outlives a shutdown.
 pub async fn post_signed_to(addr: SocketAddr, body: &[u8]) -> reqwest::Result<u16> {
+    post_signed_to_with(addr, TOKEN, body).await
+}
+
+/// [`post_signed_to`], signed with `token`.
+pub async fn post_signed_to_with(
+    addr: SocketAddr,
+    token: &str,
+    body: &[u8],
+) -> reqwest::Result<u16> {
     // Built once: building a client (its TLS roots) costs milliseconds of CPU, which under a
     // test's steady load starves the services it tests.
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
@@ -786,7 +795,7 @@ pub async fn post_signed_to(addr: SocketAddr, body: &[u8]) -> reqwest::Result<u1
     });
     let mut req = client
         .post(format!("http://{addr}/webhooks/buildkite"))
-        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
+        .header("X-Buildkite-Signature", signature(token, now(), body))
         .body(body.to_vec());
     if let Some(event) = serde_json::from_slice::<Value>(body)
         .ok()

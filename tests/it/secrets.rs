@@ -286,3 +286,91 @@ fn a_panic_message_is_scrubbed_of_secrets() {
     );
     assert!(!text.contains(SECRETS[0].1), "{text}");
 }
+
+/// The shared store's URL holds a password: no command, log line or error shows it, whether
+/// the database answers or not.
+#[tokio::test]
+async fn the_database_password_appears_in_no_output() {
+    let db = crate::pg::TestDb::new().await;
+    // The test server's own password, or (with trust authentication) one it ignores.
+    let options =
+        kitebridge::store::postgres::PgOptions::parse(&db.url, std::path::Path::new("")).unwrap();
+    let (url, password) = match options.config.get_password() {
+        Some(p) => (db.url.clone(), String::from_utf8_lossy(p).into_owned()),
+        None => {
+            let password = "pw-SECRET-fff666".to_string();
+            let at = db.url.find('@').unwrap();
+            (
+                format!("{}:{password}{}", &db.url[..at], &db.url[at..]),
+                password,
+            )
+        }
+    };
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, url: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\ndrain = \"0s\"\n[buildkite]\ntoken = \"t0ken-x\"\n\
+                 [storage]\nurl = \"${{KB_DATABASE_URL}}\"\nlease = \"2s\"\n\
+                 [delivery]\nallowed_hosts = [\"127.0.0.1\"]\n\
+                 [destinations.slack]\nkind = \"slack\"\nurl = \"{}\"\nrate = 0\n\
+                 [[routes]]\nname = \"all\"\nto = [\"slack\"]\n",
+                rec.url("slack")
+            ),
+        )
+        .unwrap();
+        (path.to_str().unwrap().to_string(), url.to_string())
+    };
+    let dead = dead_address();
+    // The same URL, password and all, pointing at a port where nothing listens.
+    let host_start = url.find('@').unwrap() + 1;
+    let host_end = host_start + url[host_start..].find('/').unwrap();
+    let unreachable = format!("{}{dead}{}", &url[..host_start], &url[host_end..]);
+    let payload = fixture_path("build.finished");
+    let mut all = String::new();
+    for (cfg, url) in [write("good.toml", &url), write("down.toml", &unreachable)] {
+        let env = [("KB_DATABASE_URL", url.clone())];
+        all += &output(&["check", "--config", &cfg], &env);
+        all += &output(&["render", "--config", &cfg, "--payload", &payload], &env);
+        let serve = command(&["--log-format", "text", "serve", "--config", &cfg], &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if url == unreachable {
+            let out = tokio::task::spawn_blocking(move || serve.wait_with_output().unwrap())
+                .await
+                .unwrap();
+            assert!(!out.status.success(), "it cannot start without its store");
+            all += &String::from_utf8_lossy(&out.stderr);
+        } else {
+            let addr = listening_port(serve.id());
+            let posted = post_signed_to_with(addr, "t0ken-x", &build_finished(7)).await;
+            assert_eq!(posted.unwrap(), 202);
+            rec.wait_for("slack", 1).await;
+            all += &output(&["deliveries", "list", "--config", &cfg], &env);
+            all += &output(&["deliveries", "show", "1", "--config", &cfg], &env);
+            let _ = Command::new("kill")
+                .args(["-TERM", &serve.id().to_string()])
+                .status();
+            let out = tokio::task::spawn_blocking(move || serve.wait_with_output().unwrap())
+                .await
+                .unwrap();
+            all += &String::from_utf8_lossy(&out.stderr);
+        }
+        all += &output(&["deliveries", "list", "--config", &cfg], &env);
+    }
+    assert!(all.contains("listening"), "it ran:\n{all}");
+    assert!(
+        all.contains("Connection refused"),
+        "and failed to connect:\n{all}"
+    );
+    assert!(
+        all.contains(&format!("@{dead}")),
+        "the URL is shown without its password"
+    );
+    assert!(!all.contains(&password), "the password appeared in:\n{all}");
+}

@@ -82,8 +82,8 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// A driver error with its causes, which carry the useful part (a refused connection, the
-/// server's message), and never a known secret.
+/// A driver error as one line: the server's own message when it sent one, else the driver's
+/// with its causes, which carry the useful part (a refused connection); never a known secret.
 fn describe(e: &tokio_postgres::Error) -> String {
     let text = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),

@@ -1,6 +1,6 @@
 use super::*;
 use crate::store::{
-    Accepted, DeliveryQueue, Intake, NewDelivery, NewEvent, Planner, StoreError, now_ms,
+    Accepted, DeliveryQueue, Intake, NewDelivery, NewEvent, Operations, Planner, StoreError, now_ms,
 };
 use bytes::Bytes;
 
