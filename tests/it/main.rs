@@ -17,3 +17,4 @@ mod queue;
 mod replicas;
 mod secrets;
 mod store_contract;
+mod store_copy;
