@@ -1,9 +1,10 @@
-//! The command line: `serve`, `check`, `render` and `send-test`.
+//! The command line: `serve`, `check`, `render`, `send-test`, `deliveries` and `store`.
 
 mod check;
 mod deliveries;
 mod render;
 mod send_test;
+mod store_copy;
 
 use crate::config::Config;
 use crate::telemetry::{self, LogFormat};
@@ -91,6 +92,26 @@ pub enum DeliveriesCommand {
     },
 }
 
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy what an embedded SQLite store still needs into the shared store the config names.
+    ///
+    /// Pending deliveries, dead letters and open digests (with their events and attempts),
+    /// branch history, Slack message ids and the duplicate keys inside `dedupe_window`, in one
+    /// transaction. Stop the service using the SQLite file first.
+    Copy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The old SQLite store.
+        #[arg(long)]
+        from: PathBuf,
+        /// Copy even into a store that already holds events or deliveries.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -134,6 +155,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Move between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -156,6 +182,17 @@ pub fn main() -> ExitCode {
             sample,
         } => send_test::run(&config.config, &destination, sample.as_deref()),
         Command::Deliveries { command } => run_deliveries(command),
+        Command::Store {
+            command:
+                StoreCommand::Copy {
+                    config,
+                    from,
+                    force,
+                },
+        } => match load(&config.config) {
+            Some(config) => store_copy::run(&config, &from, force),
+            None => ExitCode::FAILURE,
+        },
     }
 }
 

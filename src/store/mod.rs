@@ -7,8 +7,10 @@
 //! operator's commands, metrics and probes) and [`Leases`] (which replica sends each
 //! destination). [`Store`] is all of them. Two implementations sit behind it:
 //! [`sqlite::SqliteStore`], the embedded default (WAL mode, group commit), and
-//! [`postgres::PgStore`], which replicas share.
+//! [`postgres::PgStore`], which replicas share. [`copy`] is what `kitebridge store copy`
+//! carries from the first to the second.
 
+pub mod copy;
 mod intake;
 mod lease;
 mod messages;

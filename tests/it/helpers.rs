@@ -806,6 +806,22 @@ pub async fn post_signed_to_with(
     Ok(req.send().await?.status().as_u16())
 }
 
+/// [`post_signed_to`], returning the answer too.
+pub async fn post_signed_json_to(addr: SocketAddr, body: &[u8]) -> (u16, Value) {
+    let event: Value = serde_json::from_slice(body).unwrap();
+    let resp = kitebridge::deliver::client()
+        .post(format!("http://{addr}/webhooks/buildkite"))
+        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
+        .header("X-Buildkite-Event", event["event"].as_str().unwrap())
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
 impl Running {
     /// Sends the process a signal (`"HUP"`, `"TERM"`).
     pub fn signal(&self, name: &str) {

@@ -21,3 +21,4 @@ mod restarts;
 mod secrets;
 mod storage_faults;
 mod store_contract;
+mod store_copy;

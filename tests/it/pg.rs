@@ -111,6 +111,15 @@ impl TestDb {
         client.query_one(sql, &[]).await.unwrap().get(0)
     }
 
+    /// The first column of the first row of `sql`, as text.
+    pub async fn text(&self, sql: &str) -> String {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
     /// `[storage]` for a config file.
     pub fn storage_toml(&self) -> String {
         format!(

@@ -10,6 +10,7 @@
 //! replicas start at once, one migrates and the others wait, then find it current. A binary
 //! older than the schema refuses to start.
 
+mod import;
 mod intake;
 mod lease;
 pub mod options;

@@ -6,8 +6,11 @@
 //! savepoint, so one failing request does not undo the others. Reads use a small pool of
 //! other connections, so readers never wait on each other or on the writer (WAL).
 
+mod export;
 mod intake;
 mod queries;
+
+pub use export::{Batches, Snapshot};
 
 use super::{LocalLeases, StoreError};
 use rusqlite::Connection;
