@@ -68,9 +68,10 @@ fn client() -> reqwest::Client {
     kitebridge::deliver::client()
 }
 
-/// Sends `total` requests over `connections` connections, each as soon as the last answered.
+/// Sends `total` requests over `connections` connections, each as soon as the last answered;
+/// request `id` goes to `urls[id % urls.len()]` (replicas behind a balancer).
 pub async fn closed_loop(
-    url: &str,
+    urls: &[String],
     bodies: Arc<Bodies>,
     token: &str,
     first_id: u64,
@@ -91,7 +92,7 @@ pub async fn closed_loop(
             client.clone(),
             bodies.clone(),
         );
-        let (url, token) = (url.to_string(), token.to_string());
+        let (urls, token) = (urls.to_vec(), token.to_string());
         tasks.spawn(async move {
             loop {
                 let id = next.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +100,8 @@ pub async fn closed_loop(
                     return;
                 }
                 let (body, header) = bodies.body(id, &token);
-                let ok = send(&client, &url, body, header).await;
+                let url = &urls[(id % urls.len() as u64) as usize];
+                let ok = send(&client, url, body, header).await;
                 if ok { &accepted } else { &refused }.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -114,9 +116,9 @@ pub async fn closed_loop(
 }
 
 /// Sends `rate` requests a second for `duration`, each at its scheduled time whatever the
-/// answers to the earlier ones.
+/// answers to the earlier ones; spread over `urls` as [`closed_loop`] does.
 pub async fn open_loop(
-    url: &str,
+    urls: &[String],
     bodies: Arc<Bodies>,
     token: &str,
     first_id: u64,
@@ -139,7 +141,10 @@ pub async fn open_loop(
     for (i, (id, body, header)) in prepared.into_iter().enumerate() {
         let at = started + interval * i as u32;
         tokio::time::sleep_until(at.into()).await;
-        let (client, url) = (client.clone(), url.to_string());
+        let (client, url) = (
+            client.clone(),
+            urls[(id % urls.len() as u64) as usize].clone(),
+        );
         tasks.spawn(async move {
             let ok = send(&client, &url, body, header).await;
             (id, at, at.elapsed(), ok)

@@ -257,7 +257,7 @@ async fn run() {
     )
     .await;
     let bare_run = closed_loop(
-        &format!("http://127.0.0.1:{bare_port}/"),
+        &[format!("http://127.0.0.1:{bare_port}/")],
         bodies.clone(),
         TOKEN,
         0,
@@ -277,11 +277,11 @@ async fn run() {
     let (kb, _) = Kitebridge::start(dir.path(), &format!("http://{sink_addr}/sink"), 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss(kb.child.id()).0;
-    let max = closed_loop(&kb.url(), bodies.clone(), TOKEN, 1, events, CONNECTIONS).await;
+    let max = closed_loop(&[kb.url()], bodies.clone(), TOKEN, 1, events, CONNECTIONS).await;
     let drain = wait_for(&sink, max.accepted as usize, Duration::from_secs(300)).await;
     let delivered_max = sink.count();
     let open = open_loop(
-        &kb.url(),
+        &[kb.url()],
         bodies.clone(),
         TOKEN,
         10_000_000,
@@ -370,7 +370,7 @@ async fn backlog_run(bodies: &Arc<Bodies>, n: u64, intake: u64, out: &mut impl F
             let (kb, _) = Kitebridge::start(&dir, &down, 1).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let before = rss(kb.child.id()).0;
-            let run = closed_loop(&kb.url(), bodies, TOKEN, first, intake, CONNECTIONS).await;
+            let run = closed_loop(&[kb.url()], bodies, TOKEN, first, intake, CONNECTIONS).await;
             let (after, peak) = rss(kb.child.id());
             kb.stop();
             (per_second(&run), before, after, peak)
