@@ -4,9 +4,12 @@
 //!
 //! `bash bench/load.sh` (installs Alertmanager if it can), or `cargo bench --bench load`.
 //! Scale with KB_BENCH_EVENTS (default 100000) and KB_BENCH_BACKLOG (default 1000000, 0 skips
-//! the backlog part). The report is printed and written to target/load-report.md.
+//! the backlog part). The PostgreSQL part uses KB_BENCH_DATABASE_URL (else
+//! KITEBRIDGE_TEST_DATABASE_URL, else the local server) to create a database of its own.
+//! The report is printed and written to target/load-report.md.
 
 mod generator;
+mod replicas;
 mod sink;
 
 use generator::{Bodies, Run, closed_loop, open_loop, quantile};
@@ -92,10 +95,15 @@ struct Kitebridge {
 }
 
 impl Kitebridge {
-    fn config(dir: &Path, port: u16, sink: &str, routes: usize) -> PathBuf {
+    /// The embedded store, with KB_BENCH_DURABILITY when set.
+    fn sqlite() -> String {
         let durability = std::env::var("KB_BENCH_DURABILITY")
             .map(|d| format!("durability = \"{d}\"\n"))
             .unwrap_or_default();
+        format!("[storage]\npath = \"kitebridge.db\"\n{durability}")
+    }
+
+    fn config(dir: &Path, port: u16, sink: &str, routes: usize, storage: &str) -> PathBuf {
         let mut text = format!(
             r#"
 [server]
@@ -105,9 +113,7 @@ listen = "127.0.0.1:{port}"
 token = "{TOKEN}"
 mode = "signature"
 
-[storage]
-path = "kitebridge.db"
-{durability}
+{storage}
 [delivery]
 allowed_hosts = ["127.0.0.1"]
 
@@ -132,8 +138,13 @@ concurrency = 64
     }
 
     async fn start(dir: &Path, sink: &str, routes: usize) -> (Self, Duration) {
+        Self::start_on(dir, sink, routes, &Self::sqlite()).await
+    }
+
+    /// Starts it with the `[storage]` table `storage`.
+    async fn start_on(dir: &Path, sink: &str, routes: usize, storage: &str) -> (Self, Duration) {
         let port = free_port();
-        let config = Self::config(dir, port, sink, routes);
+        let config = Self::config(dir, port, sink, routes, storage);
         let log = std::fs::File::create(dir.join("kitebridge.log")).unwrap();
         let started = Instant::now();
         let child = Command::new(env!("CARGO_BIN_EXE_kitebridge"))
@@ -350,6 +361,7 @@ async fn run() {
         ms(startup)
     ));
 
+    replicas::run(&bodies, bare_rate, events.min(50_000), &mut out).await;
     if backlog > 0 {
         backlog_run(&bodies, backlog, events.min(20_000), &mut out).await;
     }

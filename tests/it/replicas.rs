@@ -508,3 +508,53 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
         "the woken replica says it lost the destination"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_and_the_command_line_see_the_shared_queue_and_a_retry_is_sent_at_once() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Status(404, "channel_not_found")]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    let replicas = [Replica::start(&cfg).await, Replica::start(&cfg).await];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    let other = &replicas[1 - sender];
+    assert_eq!(
+        post_signed_to(other.addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
+    );
+    rec.wait_for("slack", 1).await;
+    // The dead letter shows on the replica that did not send it, and on the command line.
+    let metrics = kitebridge::deliver::client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics
+            .get(format!("http://{}/metrics", other.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("kitebridge_dead_letters{destination=\"slack\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dead letter in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cfg_s = cfg.to_str().unwrap();
+    let listed = run_ok(&["deliveries", "list", "--config", cfg_s, "--state", "dead"]).await;
+    assert!(listed.contains("channel_not_found"), "{listed}");
+    let retried = run_ok(&["deliveries", "retry", "--all-dead", "--config", cfg_s]).await;
+    assert!(retried.contains("re-queued 1 delivery"), "{retried}");
+    let got = rec.wait_for("slack", 2).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "sent again by the replica holding the destination"
+    );
+    let shown = run_ok(&["deliveries", "show", "1", "--config", cfg_s]).await;
+    assert!(shown.contains("state        sent"), "{shown}");
+}
