@@ -152,3 +152,78 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// A TCP relay to the test server that can be cut like a network: while cut, bytes stop
+/// flowing both ways and new connections hang, but nothing is closed, as when packets are lost.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Relay {
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let watch = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut flowing = watch.subscribe();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let mut up = [0u8; 16 * 1024];
+                    let mut down = [0u8; 16 * 1024];
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    loop {
+                        // While cut, wait for the cable to come back; read nothing meanwhile.
+                        if *flowing.borrow() {
+                            if flowing.wait_for(|c| !*c).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        tokio::select! {
+                            n = cr.read(&mut up) => match n {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => if sw.write_all(&up[..n]).await.is_err() { return },
+                            },
+                            n = sr.read(&mut down) => match n {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => if cw.write_all(&down[..n]).await.is_err() { return },
+                            },
+                            _ = flowing.changed() => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    /// Stops every byte, both ways.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Lets them flow again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+/// The test server's address, for a relay.
+pub fn server_addr(url: &str) -> std::net::SocketAddr {
+    let o = PgOptions::parse(url, std::path::Path::new("")).unwrap();
+    let host = match &o.config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) if h == "localhost" => "127.0.0.1".to_string(),
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("the test server is reached over TCP"),
+    };
+    let port = o.config.get_ports().first().copied().unwrap_or(5432);
+    std::net::SocketAddr::new(host.parse().unwrap(), port)
+}

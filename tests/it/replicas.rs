@@ -558,3 +558,63 @@ async fn any_replica_and_the_command_line_see_the_shared_queue_and_a_retry_is_se
     let shown = run_ok(&["deliveries", "show", "1", "--config", cfg_s]).await;
     assert!(shown.contains("state        sent"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_cut_off_from_the_database_stops_sending_and_is_replaced() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    // Replica a reaches the database through a cable the test can cut.
+    let relay = crate::pg::Relay::start(crate::pg::server_addr(&db.url)).await;
+    let direct = crate::pg::server_addr(&db.url).to_string();
+    let a_cfg = dir.path().join("a.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains(&direct) || text.contains("localhost"),
+        "{text}"
+    );
+    let relayed = text.replace(&direct, &relay.addr.to_string()).replace(
+        &format!("localhost:{}", crate::pg::server_addr(&db.url).port()),
+        &relay.addr.to_string(),
+    );
+    std::fs::write(&a_cfg, relayed).unwrap();
+    let a = Replica::start(&a_cfg).await;
+    // b starts once a holds the destination, so a is the sender.
+    assert_eq!(owner(&[&a], "slack").await, 0);
+    let b = Replica::start(&cfg).await;
+    relay.cut();
+    let cut = Instant::now();
+    for n in 1..=5u64 {
+        assert_eq!(
+            post_signed_to(b.addr, &build_finished(n)).await.unwrap(),
+            202
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rec.received_on("slack").len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rec.received_on("slack").len(), 5, "b took over within 30 s");
+    println!(
+        "takeover of a cut-off sender: all sent {:?} after the cut",
+        cut.elapsed()
+    );
+    assert!(b.holds("slack").await);
+    relay.restore();
+    for n in 6..=8u64 {
+        assert_eq!(
+            post_signed_to(a.addr, &build_finished(n)).await.unwrap(),
+            202
+        );
+    }
+    rec.wait_for("slack", 8).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = arrivals(&rec, "slack");
+    assert_eq!(seen.len(), 8);
+    assert!(
+        seen.values().all(|c| *c == 1),
+        "nothing sent twice: {seen:?}"
+    );
+    assert!(!a.holds("slack").await, "a did not take it back");
+}
