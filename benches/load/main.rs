@@ -5,7 +5,8 @@
 //! `bash bench/load.sh` (installs Alertmanager if it can), or `cargo bench --bench load`.
 //! Scale with KB_BENCH_EVENTS (default 100000) and KB_BENCH_BACKLOG (default 1000000, 0 skips
 //! the backlog part). The PostgreSQL part uses KB_BENCH_DATABASE_URL (else
-//! KITEBRIDGE_TEST_DATABASE_URL, else the local server) to create a database of its own.
+//! KITEBRIDGE_TEST_DATABASE_URL, else the local server) to create a database of its own;
+//! KB_BENCH_ONLY=replicas runs only that part (and the bare endpoint).
 //! The report is printed and written to target/load-report.md.
 
 mod generator;
@@ -280,6 +281,15 @@ async fn run() {
     let bare_rss = rss(bare.id()).1;
     let _ = bare.kill();
     let _ = bare.wait();
+
+    // KB_BENCH_ONLY=replicas measures the shared store alone (beside the bare endpoint).
+    if std::env::var("KB_BENCH_ONLY").is_ok_and(|v| v == "replicas") {
+        out("| measure | kitebridge | target |".into());
+        out("| --- | --- | --- |".into());
+        out(format!("| bare axum endpoint | {bare_rate:.0} req/s | |"));
+        replicas::run(&bodies, bare_rate, events.min(50_000), &mut out).await;
+        return;
+    }
 
     // kitebridge.
     let sink = Sink::default();

@@ -11,6 +11,7 @@ use crate::transition::{LastBuild, Transition, next};
 use deadpool_postgres::Transaction;
 use futures_util::future::try_join_all;
 use std::collections::BTreeSet;
+use tokio_postgres::types::ToSql;
 
 /// Claims `hash` for a new event unless a copy was received at or after `since`; returns the
 /// new event's id, or the earlier copy's id as `Err`.
@@ -21,13 +22,10 @@ async fn claim(
     since: Option<i64>,
 ) -> Result<Result<i64, i64>, StoreError> {
     let Some(since) = since else {
-        let id = tx
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('events', 'id'))",
-                &[],
-            )
-            .await?
-            .get(0);
+        let next = tx
+            .prepare_cached("SELECT nextval(pg_get_serial_sequence('events', 'id'))")
+            .await?;
+        let id = tx.query_one(&next, &[]).await?.get(0);
         return Ok(Ok(id));
     };
     // A concurrent transaction claiming the same hash makes this wait for its outcome; then
@@ -43,66 +41,48 @@ async fn claim(
     if let Some(row) = tx.query_opt(&stmt, &[&hash, &received_at, &since]).await? {
         return Ok(Ok(row.get(0)));
     }
-    let first: i64 = tx
-        .query_one(
-            "SELECT event_id FROM dedupe_keys WHERE body_hash = $1",
-            &[&hash],
-        )
-        .await?
-        .get(0);
+    let earlier = tx
+        .prepare_cached("SELECT event_id FROM dedupe_keys WHERE body_hash = $1")
+        .await?;
+    let first: i64 = tx.query_one(&earlier, &[&hash]).await?.get(0);
     Ok(Err(first))
 }
 
-/// Works out the transition of a counting build and records it as its branch's last build,
-/// with the branch locked so concurrent builds of it are taken one after the other.
+/// Works out the transition of a counting build, with its branch locked so concurrent builds
+/// of it are taken one after the other; returns it with what to record as the branch's last
+/// build (the caller writes that with the event, in one round trip).
 async fn transition(
     tx: &Transaction<'_>,
     event: &NewEvent,
-) -> Result<Option<Transition>, StoreError> {
+) -> Result<Option<(Transition, LastBuild)>, StoreError> {
     let Some(build) = &event.build else {
         return Ok(None);
     };
     let key = lock_key("branch", &[&build.pipeline, &build.branch]);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
-    let lock = tx.execute("SELECT pg_advisory_xact_lock($1)", &params);
-    let select = tx.prepare_cached(
-        "SELECT number, failed, consecutive_failures, finished_at FROM build_states WHERE pipeline = $1 AND branch = $2",
-    );
-    let (_, select) = futures_util::try_join!(lock, select)?;
-    let last = tx
-        .query_opt(&select, &[&build.pipeline, &build.branch])
-        .await?
-        .map(|r| LastBuild {
-            number: r.get::<_, i64>(0) as u64,
-            failed: r.get(1),
-            consecutive_failures: r.get::<_, i64>(2) as u32,
-            finished_at: r.get(3),
-        });
-    let Some((transition, recorded)) = next(last.as_ref(), build) else {
-        return Ok(None);
-    };
-    let upsert = tx
+    let select = tx
         .prepare_cached(
-            "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, finished_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (pipeline, branch) DO UPDATE SET number = $3, failed = $4, consecutive_failures = $5, \
-             finished_at = $6, updated_at = $7",
+            "SELECT number, failed, consecutive_failures, finished_at FROM build_states WHERE pipeline = $1 AND branch = $2",
         )
         .await?;
-    tx.execute(
-        &upsert,
-        &[
-            &build.pipeline,
-            &build.branch,
-            &(recorded.number as i64),
-            &recorded.failed,
-            &i64::from(recorded.consecutive_failures),
-            &recorded.finished_at,
-            &event.received_at,
-        ],
-    )
-    .await?;
-    Ok(Some(transition))
+    // Sent together, both prepared already so they run in the order sent: the lock is
+    // granted before the read takes its snapshot, in one round trip. (A statement given as
+    // text is prepared first, which would let the read overtake the lock.)
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+        .await?;
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+    let read_params: [&(dyn ToSql + Sync); 2] = [&build.pipeline, &build.branch];
+    let (_, last) = futures_util::try_join!(
+        tx.execute(&lock, &lock_params),
+        tx.query_opt(&select, &read_params)
+    )?;
+    let last = last.map(|r| LastBuild {
+        number: r.get::<_, i64>(0) as u64,
+        failed: r.get(1),
+        consecutive_failures: r.get::<_, i64>(2) as u32,
+        finished_at: r.get(3),
+    });
+    Ok(next(last.as_ref(), build))
 }
 
 /// Adds the event to its group's open digest, or opens one; the group is locked so two
@@ -116,8 +96,9 @@ async fn join_group(
     key: &str,
     window_ms: i64,
 ) -> Result<i64, StoreError> {
-    let lock = lock_key("group", &[&d.destination, &d.route, key]);
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+    let key_lock = lock_key("group", &[&d.destination, &d.route, key]);
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
     let open = tx
         .prepare_cached(
@@ -126,10 +107,14 @@ async fn join_group(
              ORDER BY id DESC LIMIT 1 FOR UPDATE",
         )
         .await?;
-    let open: Option<i64> = tx
-        .query_opt(&open, &[&d.destination, &d.route, &key])
-        .await?
-        .map(|r| r.get(0));
+    // In one round trip, in this order (both prepared): the group's lock, then the look.
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&key_lock];
+    let open_params: [&(dyn ToSql + Sync); 3] = [&d.destination, &d.route, &key];
+    let (_, open) = futures_util::try_join!(
+        tx.execute(&lock, &lock_params),
+        tx.query_opt(&open, &open_params)
+    )?;
+    let open: Option<i64> = open.map(|r| r.get(0));
     let id = match open {
         Some(id) => {
             // A held event holds the whole digest (and keeps it open) until it may be sent.
@@ -172,11 +157,10 @@ async fn join_group(
             .get(0)
         }
     };
-    tx.execute(
-        "INSERT INTO delivery_events (delivery_id, event_id) VALUES ($1, $2)",
-        &[&id, &event_id],
-    )
-    .await?;
+    let link = tx
+        .prepare_cached("INSERT INTO delivery_events (delivery_id, event_id) VALUES ($1, $2)")
+        .await?;
+    tx.execute(&link, &[&id, &event_id]).await?;
     Ok(id)
 }
 
@@ -197,85 +181,106 @@ pub(super) async fn accept(
             return Ok(Accepted::Duplicate { event_id: first });
         }
     };
-    let transition = transition(&tx, &event).await?;
+    let counted = transition(&tx, &event).await?;
+    let transition = counted.as_ref().map(|(t, _)| t.clone());
     let deliveries = plan(transition.as_ref());
     let transition_json = transition
         .as_ref()
         .map(|t| serde_json::to_string(t).expect("a transition serialises"));
     let received = event.received_at;
-    // The event row first: the deliveries refer to it.
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, finished_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (pipeline, branch) DO UPDATE SET number = $3, failed = $4, consecutive_failures = $5, \
+             finished_at = $6, updated_at = $7",
+        )
+        .await?;
     let insert_event = tx
         .prepare_cached(
             "INSERT INTO events (id, name, body, body_hash, received_at, transition) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .await?;
-    tx.execute(
-        &insert_event,
-        &[
-            &event_id,
-            &event.name,
-            &&event.body[..],
-            &hash,
-            &received,
-            &transition_json,
-        ],
-    )
-    .await?;
     let insert_single = tx
         .prepare_cached(
             "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
              next_attempt_at, updated_at, thread_key) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6, $5, $7) RETURNING id",
         )
         .await?;
-    let mut delivery_ids = Vec::with_capacity(deliveries.len());
-    // Single messages go out together (in order, so their ids follow the plan); digests need
-    // their group's lock first, one at a time.
-    let mut i = 0;
-    while i < deliveries.len() {
-        let run: Vec<&NewDelivery> = deliveries[i..]
-            .iter()
-            .take_while(|d| d.group.is_none())
-            .collect();
-        if run.is_empty() {
-            let d = &deliveries[i];
-            let (key, window_ms) = d.group.as_ref().expect("a digest delivery");
-            delivery_ids.push(join_group(&tx, event_id, received, d, key, *window_ms).await?);
-            i += 1;
-            continue;
+    // Everything that needs no answer first goes out in one round trip, in order: the
+    // branch's new last build, the event, its single messages (their ids follow the plan),
+    // and a NOTIFY per destination, heard by its sender once this commits.
+    let txn = tx;
+    let tx = &txn;
+    let history = async {
+        let (Some((_, recorded)), Some(build)) = (&counted, &event.build) else {
+            return Ok(0);
+        };
+        tx.execute(
+            &upsert,
+            &[
+                &build.pipeline,
+                &build.branch,
+                &(recorded.number as i64),
+                &recorded.failed,
+                &i64::from(recorded.consecutive_failures),
+                &recorded.finished_at,
+                &received,
+            ],
+        )
+        .await
+    };
+    let body = &event.body[..];
+    let event_params: [&(dyn ToSql + Sync); 6] = [
+        &event_id,
+        &event.name,
+        &body,
+        &hash,
+        &received,
+        &transition_json,
+    ];
+    let stored = tx.execute(&insert_event, &event_params);
+    let singles = deliveries.iter().filter(|d| d.group.is_none()).map(|d| {
+        // max_age counts from when a message may first be sent (after a mute hold).
+        let due = d.not_before.map_or(received, |t| t.max(received));
+        let stmt = &insert_single;
+        async move {
+            tx.query_one(
+                stmt,
+                &[
+                    &event_id,
+                    &d.route,
+                    &d.destination,
+                    &d.template,
+                    &received,
+                    &due,
+                    &d.thread_key,
+                ],
+            )
+            .await
+            .map(|row| row.get::<_, i64>(0))
         }
-        i += run.len();
-        let tx = &tx;
-        let inserts = run.iter().map(|d| {
-            // max_age counts from when a message may first be sent (after a mute hold).
-            let due = d.not_before.map_or(received, |t| t.max(received));
-            let stmt = &insert_single;
-            async move {
-                tx.query_one(
-                    stmt,
-                    &[
-                        &event_id,
-                        &d.route,
-                        &d.destination,
-                        &d.template,
-                        &received,
-                        &due,
-                        &d.thread_key,
-                    ],
-                )
-                .await
-                .map(|row| row.get::<_, i64>(0))
-            }
-        });
-        delivery_ids.extend(try_join_all(inserts).await?);
-    }
-    // Heard by the replica holding each destination once this commits.
+    });
+    let notify_stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
     let destinations: BTreeSet<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
     let notify = destinations.iter().map(|d| {
-        let tx = &tx;
-        async move { tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, d]).await }
+        let stmt = &notify_stmt;
+        async move { tx.execute(stmt, &[&CHANNEL, d]).await }
     });
-    try_join_all(notify).await?;
-    tx.commit().await?;
+    let (_, _, single_ids, _) =
+        futures_util::try_join!(history, stored, try_join_all(singles), try_join_all(notify))?;
+    // Digests need their group's lock, one at a time, once the event row is there.
+    let mut single_ids = single_ids.into_iter();
+    let mut delivery_ids = Vec::with_capacity(deliveries.len());
+    for d in &deliveries {
+        match &d.group {
+            None => delivery_ids.push(single_ids.next().expect("one id per single message")),
+            Some((key, window_ms)) => {
+                delivery_ids.push(join_group(tx, event_id, received, d, key, *window_ms).await?)
+            }
+        }
+    }
+    txn.commit().await?;
     Ok(Accepted::New {
         event_id,
         delivery_ids,

@@ -50,7 +50,10 @@ enum Tls {
 /// PostgreSQL-backed [`super::Store`].
 #[derive(Clone)]
 pub struct PgStore {
+    /// Connections whose commits wait for the disk.
     pool: Pool,
+    /// Connections for the workers' bookkeeping (asynchronous commit).
+    bookkeeping: Pool,
     options: Arc<PgOptions>,
     tls: Tls,
     /// This process's name among the replicas: host, process id and a random part.
@@ -120,7 +123,26 @@ fn replica_name() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// A pool of `size` connections made with `config`.
+fn connections(tls: &Tls, config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Tls::Plain => Manager::from_config(config, NoTls, manager_config),
+        Tls::Rustls(c) => Manager::from_config(config, c.clone(), manager_config),
+    };
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Database(e.to_string()))
 }
 
 impl PgStore {
@@ -131,25 +153,18 @@ impl PgStore {
             Some(c) => Tls::Rustls(c),
             None => Tls::Plain,
         };
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match &tls {
-            Tls::Plain => Manager::from_config(options.config.clone(), NoTls, manager_config),
-            Tls::Rustls(c) => {
-                Manager::from_config(options.config.clone(), c.clone(), manager_config)
-            }
-        };
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let pool = connections(&tls, options.config.clone(), options.max_connections)?;
+        // The delivery workers' bookkeeping commits without waiting for the disk: a record lost
+        // to a database crash means a message sent again (at least once), never one lost; the
+        // write-ahead log keeps commits in order, and anything stored durably after one (an
+        // event joining a digest after it closed) makes it durable too.
+        let mut quick = options.config.clone();
+        let given = quick.get_options().unwrap_or_default().to_string();
+        quick.options(format!("{given} -c synchronous_commit=off").trim());
+        let bookkeeping = connections(&tls, quick, (options.max_connections / 2).max(2))?;
         let store = Self {
             pool,
+            bookkeeping,
             options: Arc::new(options),
             tls,
             replica: replica_name().into(),
@@ -163,8 +178,15 @@ impl PgStore {
         &self.options.shown
     }
 
+    /// A connection whose commits are durable: events, leases, message ids, operators' writes.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// A connection for the workers' reads and attempt records, whose commits do not wait
+    /// for the disk.
+    async fn bookkeeping(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.bookkeeping.get().await?)
     }
 
     /// Brings the schema to this binary's version, one replica at a time.

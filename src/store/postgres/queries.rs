@@ -90,7 +90,7 @@ impl DeliveryQueue for PgStore {
         skip: Vec<i64>,
     ) -> Result<Vec<Delivery>, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let stmt = client.prepare_cached(&DUE_SQL).await?;
             let rows = client
                 .query(&stmt, &[&destination, &now, &(limit as i64), &skip])
@@ -118,7 +118,7 @@ impl DeliveryQueue for PgStore {
 
     async fn next_due_after(&self, destination: &str, now: i64) -> Result<Option<i64>, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let stmt = client
                 .prepare_cached(
                     "SELECT MIN(next_attempt_at) FROM deliveries \
@@ -132,7 +132,7 @@ impl DeliveryQueue for PgStore {
 
     async fn event(&self, event_id: i64) -> Result<StoredEvent, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let stmt = client
                 .prepare_cached(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1"
@@ -150,13 +150,13 @@ impl DeliveryQueue for PgStore {
     async fn close_group(&self, delivery_id: i64, _now: i64) -> Result<(), StoreError> {
         // By the database's clock, as joining is judged: the row lock orders the two.
         timed(async {
-            let client = self.client().await?;
-            client
-                .execute(
+            let client = self.bookkeeping().await?;
+            let stmt = client
+                .prepare_cached(
                     "UPDATE deliveries SET group_closes_at = LEAST(group_closes_at, kb_now_ms()) WHERE id = $1",
-                    &[&delivery_id],
                 )
                 .await?;
+            client.execute(&stmt, &[&delivery_id]).await?;
             Ok(())
         })
         .await
@@ -164,7 +164,7 @@ impl DeliveryQueue for PgStore {
 
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let rows = client
                 .query(
                     &format!(
@@ -194,7 +194,7 @@ impl DeliveryQueue for PgStore {
         };
         let status = attempt.status.map(i32::from);
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             // One statement: the attempt and its consequence are kept together or not at all.
             let stmt = client
                 .prepare_cached(
@@ -236,7 +236,7 @@ impl MessageIds for PgStore {
         key: &str,
     ) -> Result<Option<MessageRef>, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let stmt = client
                 .prepare_cached(
                     "SELECT channel, ts, rank, event_id FROM message_refs WHERE destination = $1 AND key = $2",
@@ -336,7 +336,7 @@ impl Operations for PgStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let rows = client
                 .query(
                     &format!(
@@ -353,7 +353,7 @@ impl Operations for PgStore {
 
     async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError> {
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let d = client
                 .query_opt(
                     &format!(
@@ -386,7 +386,7 @@ impl Operations for PgStore {
 
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
         timed(async {
-            let mut client = self.client().await?;
+            let mut client = self.bookkeeping().await?;
             let tx = client.transaction().await?;
             // One replica prunes at a time; the others find it busy and skip this round.
             let mine: bool = tx
@@ -448,7 +448,7 @@ impl Operations for PgStore {
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
         let now = crate::store::now_ms();
         timed(async {
-            let client = self.client().await?;
+            let client = self.bookkeeping().await?;
             let rows = client
                 .query(
                     "SELECT destination, COUNT(*) FILTER (WHERE state = 'pending'), \
