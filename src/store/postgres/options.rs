@@ -47,7 +47,8 @@ pub struct PgOptions {
     pub shown: String,
     /// The password, kept to scrub it from any error text the driver produces.
     pub password: Option<Secret>,
-    /// Most connections this process opens (besides one that listens for notifications).
+    /// Most connections this process opens to store events; its workers' bookkeeping opens
+    /// half as many again, and one more listens for notifications.
     pub max_connections: usize,
     /// How long a replica's hold on a destination lasts without renewal.
     pub lease: Duration,
