@@ -16,8 +16,8 @@ use std::time::Instant;
 /// An attempt's result that the store has not taken yet.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// When the attempt started (ms).
-    pub started_at: i64,
+    /// The delivery's version (`updated_at`) when it was picked for the attempt.
+    pub picked: i64,
     /// What happened.
     pub attempt: Attempt,
     /// The body rendered for it, to keep.
@@ -159,7 +159,7 @@ impl Sender {
     /// Renders, sends and records one delivery; `failures_before` is how many attempts in a
     /// row have failed at this destination.
     pub async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
-        let started_at = now_ms();
+        let picked = row.updated_at;
         let started = Instant::now();
         let dest = self.destination.name();
         let (outcome, rendered) = match self.body(&row).await {
@@ -200,7 +200,7 @@ impl Sender {
                     latency_ms: started.elapsed().as_millis() as u64,
                 };
                 let record = Record {
-                    started_at,
+                    picked,
                     attempt,
                     body: None,
                     resolution: Resolution::Dead,
@@ -247,7 +247,7 @@ impl Sender {
             latency_ms,
         };
         let record = Record {
-            started_at,
+            picked,
             attempt,
             // Kept for retries and for `deliveries show`, which shows what was sent.
             body: rendered,
@@ -283,7 +283,7 @@ impl Sender {
 
     async fn record(&self, id: i64, record: Record, verdict: Verdict) -> Done {
         match self.store_record(id, &record).await {
-            Ok(()) => Done::Recorded(verdict),
+            Ok(_) => Done::Recorded(verdict),
             Err(e) => {
                 // Kept in memory and retried; the message is not picked again meanwhile. If the
                 // process dies first, it stays pending in the store and is sent again: at least once.
@@ -293,17 +293,27 @@ impl Sender {
         }
     }
 
-    /// Hands one record to the store.
+    /// Hands one record to the store; says so when the delivery had changed meanwhile.
     pub async fn store_record(&self, id: i64, record: &Record) -> Result<(), StoreError> {
-        self.store
+        let applied = self
+            .store
             .finish_attempt(
                 id,
-                record.started_at,
+                record.picked,
                 record.attempt.clone(),
                 record.body.clone(),
                 record.resolution.clone(),
             )
-            .await
+            .await?;
+        if !applied {
+            tracing::info!(
+                delivery = id,
+                destination = self.destination.name(),
+                "the delivery changed during the attempt (re-queued, or finished by the replica \
+                 that holds the destination now): the attempt is in its history, its state stands"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -85,7 +85,8 @@ pub struct Delivery {
     pub age_from: i64,
     /// When it may next be tried.
     pub next_attempt_at: i64,
-    /// Last change.
+    /// Last change. Every change makes it larger, so it is also the delivery's version: an
+    /// attempt's record names the version it was picked at (see `finish_attempt`).
     pub updated_at: i64,
     /// The last answer's HTTP status.
     pub last_status: Option<u16>,
@@ -155,15 +156,18 @@ pub trait DeliveryQueue {
     /// The events of a digest, in the order they arrived.
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Records an attempt that started at `started_at`, and its consequence; `body` stores the
-    /// rendered body the first time. If the delivery changed after the attempt started (an
-    /// operator re-queued it), the attempt is recorded but the delivery is left as it is.
+    /// Records an attempt at the delivery as it was picked (`picked`: its `updated_at` then),
+    /// and its consequence; `body` stores the rendered body the first time. If the delivery
+    /// changed since (an operator re-queued it, or another replica that took the destination
+    /// over finished it first), the attempt is recorded but the delivery is left as it is, and
+    /// the answer is `false`. The version is compared for equality, never ordered against the
+    /// attempt's time, because replicas' clocks differ.
     async fn finish_attempt(
         &self,
         delivery_id: i64,
-        started_at: i64,
+        picked: i64,
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }

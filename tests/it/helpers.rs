@@ -617,11 +617,11 @@ impl DeliveryQueue for FaultyStore {
     async fn finish_attempt(
         &self,
         id: i64,
-        started: i64,
+        picked: i64,
         a: Attempt,
         body: Option<String>,
         r: Resolution,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.fault()?;
         let left = self.refuse_records.load(SeqCst);
@@ -629,7 +629,7 @@ impl DeliveryQueue for FaultyStore {
             self.refuse_records.store(left - 1, SeqCst);
             return Err(StoreError::Database("database is locked".into()));
         }
-        self.inner.finish_attempt(id, started, a, body, r).await
+        self.inner.finish_attempt(id, picked, a, body, r).await
     }
 }
 

@@ -43,6 +43,7 @@ contract!(
     identical_bodies_within_the_window_are_stored_once,
     the_same_body_from_many_writers_at_once_is_stored_once,
     an_attempt_ending_after_a_manual_retry_does_not_undo_it,
+    attempts_are_matched_by_version_not_by_clock,
     attempts_retries_and_pruning,
     a_closed_digest_takes_no_more_events,
     concurrent_events_of_one_group_share_one_digest,
@@ -211,9 +212,17 @@ async fn an_attempt_ending_after_a_manual_retry_does_not_undo_it(store: Arc<dyn 
         .accept(event("{}", t), fixed(vec![to("a")]), None)
         .await
         .unwrap())[0];
-    // The attempt starts at t; an operator re-queues the delivery at t + 5 (say after a
-    // dead letter from an earlier attempt); then the attempt ends as a dead letter.
-    assert_eq!(store.retry(RetrySelector::Id(id), t + 5).await.unwrap(), 1);
+    let picked = store.due("a", t, 10, vec![]).await.unwrap()[0].updated_at;
+    // The attempt is picked; an operator re-queues the delivery (say after a dead letter
+    // from an earlier attempt), with a clock that is behind; then the attempt ends as a
+    // dead letter.
+    assert_eq!(
+        store
+            .retry(RetrySelector::Id(id), picked - 60_000)
+            .await
+            .unwrap(),
+        1
+    );
     let late = Attempt {
         at: t + 10,
         status: Some(404),
@@ -221,13 +230,81 @@ async fn an_attempt_ending_after_a_manual_retry_does_not_undo_it(store: Arc<dyn 
         reason: None,
         latency_ms: 10,
     };
-    store
-        .finish_attempt(id, t, late, None, Resolution::Dead)
-        .await
-        .unwrap();
+    assert!(
+        !store
+            .finish_attempt(id, picked, late, None, Resolution::Dead)
+            .await
+            .unwrap(),
+        "the store says the delivery had changed"
+    );
     let (d, attempts) = store.show(id).await.unwrap();
     assert_eq!(d.state, DeliveryState::Pending, "the retry stands");
     assert_eq!(attempts.len(), 1, "the attempt is still in the history");
+}
+
+/// Replicas' clocks differ: an attempt is judged by the version it was picked at, never by
+/// comparing one replica's time with another's. Two replicas that attempted the same delivery
+/// (the first lost its hold mid-send) are counted once.
+async fn attempts_are_matched_by_version_not_by_clock(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let id = ids(store
+        .accept(event("{}", t), fixed(vec![to("a")]), None)
+        .await
+        .unwrap())[0];
+    let attempt = |at: i64| Attempt {
+        at,
+        status: Some(500),
+        outcome: "retry".into(),
+        reason: Some("server error".into()),
+        latency_ms: 3,
+    };
+    // A replica whose clock runs ahead records a failure, to be retried at once.
+    let picked = store.due("a", t, 10, vec![]).await.unwrap()[0].updated_at;
+    let ahead = t + 120_000;
+    assert!(
+        store
+            .finish_attempt(id, picked, attempt(ahead), None, Resolution::RetryAt(t))
+            .await
+            .unwrap()
+    );
+    // Another replica, two minutes behind, picks it up: its record still counts.
+    let picked = store.due("a", t, 10, vec![]).await.unwrap()[0].updated_at;
+    assert!(
+        store
+            .finish_attempt(id, picked, attempt(t), None, Resolution::RetryAt(t))
+            .await
+            .unwrap()
+    );
+    let (d, _) = store.show(id).await.unwrap();
+    assert_eq!(d.attempts, 2, "both attempts moved the delivery on");
+    assert!(
+        d.updated_at > picked,
+        "every change makes the version larger"
+    );
+
+    // Two replicas picked the same version: the first to finish decides.
+    let picked = d.updated_at;
+    let sent = Attempt {
+        status: Some(200),
+        outcome: "sent".into(),
+        reason: None,
+        ..attempt(t)
+    };
+    assert!(
+        store
+            .finish_attempt(id, picked, sent, None, Resolution::Sent)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_attempt(id, picked, attempt(t), None, Resolution::RetryAt(t))
+            .await
+            .unwrap()
+    );
+    let (d, attempts) = store.show(id).await.unwrap();
+    assert_eq!((d.state, d.attempts), (DeliveryState::Sent, 3));
+    assert_eq!(attempts.len(), 4, "every attempt is in the history");
 }
 
 async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
@@ -243,16 +320,22 @@ async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
         reason: Some("why".into()),
         latency_ms: 3,
     };
-    store
-        .finish_attempt(
-            delivery_ids[0],
-            t,
-            attempt("retry", Some(500)),
-            Some("{}".into()),
-            Resolution::RetryAt(t + 60_000),
-        )
-        .await
-        .unwrap();
+    let version = |id: i64| {
+        let store = store.clone();
+        async move { store.show(id).await.unwrap().0.updated_at }
+    };
+    assert!(
+        store
+            .finish_attempt(
+                delivery_ids[0],
+                version(delivery_ids[0]).await,
+                attempt("retry", Some(500)),
+                Some("{}".into()),
+                Resolution::RetryAt(t + 60_000),
+            )
+            .await
+            .unwrap()
+    );
     assert!(
         store.due("a", t, 10, vec![]).await.unwrap().is_empty(),
         "not due before its retry time"
@@ -261,16 +344,18 @@ async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
         store.next_due_after("a", t).await.unwrap(),
         Some(t + 60_000)
     );
-    store
-        .finish_attempt(
-            delivery_ids[0],
-            t,
-            attempt("permanent", Some(404)),
-            None,
-            Resolution::Dead,
-        )
-        .await
-        .unwrap();
+    assert!(
+        store
+            .finish_attempt(
+                delivery_ids[0],
+                version(delivery_ids[0]).await,
+                attempt("permanent", Some(404)),
+                None,
+                Resolution::Dead,
+            )
+            .await
+            .unwrap()
+    );
     let (dead, attempts) = store.show(delivery_ids[0]).await.unwrap();
     assert_eq!(
         (dead.state, dead.attempts, dead.last_status),
@@ -294,18 +379,21 @@ async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
         (DeliveryState::Pending, t + 1, None)
     );
 
-    store
-        .finish_attempt(
-            delivery_ids[1],
-            t,
-            attempt("sent", Some(200)),
-            None,
-            Resolution::Sent,
-        )
-        .await
-        .unwrap();
+    assert!(
+        store
+            .finish_attempt(
+                delivery_ids[1],
+                version(delivery_ids[1]).await,
+                attempt("sent", Some(200)),
+                None,
+                Resolution::Sent,
+            )
+            .await
+            .unwrap()
+    );
+    let pruned_at = version(delivery_ids[1]).await + 1;
     assert_eq!(
-        store.prune(t + 1, 1000).await.unwrap(),
+        store.prune(pruned_at, 1000).await.unwrap(),
         1,
         "the sent one goes"
     );

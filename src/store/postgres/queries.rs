@@ -182,11 +182,11 @@ impl DeliveryQueue for PgStore {
     async fn finish_attempt(
         &self,
         delivery_id: i64,
-        started_at: i64,
+        picked: i64,
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (state, next) = match resolution {
             Resolution::Sent => ("sent", attempt.at),
             Resolution::RetryAt(at) => ("pending", at),
@@ -200,12 +200,13 @@ impl DeliveryQueue for PgStore {
                 .prepare_cached(
                     "WITH attempt AS (INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6)) \
-                     UPDATE deliveries SET state = $7, attempts = attempts + 1, next_attempt_at = $8, updated_at = $2, \
+                     UPDATE deliveries SET state = $7, attempts = attempts + 1, next_attempt_at = $8, \
+                     updated_at = GREATEST($2, updated_at + 1), \
                      last_status = $3, last_error = $5, body = COALESCE($9, body) \
-                     WHERE id = $1 AND state = 'pending' AND updated_at <= $10",
+                     WHERE id = $1 AND state = 'pending' AND updated_at = $10",
                 )
                 .await?;
-            client
+            let changed = client
                 .execute(
                     &stmt,
                     &[
@@ -218,11 +219,11 @@ impl DeliveryQueue for PgStore {
                         &state,
                         &next,
                         &body,
-                        &started_at,
+                        &picked,
                     ],
                 )
                 .await?;
-            Ok(())
+            Ok(changed == 1)
         })
         .await
     }
@@ -297,8 +298,9 @@ impl Operations for PgStore {
         timed(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            // `updated_at` always grows: an attempt in flight must see that its delivery changed.
             let set = "SET state = 'pending', attempts = 0, next_attempt_at = $1, age_from = $1, \
-                       updated_at = $1, body = NULL";
+                       updated_at = GREATEST($1, updated_at + 1), body = NULL";
             let rows = match selector {
                 RetrySelector::Id(id) => {
                     tx.query(

@@ -175,11 +175,11 @@ impl DeliveryQueue for SqliteStore {
     async fn finish_attempt(
         &self,
         delivery_id: i64,
-        started_at: i64,
+        picked: i64,
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -197,10 +197,10 @@ impl DeliveryQueue for SqliteStore {
                 Resolution::RetryAt(at) => ("pending", at),
                 Resolution::Dead => ("dead", attempt.at),
             };
-            conn.prepare_cached(
-                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, updated_at = ?4, \
-                 last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
-                 WHERE id = ?1 AND state = 'pending' AND updated_at <= ?8",
+            let changed = conn.prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, \
+                 updated_at = MAX(?4, updated_at + 1), last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
+                 WHERE id = ?1 AND state = 'pending' AND updated_at = ?8",
             )?
             .execute(params![
                 delivery_id,
@@ -210,9 +210,9 @@ impl DeliveryQueue for SqliteStore {
                 attempt.status,
                 attempt.reason,
                 body,
-                started_at
+                picked
             ])?;
-            Ok(())
+            Ok(changed == 1)
         })
         .await
     }
@@ -267,8 +267,9 @@ impl MessageIds for SqliteStore {
 impl Operations for SqliteStore {
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
+            // `updated_at` always grows: an attempt in flight must see that its delivery changed.
             let set = "SET state = 'pending', attempts = 0, next_attempt_at = ?1, age_from = ?1, \
-                       updated_at = ?1, body = NULL";
+                       updated_at = MAX(?1, updated_at + 1), body = NULL";
             match selector {
                 RetrySelector::Id(id) => conn.execute(
                     &format!(
