@@ -18,6 +18,17 @@ pub fn scrub(text: &str) -> String {
     })
 }
 
+/// Remembers `value` for [`scrub`], for a secret that is not kept as a [`Secret`] (one the
+/// database driver holds, say). Very short values would scrub ordinary words and are left.
+pub fn remember(value: &str) {
+    if value.len() >= 6 {
+        let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+        if !known.iter().any(|k| k == value) {
+            known.push(value.to_string());
+        }
+    }
+}
+
 /// Prints panics (a bug, never expected) with every known secret scrubbed from the message.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
@@ -43,13 +54,7 @@ impl Secret {
     /// Wraps a value, and remembers it for [`scrub`].
     pub fn new(value: impl Into<String>) -> Self {
         let value = value.into();
-        // Very short values would scrub ordinary words; they are not worth guessing anyway.
-        if value.len() >= 6 {
-            let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
-            if !known.contains(&value) {
-                known.push(value.clone());
-            }
-        }
+        remember(&value);
         Self(value)
     }
 

@@ -63,7 +63,7 @@ impl Check<'_> {
             );
         }
         // The URL holds a password: it is never quoted, only named by its line.
-        crate::secret::Secret::new(url.clone());
+        crate::secret::remember(&url);
         if !is_postgres_url(&url) {
             self.problem(
                 Some(url_text.span()),
@@ -84,6 +84,10 @@ impl Check<'_> {
                 };
             }
         };
+        if let Some(password) = options.password() {
+            // So that no driver error or panic message can carry it.
+            crate::secret::remember(&password);
+        }
         if let Some(t) = &s.lease {
             options.lease = self.lease(t).unwrap_or(options.lease);
         }

@@ -4,7 +4,6 @@
 //! `sslmode` and `sslrootcert` are read here rather than by the driver, which knows neither
 //! `verify-full` nor root certificate files: TLS is rustls, set up in [`super::tls`].
 
-use crate::secret::Secret;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -45,8 +44,6 @@ pub struct PgOptions {
     pub root_cert: Option<PathBuf>,
     /// The URL without its password, to show.
     pub shown: String,
-    /// The password, kept to scrub it from any error text the driver produces.
-    pub password: Option<Secret>,
     /// Most connections this process opens to store events; its workers' bookkeeping opens
     /// half as many again, and one more listens for notifications.
     pub max_connections: usize,
@@ -68,8 +65,7 @@ impl std::fmt::Debug for PgOptions {
 
 impl PartialEq for PgOptions {
     fn eq(&self, other: &Self) -> bool {
-        self.shown == other.shown
-            && self.password == other.password
+        self.config == other.config
             && self.ssl == other.ssl
             && self.root_cert == other.root_cert
             && self.max_connections == other.max_connections
@@ -92,10 +88,26 @@ impl PgOptions {
     /// Reads `url`; relative `sslrootcert` paths are resolved against `base`. The error text
     /// never contains the password.
     pub fn parse(url: &str, base: &Path) -> Result<Self, String> {
-        if !is_postgres_url(url) {
+        let Some((scheme, rest)) = url.split_once("://").filter(|_| is_postgres_url(url)) else {
             return Err("is not a postgres:// or postgresql:// URL".into());
+        };
+        // The user and password end at the first '@', as the driver reads them; so a password
+        // may hold '/', '?' or ':' as they are, and only an '@' must be written %40.
+        let (credentials, after) = match rest.split_once('@') {
+            Some((credentials, after)) => (Some(credentials), after),
+            None => (None, rest),
+        };
+        let secrets: Vec<String> = credentials
+            .and_then(|c| c.split_once(':'))
+            .map(|(_, password)| vec![password.to_string(), percent_decode(password)])
+            .unwrap_or_default();
+        let hide = |text: &str| scrub_all(text, &secrets);
+        if after.contains('@') {
+            return Err(
+                "has more than one '@': write an '@' inside the user or password as %40".into(),
+            );
         }
-        let (head, query) = url.split_once('?').unwrap_or((url, ""));
+        let (host_and_path, query) = after.split_once('?').unwrap_or((after, ""));
         let mut ssl = SslMode::Prefer;
         let mut root_cert = None;
         let mut kept: Vec<&str> = Vec::new();
@@ -106,7 +118,8 @@ impl PgOptions {
                 "sslmode" => {
                     ssl = SslMode::parse(value).ok_or_else(|| {
                         format!(
-                            "sslmode={value:?} is not one of disable, prefer, require, verify-full"
+                            "sslmode={:?} is not one of disable, prefer, require, verify-full",
+                            hide(value)
                         )
                     })?;
                     shown_query.push(pair.to_string());
@@ -116,27 +129,22 @@ impl PgOptions {
                     root_cert = Some(base.join(path));
                     shown_query.push(pair.to_string());
                 }
-                "password" => {
-                    kept.push(pair);
-                    shown_query.push("password=[redacted]".into());
-                }
+                "password" => kept.push(pair),
                 _ => {
                     kept.push(pair);
                     shown_query.push(pair.to_string());
                 }
             }
         }
-        let driver_url = if kept.is_empty() {
-            head.to_string()
-        } else {
-            format!("{head}?{}", kept.join("&"))
+        let mut driver_url = match credentials {
+            Some(c) => format!("{scheme}://{c}@{host_and_path}"),
+            None => format!("{scheme}://{host_and_path}"),
         };
-        let mut config = tokio_postgres::Config::from_str(&driver_url).map_err(|e| {
-            // The driver's message names the part it could not read, never the whole URL; the
-            // password is scrubbed all the same.
-            let text = e.to_string();
-            format!("cannot be read: {}", scrub_password(&text, &driver_url))
-        })?;
+        if !kept.is_empty() {
+            driver_url = format!("{driver_url}?{}", kept.join("&"));
+        }
+        let mut config = tokio_postgres::Config::from_str(&driver_url)
+            .map_err(|e| format!("cannot be read: {}", hide(&e.to_string())))?;
         if config.get_hosts().is_empty() {
             return Err("names no host".into());
         }
@@ -146,13 +154,11 @@ impl PgOptions {
         if config.get_dbname().is_none() {
             return Err("names no database (postgres://user@host/DATABASE)".into());
         }
-        if ssl == SslMode::Disable {
-            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        } else if ssl == SslMode::Prefer {
-            config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-        } else {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        }
+        config.ssl_mode(match ssl {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
         if config.get_application_name().is_none() {
             config.application_name("kitebridge");
         }
@@ -161,57 +167,65 @@ impl PgOptions {
         }
         // A dead peer (a cut network) is noticed in seconds, not at the kernel's two hours.
         config.keepalives_idle(Duration::from_secs(10));
-        let password = config
-            .get_password()
-            .map(|p| Secret::new(String::from_utf8_lossy(p).into_owned()));
-        let mut shown = without_password(head);
-        if !shown_query.is_empty() {
-            shown = format!("{shown}?{}", shown_query.join("&"));
-        }
+        // The shown form is built from what was read, never cut out of the URL, so no way of
+        // writing the password can leave a piece of it in view.
+        let shown = shown_url(scheme, &config, &shown_query);
         Ok(Self {
             config,
             ssl,
             root_cert,
             shown,
-            password,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             lease: DEFAULT_LEASE,
         })
     }
 
-    /// `text` with the password (in any form the URL held it) replaced.
-    pub fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(p) if !p.expose().is_empty() => text.replace(p.expose(), "[redacted]"),
-            _ => text.to_string(),
-        }
+    /// The password, to keep out of any text shown.
+    pub fn password(&self) -> Option<String> {
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
     }
 }
 
-/// The URL's part before the query, with `user:password@` made `user@`.
-fn without_password(head: &str) -> String {
-    let Some((scheme, rest)) = head.split_once("://") else {
-        return head.to_string();
-    };
-    // The authority ends at the first '/' after the scheme; the user info at its last '@'.
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}@{host}{path}")
-        }
-        None => head.to_string(),
+/// `scheme://user@host:port,…/database?query`, from the settings read.
+fn shown_url(scheme: &str, config: &tokio_postgres::Config, query: &[String]) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(path) => path.display().to_string().replace('/', "%2F"),
+            };
+            // One port for all hosts, or one each.
+            match ports.get(i).or(ports.first().filter(|_| ports.len() == 1)) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let mut shown = format!(
+        "{scheme}://{}@{}/{}",
+        config.get_user().unwrap_or_default(),
+        hosts.join(","),
+        config.get_dbname().unwrap_or_default()
+    );
+    if !query.is_empty() {
+        shown = format!("{shown}?{}", query.join("&"));
     }
+    shown
 }
 
-fn scrub_password(text: &str, url: &str) -> String {
+/// `text` with each of `secrets` (however short) replaced.
+fn scrub_all(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
-    if let Some((_, rest)) = url.split_once("://")
-        && let Some((userinfo, _)) = rest.split('/').next().unwrap_or("").rsplit_once('@')
-        && let Some((_, password)) = userinfo.split_once(':')
-        && !password.is_empty()
-    {
-        out = out.replace(password, "[redacted]");
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(s.as_str(), "[redacted]");
     }
     out
 }
@@ -275,11 +289,36 @@ mod tests {
         .unwrap();
         assert_eq!(o.ssl, SslMode::Prefer);
         assert_eq!(o.config.get_application_name(), Some("kitebridge"));
-        assert_eq!(
-            o.shown,
-            "postgresql://kb@127.0.0.1/kitebridge?password=[redacted]"
-        );
-        assert_eq!(o.scrub("auth failed: hunter22"), "auth failed: [redacted]");
+        assert_eq!(o.config.get_password(), Some(&b"hunter22"[..]));
+        assert_eq!(o.shown, "postgresql://kb@127.0.0.1:5432/kitebridge");
+    }
+
+    /// Passwords as people write them, percent-encoded or not: none leaves a piece in view.
+    #[test]
+    fn no_password_shows_however_it_is_written() {
+        for (url, password) in [
+            (
+                "postgres://kb:pa/ss?w0rd@db/x?sslmode=disable",
+                "pa/ss?w0rd",
+            ),
+            ("postgres://kb:p:q/r@db:6543/x", "p:q/r"),
+            ("postgres://kb:p%40ss%2Fw@db/x", "p@ss/w"),
+            ("postgres://kb:ab@db/x", "ab"),
+            ("postgres://kb:x@[::1]:5433/alerts", "x"),
+        ] {
+            let o = PgOptions::parse(url, Path::new("")).unwrap();
+            assert_eq!(o.password().as_deref(), Some(password), "{url}");
+            let host = o.shown.split('@').nth(1).unwrap();
+            assert!(!host.contains(password), "{url} shows {}", o.shown);
+            assert!(o.shown.starts_with("postgres://kb@"), "{}", o.shown);
+            if password.len() > 2 {
+                assert!(!format!("{o:?}").contains(password), "{url}");
+            }
+        }
+        let o = PgOptions::parse("postgres://kb:p:q/r@db:6543/x", Path::new("")).unwrap();
+        assert_eq!(o.shown, "postgres://kb@db:6543/x");
+        let o = PgOptions::parse("postgres://kb@[::1]:5433,b/x", Path::new("")).unwrap();
+        assert_eq!(o.shown, "postgres://kb@[::1]:5433,b:5432/x");
     }
 
     #[test]
@@ -293,6 +332,12 @@ mod tests {
             ("postgres://kb:s3cr3tpw@db/x?nonsense=1", "cannot be read"),
             ("postgres://kb:s3cr3tpw@db", "names no database"),
             ("postgres://db/x", "names no user"),
+            ("postgres://kb:s3cr3tpw@x@db/x", "more than one '@'"),
+            ("postgres://kb:s3cr3tpw@db:port/x", "cannot be read"),
+            (
+                "postgres://kb:s3cr3tpw@db/x?sslmode=s3cr3tpw",
+                "is not one of",
+            ),
         ] {
             let e = PgOptions::parse(url, Path::new("")).unwrap_err();
             assert!(e.contains(want), "{url}: {e}");
