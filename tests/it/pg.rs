@@ -93,31 +93,38 @@ impl TestDb {
             .unwrap()
     }
 
-    /// Runs `sql` on this database directly.
-    pub async fn execute(&self, sql: &str) {
+    /// A connection of its own to this database, bypassing kitebridge.
+    pub async fn connect(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap();
+        client
+    }
+
+    /// Runs `sql` on this database directly.
+    pub async fn execute(&self, sql: &str) {
+        self.connect().await.batch_execute(sql).await.unwrap();
     }
 
     /// The first column of the first row of `sql`, as an integer.
     pub async fn count(&self, sql: &str) -> i64 {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        self.connect()
             .await
-            .unwrap();
-        tokio::spawn(connection);
-        client.query_one(sql, &[]).await.unwrap().get(0)
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// The first column of the first row of `sql`, as text.
     pub async fn text(&self, sql: &str) -> String {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        self.connect()
             .await
-            .unwrap();
-        tokio::spawn(connection);
-        client.query_one(sql, &[]).await.unwrap().get(0)
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// `[storage]` for a config file.

@@ -5,7 +5,7 @@
 use crate::pg::TestDb;
 use kitebridge::store::postgres::{PgOptions, SslMode};
 use kitebridge::store::{
-    Carry, Intake, Leases, Left, NewDelivery, NewEvent, PgStore, Schema, StoreError,
+    Carry, Intake, Leases, Left, NewDelivery, NewEvent, Operations, PgStore, Schema, StoreError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,6 +206,86 @@ async fn an_unreachable_database_is_an_error_that_never_shows_the_password() {
     };
     assert!(!text.contains("never-shown-pw"), "{text}");
     assert!(!format!("{e:?}").contains("never-shown-pw"));
+}
+
+/// A statement stuck behind another session's lock is cancelled by the server before the
+/// replica's own limit, with the server's reason, and the connection is fine afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_stuck_on_a_lock_is_cancelled_by_the_server() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let mut blocker = db.connect().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = store
+        .accept(ping(1), Box::new(|_| Vec::new()), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("statement timeout"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "before the replica gave up itself: {:?}",
+        started.elapsed()
+    );
+    tx.rollback().await.unwrap();
+    store
+        .accept(ping(2), Box::new(|_| Vec::new()), None)
+        .await
+        .unwrap();
+}
+
+/// An operation the replica gives up on leaves its connection out of the pool: a connection
+/// with a request outstanding on a server that stopped answering is never handed out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_given_up_on_is_closed_not_reused() {
+    let db = TestDb::new().await;
+    db.store().await;
+    let relay = crate::pg::Relay::start(crate::pg::server_addr(&db.url)).await;
+    let direct = crate::pg::server_addr(&db.url).to_string();
+    let name = format!("kb-given-up-{:04x}", fastrand::u16(..));
+    let url = db
+        .url
+        .replace("localhost", "127.0.0.1")
+        .replace(&direct, &relay.addr.to_string());
+    let url = format!(
+        "{url}{}application_name={name}",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let mut options = PgOptions::parse(&url, std::path::Path::new("")).unwrap();
+    options.max_connections = 2;
+    let store = PgStore::connect(options, Schema::Check).await.unwrap();
+    let backends =
+        format!("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = '{name}'");
+    store.probe().await.unwrap();
+    let before = db.count(&backends).await;
+    assert!(before >= 1, "{before}");
+
+    relay.cut();
+    let e = store.probe().await.unwrap_err();
+    assert!(e.to_string().contains("did not answer within"), "{e}");
+    relay.restore();
+    // The given-up connection says goodbye once bytes flow; its server session ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.count(&backends).await >= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection given up on is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.probe().await.unwrap();
+}
+
+fn ping(n: u32) -> NewEvent {
+    NewEvent {
+        name: "ping".into(),
+        body: format!("{{\"n\":{n}}}").into(),
+        received_at: kitebridge::store::now_ms(),
+        build: None,
+    }
 }
 
 /// A TLS-terminating stand-in for the server: answers PostgreSQL's TLS request, completes the

@@ -33,6 +33,9 @@ const MIGRATIONS: [&str; 1] = [include_str!("schema/v1.sql")];
 /// The session lock held while migrating (any fixed number; "kitebridge" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_7465_6272_6964;
 
+/// How long a replica waits for another to finish migrating the schema.
+const MIGRATION_WAIT: Duration = Duration::from_secs(300);
+
 /// How long any one store operation may take before it counts as failed: a database that
 /// stopped answering must turn into `503`s and paused workers, not requests that hang.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,16 +107,54 @@ fn describe(e: &tokio_postgres::Error) -> String {
     crate::secret::scrub(&text)
 }
 
+thread_local! {
+    /// Set while [`timed`] drops an operation it gave up on, so the connections that operation
+    /// held leave the pool instead of going back with a request still outstanding.
+    static ABANDONING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f` with the operation timeout.
 async fn timed<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    tokio::time::timeout(OPERATION_TIMEOUT, f)
-        .await
-        .unwrap_or_else(|_| {
+    let mut f = Box::pin(f);
+    match tokio::time::timeout(OPERATION_TIMEOUT, &mut f).await {
+        Ok(result) => result,
+        Err(_) => {
+            ABANDONING.with(|a| a.set(true));
+            drop(f);
+            ABANDONING.with(|a| a.set(false));
             Err(StoreError::Database(format!(
                 "the database did not answer within {}s",
                 OPERATION_TIMEOUT.as_secs()
             )))
-        })
+        }
+    }
+}
+
+/// A pooled connection. One that an abandoned operation was using may be stuck behind a
+/// server that stopped answering, or out of step with it: it is closed, not reused.
+struct Conn(Option<deadpool_postgres::Object>);
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("a connection until dropped")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if ABANDONING.with(|a| a.get())
+            && let Some(object) = self.0.take()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
 }
 
 /// This process's name among the replicas.
@@ -179,28 +220,52 @@ impl PgStore {
     }
 
     /// A connection whose commits are durable: events, leases, message ids, operators' writes.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.pool.get().await?)
+    async fn client(&self) -> Result<Conn, StoreError> {
+        Ok(Conn(Some(self.pool.get().await?)))
     }
 
     /// A connection for the workers' reads and attempt records, whose commits do not wait
     /// for the disk.
-    async fn bookkeeping(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.bookkeeping.get().await?)
+    async fn bookkeeping(&self) -> Result<Conn, StoreError> {
+        Ok(Conn(Some(self.bookkeeping.get().await?)))
     }
 
     /// Brings the schema to this binary's version, one replica at a time.
     async fn schema(&self, schema: Schema) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // A migration may take long: no statement limit on this session, which leaves the
+        // pool afterwards so the setting goes with it.
+        client.batch_execute("SET statement_timeout = 0").await?;
         // A session lock: replicas starting together queue here, and find the schema
         // current once the first has migrated it.
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
+        let mut waited = Duration::ZERO;
+        loop {
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+                .await?
+                .get(0);
+            if locked {
+                break;
+            }
+            if waited >= MIGRATION_WAIT {
+                return Err(StoreError::Database(format!(
+                    "another kitebridge has been migrating the schema for over {}s (or holds its lock): see pg_locks for advisory lock {MIGRATION_LOCK}",
+                    MIGRATION_WAIT.as_secs()
+                )));
+            }
+            if waited == Duration::ZERO {
+                tracing::info!("storage: another replica is migrating the schema; waiting");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            waited += Duration::from_millis(200);
+        }
         let result = migrate(&mut client, schema).await;
         let unlocked = client
             .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
             .await;
+        if let Some(object) = client.0.take() {
+            drop(deadpool_postgres::Object::take(object));
+        }
         result?;
         unlocked?;
         Ok(())
@@ -208,7 +273,7 @@ impl PgStore {
 }
 
 /// The schema's version, 0 for an empty database.
-async fn version(client: &deadpool_postgres::Object) -> Result<i64, StoreError> {
+async fn version(client: &Conn) -> Result<i64, StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('kitebridge_schema') IS NOT NULL", &[])
         .await?
@@ -225,7 +290,7 @@ async fn version(client: &deadpool_postgres::Object) -> Result<i64, StoreError> 
         .get(0))
 }
 
-async fn migrate(client: &mut deadpool_postgres::Object, schema: Schema) -> Result<(), StoreError> {
+async fn migrate(client: &mut Conn, schema: Schema) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found = version(client).await?;
     if found > known {

@@ -165,8 +165,20 @@ impl PgOptions {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        // A dead peer (a cut network) is noticed in seconds, not at the kernel's two hours.
+        // A dead peer (a cut network) is noticed in seconds, not at the kernel's two hours:
+        // keepalives for an idle connection, a limit on unacknowledged data for a busy one.
         config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(10));
+        // And the server ends what a replica left behind: a statement stuck on a lock is
+        // cancelled before the replica's own 10 s limit (so the connection stays in step), and
+        // a transaction left open by a frozen replica, holding a branch's lock, is rolled back.
+        let given = config.get_options().unwrap_or_default().to_string();
+        config.options(
+            format!("{given} -c statement_timeout=8s -c idle_in_transaction_session_timeout=15s")
+                .trim(),
+        );
         // The shown form is built from what was read, never cut out of the URL, so no way of
         // writing the password can leave a piece of it in view.
         let shown = shown_url(scheme, &config, &shown_query);
