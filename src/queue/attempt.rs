@@ -37,6 +37,8 @@ pub enum Done {
     /// Not attempted: the destination's hold ran out first. The delivery is untouched, for
     /// whoever holds the destination next.
     NotHeld,
+    /// Not attempted: a held event joined the digest since it was picked; it is due later.
+    NotDue,
 }
 
 /// A message ready to send.
@@ -67,8 +69,9 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// The body to send: the stored rendering, or a fresh one (of all a digest's events).
-    async fn body(&self, row: &Delivery) -> Result<Result<Rendered, String>, StoreError> {
+    /// The body to send: the stored rendering, or a fresh one (of all a digest's events);
+    /// `None` when the digest is not due after all.
+    async fn body(&self, row: &Delivery) -> Result<Option<Result<Rendered, String>>, StoreError> {
         let kind = self.destination.kind().template_kind();
         if let Some(text) = &row.body {
             let body = match kind {
@@ -77,15 +80,17 @@ impl Sender {
                     .map(Body::Json)
                     .map_err(|e| format!("stored body is not JSON: {e}")),
             };
-            return Ok(body.map(|body| Rendered {
+            return Ok(Some(body.map(|body| Rendered {
                 body,
                 text: None,
                 event: None,
-            }));
+            })));
         }
         let stored = if row.grouped {
             // Closed first, through the store, so no event joins after its events are read.
-            self.store.close_group(row.id, now_ms()).await?;
+            if !self.store.close_group(row.id, now_ms()).await? {
+                return Ok(None);
+            }
             self.store.group_events(row.id).await?
         } else {
             match &row.event {
@@ -94,7 +99,7 @@ impl Sender {
             }
         };
         let events: Result<Vec<Event>, String> = stored.into_iter().map(to_event).collect();
-        Ok(events.and_then(|mut events| {
+        Ok(Some(events.and_then(|mut events| {
             let now = Utc::now();
             let renderer = self.renderer.load();
             let (_, body) = if row.grouped {
@@ -113,7 +118,7 @@ impl Sender {
                 text: Some(text),
                 event: (!row.grouped).then(|| events.remove(0)),
             })
-        }))
+        })))
     }
 
     /// For a job event to a Slack app: the build's message, rendered from the job's copy of the
@@ -164,7 +169,8 @@ impl Sender {
         let dest = self.destination.name();
         let (outcome, rendered) = match self.body(&row).await {
             Err(e) => return Done::StoreTrouble(e),
-            Ok(Ok(rendered)) => {
+            Ok(None) => return Done::NotDue,
+            Ok(Some(Ok(rendered))) => {
                 let parent = match self.parent(&row, rendered.event).await {
                     Ok(parent) => parent,
                     Err(e) => return Done::StoreTrouble(e),
@@ -184,7 +190,7 @@ impl Sender {
                     rendered.text,
                 )
             }
-            Ok(Err(reason)) => {
+            Ok(Some(Err(reason))) => {
                 // A template that fails fails again: keep the message, never send it broken.
                 let reason = format!("cannot render: {reason}");
                 tracing::error!(delivery = row.id, destination = dest, route = %row.route, reason = %reason, "dead letter");

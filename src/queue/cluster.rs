@@ -37,11 +37,6 @@ impl Hold {
         }
     }
 
-    /// A hold that never runs out, for tests and single-process use.
-    pub fn forever(taken: Taken) -> Self {
-        Self::new(taken, None)
-    }
-
     /// Whether sending is allowed now: the hold has not ended and was renewed in time.
     pub fn valid(&self) -> bool {
         !self.ended.is_cancelled() && self.valid_until().is_none_or(|t| Instant::now() < t)
@@ -62,7 +57,18 @@ impl Hold {
     }
 }
 
-/// A worker's report that it has stopped sending under a hold: nothing is in flight any more.
+/// What the lease manager hears about holds it granted.
+#[derive(Debug)]
+pub enum Report {
+    /// A worker has stopped sending under a hold: nothing is in flight any more.
+    Drained(Drained),
+    /// A hold was granted after its worker had stopped for good (a reload removed or
+    /// replaced it): no report will come, so unless the worker's came first, the manager
+    /// lets it go, passing on what the previous holder left.
+    Orphaned(Drained),
+}
+
+/// A hold given up, and what its holder leaves for the next.
 #[derive(Debug)]
 pub struct Drained {
     /// The destination.
@@ -78,8 +84,6 @@ pub struct Drained {
 struct Slot {
     role: watch::Sender<Option<Arc<Hold>>>,
     hold: Option<Arc<Hold>>,
-    /// The hold was lost to another replica (not to be let go: it is not ours).
-    lost: bool,
     since: Instant,
 }
 
@@ -91,7 +95,7 @@ pub struct Cluster {
     slots: Mutex<HashMap<String, Slot>>,
     /// Holds whose workers have not yet reported them drained, by (destination, epoch).
     outstanding: Mutex<HashMap<(String, i64), bool>>,
-    drained: mpsc::UnboundedSender<Drained>,
+    reports: mpsc::UnboundedSender<Report>,
     /// Set by the first renewal failure of a spell, so the log says it once.
     failing: std::sync::atomic::AtomicBool,
 }
@@ -102,14 +106,14 @@ impl Cluster {
     pub fn new(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Drained>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Report>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             store,
             metrics,
             slots: Mutex::new(HashMap::new()),
             outstanding: Mutex::new(HashMap::new()),
-            drained: tx,
+            reports: tx,
             failing: Default::default(),
         });
         (cluster, rx)
@@ -136,7 +140,7 @@ impl Cluster {
         destination: &str,
     ) -> (
         watch::Receiver<Option<Arc<Hold>>>,
-        mpsc::UnboundedSender<Drained>,
+        mpsc::UnboundedSender<Report>,
     ) {
         let (tx, rx) = watch::channel(None);
         self.slots().insert(
@@ -144,16 +148,33 @@ impl Cluster {
             Slot {
                 role: tx,
                 hold: None,
-                lost: false,
                 since: Instant::now(),
             },
         );
-        (rx, self.drained.clone())
+        (rx, self.reports.clone())
     }
 
-    /// Stops wanting `destination` (its worker has stopped; its report lets the hold go).
+    /// Stops wanting `destination`; call once its worker has stopped. A hold the worker was
+    /// using is let go by the worker's own report; one granted after it stopped, by this.
     pub fn leave(&self, destination: &str) {
-        self.slots().remove(destination);
+        let Some(hold) = self.slots().remove(destination).and_then(|s| s.hold) else {
+            return;
+        };
+        hold.ended.cancel();
+        let taken = &hold.taken;
+        let pace = match taken.left {
+            crate::store::Left::Released(pace) => pace,
+            _ => None,
+        };
+        // Through the reports, so it is looked at after any report the worker sent.
+        let _ = self.reports.send(Report::Orphaned(Drained {
+            destination: destination.to_string(),
+            epoch: taken.epoch,
+            carry: Carry {
+                pace,
+                ..taken.carry
+            },
+        }));
     }
 
     /// Whether this replica holds `destination` now.
@@ -169,7 +190,7 @@ impl Cluster {
     /// replica has left.
     pub async fn run(
         self: Arc<Self>,
-        mut drained: mpsc::UnboundedReceiver<Drained>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
         cancel: CancellationToken,
     ) {
         self.turn(true).await;
@@ -177,7 +198,7 @@ impl Cluster {
             let pause = self.tick().mul_f64(0.9 + fastrand::f64() / 5.0);
             tokio::select! {
                 () = tokio::time::sleep(pause) => self.turn(true).await,
-                Some(report) = drained.recv() => self.settle(report).await,
+                Some(report) = reports.recv() => self.heard(report).await,
                 () = cancel.cancelled() => break,
             }
         }
@@ -185,7 +206,7 @@ impl Cluster {
         while !self.outstanding().is_empty() {
             tokio::select! {
                 _ = renew.tick() => self.turn(false).await,
-                Some(report) = drained.recv() => self.settle(report).await,
+                Some(report) = reports.recv() => self.heard(report).await,
             }
         }
         if let Err(e) = self.store.leave().await {
@@ -193,29 +214,51 @@ impl Cluster {
         }
     }
 
-    /// A worker stopped using a hold: let it go (unless it was lost), so another replica or a
-    /// new worker can take it.
+    async fn heard(&self, report: Report) {
+        match report {
+            Report::Drained(d) => self.settle(d).await,
+            // Unless its worker's report came first and let it go already.
+            Report::Orphaned(d) => {
+                if self
+                    .outstanding()
+                    .contains_key(&(d.destination.clone(), d.epoch))
+                {
+                    self.settle(d).await
+                }
+            }
+        }
+    }
+
+    /// A hold is no longer used: let it go (unless it was lost), so another replica or a new
+    /// worker can take it.
     async fn settle(&self, report: Drained) {
         let key = (report.destination.clone(), report.epoch);
         let lost = self.outstanding().remove(&key).unwrap_or(true);
-        {
+        let held_still = {
             let mut slots = self.slots();
-            if let Some(slot) = slots.get_mut(&report.destination)
-                && slot
-                    .hold
-                    .as_ref()
-                    .is_some_and(|h| h.taken.epoch == report.epoch)
-            {
-                slot.hold = None;
-                slot.lost = false;
-                slot.since = Instant::now();
-                slot.role.send_replace(None);
+            match slots.get_mut(&report.destination) {
+                Some(slot)
+                    if slot
+                        .hold
+                        .as_ref()
+                        .is_some_and(|h| h.taken.epoch == report.epoch) =>
+                {
+                    slot.hold = None;
+                    slot.since = Instant::now();
+                    slot.role.send_replace(None);
+                    false
+                }
+                // A newer hold of the same destination (its worker was replaced meanwhile).
+                Some(slot) => slot.hold.is_some(),
+                None => false,
             }
+        };
+        if !held_still {
+            self.metrics
+                .destination_held
+                .with_label_values(&[report.destination.as_str()])
+                .set(0);
         }
-        self.metrics
-            .destination_held
-            .with_label_values(&[report.destination.as_str()])
-            .set(0);
         if lost {
             return;
         }
@@ -238,14 +281,7 @@ impl Cluster {
     async fn turn(&self, taking: bool) {
         let started = Instant::now();
         let valid_until = self.store.lease_ttl().map(|ttl| started + ttl.mul_f64(0.9));
-        let replicas = match self.store.heartbeat().await {
-            Ok(n) => n.max(1),
-            Err(e) => {
-                self.trouble(&e);
-                return;
-            }
-        };
-        self.metrics.replicas.set(replicas as i64);
+        // Renewal first: nothing else may delay or prevent it.
         let held: Vec<(String, i64)> = self
             .outstanding()
             .iter()
@@ -253,16 +289,22 @@ impl Cluster {
             .map(|((d, e), _)| (d.clone(), *e))
             .collect();
         match self.store.renew(&held).await {
-            Ok(still) => {
-                self.failing
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                self.renewed(&held, &still, valid_until);
-            }
+            Ok(still) => self.renewed(&held, &still, valid_until),
             Err(e) => {
                 self.trouble(&e);
                 return;
             }
         }
+        let replicas = match self.store.heartbeat().await {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                self.trouble(&e);
+                return;
+            }
+        };
+        self.failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.replicas.set(replicas as i64);
         if taking {
             self.rebalance(replicas, valid_until).await;
         }
@@ -280,7 +322,7 @@ impl Cluster {
     /// Extends the holds the store renewed; ends those it says are someone else's.
     fn renewed(&self, held: &[(String, i64)], still: &[String], valid_until: Option<Instant>) {
         let mut outstanding = self.outstanding();
-        let mut slots = self.slots();
+        let slots = self.slots();
         for (destination, epoch) in held {
             let hold = slots
                 .get(destination)
@@ -294,9 +336,6 @@ impl Cluster {
             }
             tracing::warn!(destination = %destination, "lost the destination's lease to another replica: sending stops");
             outstanding.insert((destination.clone(), *epoch), true);
-            if let Some(slot) = slots.get_mut(destination) {
-                slot.lost = true;
-            }
             if let Some(hold) = hold {
                 hold.ended.cancel();
             }
@@ -317,12 +356,12 @@ impl Cluster {
                 // destinations do not bounce between replicas that are still starting.
                 let oldest = slots
                     .iter()
-                    .filter(|(_, s)| !s.lost && s.since.elapsed() > tick * 2)
+                    .filter(|(_, s)| s.since.elapsed() > tick * 2)
                     .filter_map(|(name, s)| s.hold.as_ref().map(|h| (name, s.since, h)))
+                    // One lost or already being handed on is not ours to hand.
+                    .filter(|(_, _, h)| !h.ended.is_cancelled())
                     .min_by_key(|(_, since, _)| *since);
-                if let Some((name, _, hold)) = oldest
-                    && !hold.ended.is_cancelled()
-                {
+                if let Some((name, _, hold)) = oldest {
                     tracing::info!(destination = %name, held = mine, share = fair, replicas, "handing the destination to a replica with fewer");
                     hold.ended.cancel();
                 }
@@ -364,7 +403,6 @@ impl Cluster {
                 .set(1);
             let hold = Arc::new(Hold::new(t, valid_until));
             slot.hold = Some(hold.clone());
-            slot.lost = false;
             slot.since = Instant::now();
             slot.role.send_replace(Some(hold));
             outstanding.insert(key, false);

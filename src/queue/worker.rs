@@ -9,7 +9,7 @@
 //! for the next holder.
 
 use super::attempt::{Done, Record, Sender};
-use super::cluster::{Drained, Hold};
+use super::cluster::{Drained, Hold, Report};
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
 use crate::config::DestinationConfig;
@@ -68,7 +68,7 @@ pub struct Worker {
     /// The hold this replica has on the destination, when it has one.
     pub role: watch::Receiver<Option<Arc<Hold>>>,
     /// Where the worker says it has stopped using a hold.
-    pub drained: mpsc::UnboundedSender<Drained>,
+    pub drained: mpsc::UnboundedSender<Report>,
 }
 
 fn at(ms: i64) -> Instant {
@@ -113,11 +113,11 @@ impl Worker {
             };
             let epoch = hold.taken.epoch;
             let carry = self.send_while_held(hold).await;
-            let _ = self.drained.send(Drained {
+            let _ = self.drained.send(Report::Drained(Drained {
                 destination: self.config.name.clone(),
                 epoch,
                 carry,
-            });
+            }));
             if self.cancel.is_cancelled() {
                 return;
             }
@@ -319,7 +319,7 @@ impl Worker {
                 st.paused_until = Instant::now() + STORE_PAUSE;
                 None
             }
-            Done::NotHeld => {
+            Done::NotHeld | Done::NotDue => {
                 st.busy.remove(&id);
                 None
             }

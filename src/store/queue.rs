@@ -150,8 +150,10 @@ pub trait DeliveryQueue {
     /// A stored event.
     async fn event(&self, event_id: i64) -> Result<StoredEvent, StoreError>;
 
-    /// Closes a digest now, so no later event joins it. Call before reading its events.
-    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<(), StoreError>;
+    /// Closes a digest now, so no later event joins it, if it is still due at `now`; call
+    /// before reading its events. `false`: a held event joined it since it was picked, and
+    /// holds it back (it is due later, and stays open meanwhile).
+    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<bool, StoreError>;
 
     /// The events of a digest, in the order they arrived.
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError>;

@@ -607,7 +607,7 @@ impl DeliveryQueue for FaultyStore {
     async fn event(&self, id: i64) -> Result<StoredEvent, StoreError> {
         self.inner.event(id).await
     }
-    async fn close_group(&self, id: i64, now: i64) -> Result<(), StoreError> {
+    async fn close_group(&self, id: i64, now: i64) -> Result<bool, StoreError> {
         self.fault()?;
         self.inner.close_group(id, now).await
     }

@@ -95,6 +95,47 @@ async fn a_lease_that_runs_out_is_taken_by_another_replica_and_the_old_holder_lo
     assert_eq!(b.heartbeat().await.unwrap(), 1, "one left");
 }
 
+/// A hold granted to a destination whose worker has just stopped for good (a reload removed
+/// it) is let go, not renewed for ever: another replica takes it at once, and shutting down
+/// does not wait for a report that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_nobody_will_use_is_let_go() {
+    use kitebridge::queue::cluster::Cluster;
+    let db = TestDb::new().await;
+    let lease = Duration::from_secs(2);
+    let (a, b) = (db.store_with(lease).await, db.store_with(lease).await);
+    let (cluster, reports) =
+        Cluster::new(Arc::new(a), Arc::new(kitebridge::metrics::Metrics::new()));
+    let (role, _reports) = cluster.join("d");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(cluster.clone().run(reports, cancel.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cluster.holds("d") {
+        assert!(std::time::Instant::now() < deadline, "never took it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No worker ever looks at the hold; the destination is dropped.
+    drop(role);
+    cluster.leave("d");
+    let d = vec!["d".to_string()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if !b.acquire(&d, Duration::ZERO).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hold is still kept (its lease is {lease:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .expect("shut down without waiting for a report")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_free_lease_waits_out_the_grace_of_a_replica_that_has_its_share() {
     let db = TestDb::new().await;

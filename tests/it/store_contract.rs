@@ -46,6 +46,7 @@ contract!(
     attempts_are_matched_by_version_not_by_clock,
     attempts_retries_and_pruning,
     a_closed_digest_takes_no_more_events,
+    a_digest_held_back_after_it_was_picked_is_not_closed,
     concurrent_events_of_one_group_share_one_digest,
     a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release,
     held_messages_count_in_the_depth_but_not_in_the_age,
@@ -410,21 +411,66 @@ async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {
 
 async fn a_closed_digest_takes_no_more_events(store: Arc<dyn Store>) {
     let t = now_ms();
+    let window = 300;
     let accept = |body: &str, d: NewDelivery| store.accept(event(body, t), fixed(vec![d]), None);
-    let a = ids(accept("{\"n\":1}", grouped("a", "k", 60_000, None))
+    let a = ids(accept("{\"n\":1}", grouped("a", "k", window, None))
         .await
         .unwrap());
-    let b = ids(accept("{\"n\":2}", grouped("a", "k", 60_000, None))
+    let b = ids(accept("{\"n\":2}", grouped("a", "k", window, None))
         .await
         .unwrap());
     assert_eq!(a, b, "joined the open digest");
-    store.close_group(a[0], now_ms()).await.unwrap();
-    let c = ids(accept("{\"n\":3}", grouped("a", "k", 60_000, None))
+    assert!(
+        !store.close_group(a[0], t).await.unwrap(),
+        "not closed before it is due"
+    );
+    tokio::time::sleep(Duration::from_millis(window as u64 + 100)).await;
+    assert!(store.close_group(a[0], now_ms()).await.unwrap());
+    let c = ids(store
+        .accept(
+            event("{\"n\":3}", now_ms()),
+            fixed(vec![grouped("a", "k", 60_000, None)]),
+            None,
+        )
         .await
         .unwrap());
     assert_ne!(a, c, "a new digest after the first was closed");
     assert_eq!(store.group_events(a[0]).await.unwrap().len(), 2);
     assert_eq!(store.group_events(c[0]).await.unwrap().len(), 1);
+}
+
+/// A worker whose clock runs ahead of the store's picks a digest as due while the store still
+/// takes events into it; a held event (a mute until later) joins and holds the digest back:
+/// the close refuses, so the held event is not sent early.
+async fn a_digest_held_back_after_it_was_picked_is_not_closed(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let a = ids(store
+        .accept(
+            event("{\"n\":1}", t),
+            fixed(vec![grouped("a", "k", 60_000, None)]),
+            None,
+        )
+        .await
+        .unwrap());
+    let ahead = t + 60_000;
+    assert_eq!(store.due("a", ahead, 10, vec![]).await.unwrap().len(), 1);
+    let later = t + 3_600_000;
+    let joined = ids(store
+        .accept(
+            event("{\"n\":2}", t),
+            fixed(vec![grouped("a", "k", 60_000, Some(later))]),
+            None,
+        )
+        .await
+        .unwrap());
+    assert_eq!(joined, a, "the digest was still open");
+    assert!(
+        !store.close_group(a[0], ahead).await.unwrap(),
+        "held back: not closed, not sent now"
+    );
+    assert!(store.due("a", ahead, 10, vec![]).await.unwrap().is_empty());
+    assert!(store.close_group(a[0], later).await.unwrap());
+    assert_eq!(store.group_events(a[0]).await.unwrap().len(), 2);
 }
 
 async fn concurrent_events_of_one_group_share_one_digest(store: Arc<dyn Store>) {

@@ -147,17 +147,18 @@ impl DeliveryQueue for PgStore {
         .await
     }
 
-    async fn close_group(&self, delivery_id: i64, _now: i64) -> Result<(), StoreError> {
-        // By the database's clock, as joining is judged: the row lock orders the two.
+    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<bool, StoreError> {
+        // Closed by the database's clock, as joining is judged: the row lock orders the two.
+        // Whether it is due is judged by the clock that set its time, the replicas'.
         timed(async {
             let client = self.bookkeeping().await?;
             let stmt = client
                 .prepare_cached(
-                    "UPDATE deliveries SET group_closes_at = LEAST(group_closes_at, kb_now_ms()) WHERE id = $1",
+                    "UPDATE deliveries SET group_closes_at = LEAST(group_closes_at, kb_now_ms()) \
+                     WHERE id = $1 AND next_attempt_at <= $2",
                 )
                 .await?;
-            client.execute(&stmt, &[&delivery_id]).await?;
-            Ok(())
+            Ok(client.execute(&stmt, &[&delivery_id, &now]).await? == 1)
         })
         .await
     }

@@ -149,13 +149,15 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<(), StoreError> {
+    async fn close_group(&self, delivery_id: i64, now: i64) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE deliveries SET group_closes_at = MIN(group_closes_at, ?2) WHERE id = ?1",
-            )?
-            .execute(params![delivery_id, now])?;
-            Ok(())
+            let closed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET group_closes_at = MIN(group_closes_at, ?2) \
+                     WHERE id = ?1 AND next_attempt_at <= ?2",
+                )?
+                .execute(params![delivery_id, now])?;
+            Ok(closed == 1)
         })
         .await
     }
