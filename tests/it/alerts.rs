@@ -342,7 +342,9 @@ async fn one_slack_message_per_build_updated_in_place_with_failed_jobs_in_its_th
         202
     );
     assert_eq!(wait_calls(&rec, 2).await.len(), 2);
-    first.child.start_kill().unwrap();
+    // A clean stop, so the second update is recorded as sent (killed before that, it is sent
+    // again after the restart: at least once).
+    first.signal("TERM");
     first.child.wait().await.unwrap();
 
     let second = start_binary(&cfg).await;
