@@ -98,7 +98,8 @@ impl Check<'_> {
     }
 
     pub(super) fn validate(&mut self, raw: RawConfig, base: &Path) -> Option<Config> {
-        let server = self.server(&raw, base);
+        let storage = self.storage(&raw.storage, base);
+        let server = self.server(&raw, base, storage.shared());
         let (credentials, (allowed_ips, allow_buildkite_ips)) = self.buildkite(&raw);
         let meta_url = match &raw.buildkite.get_ref().meta_url {
             None => super::BUILDKITE_META_URL.to_string(),
@@ -118,17 +119,6 @@ impl Check<'_> {
         let test_engine_key = self
             .optional(raw.test_engine.key.as_ref(), "test_engine.key")
             .map(Secret::new);
-        let storage = self.storage(&raw.storage, base);
-        let server = server.map(|mut s| {
-            if s.drain == Duration::MAX {
-                s.drain = if storage.shared() {
-                    DEFAULT_SHARED_DRAIN
-                } else {
-                    Duration::ZERO
-                };
-            }
-            s
-        });
         // Zero turns duplicate detection off.
         let dedupe_window = match raw.storage.dedupe_window.as_ref() {
             None => Some(Duration::from_secs(600)),
@@ -189,7 +179,7 @@ impl Check<'_> {
         })
     }
 
-    fn server(&mut self, raw: &RawConfig, base: &Path) -> Option<ServerConfig> {
+    fn server(&mut self, raw: &RawConfig, base: &Path, shared: bool) -> Option<ServerConfig> {
         let s = &raw.server;
         let listen = match &s.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 8686)),
@@ -243,12 +233,16 @@ impl Check<'_> {
             "server.read_timeout",
             Duration::from_secs(10),
         );
-        // Its default depends on the store (see `validate`): replicas sit behind a balancer.
+        // Its default depends on the store: replicas sit behind a balancer.
         let drain = s
             .drain
             .as_ref()
             .and_then(|t| self.duration_of(t, "server.drain", true))
-            .unwrap_or(Duration::MAX);
+            .unwrap_or(if shared {
+                DEFAULT_SHARED_DRAIN
+            } else {
+                Duration::ZERO
+            });
         let max_concurrent_requests = match &s.max_concurrent_requests {
             None => 1024,
             Some(n) if (1..=100_000).contains(n.get_ref()) => *n.get_ref() as usize,

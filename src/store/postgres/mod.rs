@@ -214,11 +214,6 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The URL, without its password.
-    pub fn shown(&self) -> &str {
-        &self.options.shown
-    }
-
     /// A connection whose commits are durable: events, leases, message ids, operators' writes.
     async fn client(&self) -> Result<Conn, StoreError> {
         Ok(Conn(Some(self.pool.get().await?)))
