@@ -161,19 +161,11 @@ impl Cluster {
             return;
         };
         hold.ended.cancel();
-        let taken = &hold.taken;
-        let pace = match taken.left {
-            crate::store::Left::Released(pace) => pace,
-            _ => None,
-        };
         // Through the reports, so it is looked at after any report the worker sent.
         let _ = self.reports.send(Report::Orphaned(Drained {
             destination: destination.to_string(),
-            epoch: taken.epoch,
-            carry: Carry {
-                pace,
-                ..taken.carry
-            },
+            epoch: hold.taken.epoch,
+            carry: unused(&hold.taken),
         }));
     }
 
@@ -388,24 +380,53 @@ impl Cluster {
                 return;
             }
         };
-        let mut outstanding = self.outstanding();
-        let mut slots = self.slots();
-        for t in taken {
-            let key = (t.destination.clone(), t.epoch);
-            let Some(slot) = slots.get_mut(&t.destination).filter(|s| s.hold.is_none()) else {
-                // No longer wanted (a reload removed it) or held meanwhile: let it run out.
-                continue;
-            };
-            tracing::info!(destination = %t.destination, epoch = t.epoch, left = ?t.left, "took the destination");
-            self.metrics
-                .destination_held
-                .with_label_values(&[t.destination.as_str()])
-                .set(1);
-            let hold = Arc::new(Hold::new(t, valid_until));
-            slot.hold = Some(hold.clone());
-            slot.since = Instant::now();
-            slot.role.send_replace(Some(hold));
-            outstanding.insert(key, false);
+        let mut unwanted = Vec::new();
+        {
+            let mut outstanding = self.outstanding();
+            let mut slots = self.slots();
+            for t in taken {
+                let key = (t.destination.clone(), t.epoch);
+                let Some(slot) = slots.get_mut(&t.destination) else {
+                    // No longer wanted: a reload removed it while it was being taken.
+                    unwanted.push(t);
+                    continue;
+                };
+                if slot.hold.is_some() {
+                    // Holds are granted only here, one turn at a time: not expected.
+                    continue;
+                }
+                tracing::info!(destination = %t.destination, epoch = t.epoch, left = ?t.left, "took the destination");
+                self.metrics
+                    .destination_held
+                    .with_label_values(&[t.destination.as_str()])
+                    .set(1);
+                let hold = Arc::new(Hold::new(t, valid_until));
+                slot.hold = Some(hold.clone());
+                slot.since = Instant::now();
+                slot.role.send_replace(Some(hold));
+                outstanding.insert(key, false);
+            }
         }
+        for t in unwanted {
+            if let Err(e) = self
+                .store
+                .release(&t.destination, t.epoch, unused(&t))
+                .await
+            {
+                tracing::warn!(destination = %t.destination, error = %e, "cannot let go of the destination; its lease runs out by itself");
+            }
+        }
+    }
+}
+
+/// What a hold that sent nothing leaves: what it was given.
+fn unused(taken: &Taken) -> Carry {
+    let pace = match taken.left {
+        crate::store::Left::Released(pace) => pace,
+        _ => None,
+    };
+    Carry {
+        pace,
+        ..taken.carry
     }
 }

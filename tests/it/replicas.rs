@@ -458,9 +458,19 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
     let replicas = [Replica::start(&cfg).await, Replica::start(&cfg).await];
     let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
     let other = 1 - sender;
+    // The sender freezes with an attempt on its way: Slack has the request and has not
+    // answered.
+    rec.script("slack", [Reply::Hang]);
+    assert_eq!(
+        post_signed_to(replicas[other].addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
+    );
+    rec.wait_for("slack", 1).await;
     replicas[sender].signal("STOP");
     let frozen = Instant::now();
-    for n in 1..=5u64 {
+    for n in 2..=5u64 {
         assert_eq!(
             post_signed_to(replicas[other].addr, &build_finished(n))
                 .await
@@ -468,18 +478,20 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
             202
         );
     }
-    let got = rec.wait_for("slack", 5).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while rec.received_on("slack").len() < 5 && Instant::now() < deadline {
+    while arrivals(&rec, "slack").len() < 5 || arrivals(&rec, "slack")[&1] < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "taken over and sent within 30 s, the attempt in flight included: {:?} after {:?}",
+            arrivals(&rec, "slack"),
+            frozen.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let took = frozen.elapsed();
-    assert!(
-        rec.received_on("slack").len() >= 5,
-        "taken over and sent within 30 s: {} of 5 after {took:?}",
-        got.len()
+    println!(
+        "takeover of a frozen sender: all sent {:?} after it froze",
+        frozen.elapsed()
     );
-    println!("takeover of a frozen sender: all sent {took:?} after it froze");
     replicas[sender].signal("CONT");
     for n in 6..=10u64 {
         assert_eq!(
@@ -489,13 +501,26 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
             202
         );
     }
-    rec.wait_for("slack", 10).await;
+    rec.wait_for("slack", 11).await;
+    // The woken replica's attempt ends (its timeout passed while it was frozen); what it
+    // records must not undo what the new holder recorded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas[sender]
+        .logged("the delivery changed during the attempt")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the woken replica's late attempt left the delivery alone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seen = arrivals(&rec, "slack");
     assert_eq!(seen.len(), 10);
     assert!(
-        seen.values().all(|c| *c == 1),
-        "nothing sent twice: {seen:?}"
+        seen.iter().all(|(n, c)| *c == if *n == 1 { 2 } else { 1 }),
+        "only the attempt in flight at the freeze sent twice: {seen:?}"
     );
     assert!(
         replicas[other].holds("slack").await,
@@ -506,6 +531,13 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
             .logged("lost the destination's lease")
             .is_empty(),
         "the woken replica says it lost the destination"
+    );
+    let sent = db
+        .count("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'")
+        .await;
+    assert_eq!(
+        sent, 10,
+        "every delivery is recorded as sent, none sent again"
     );
 }
 

@@ -5,11 +5,13 @@
 //! Statements that do not depend on each other's answers are sent together (the driver
 //! pipelines them on the connection), so an event costs few round trips.
 
-use super::{CHANNEL, PgStore, lock_key};
-use crate::store::{Accepted, NewDelivery, NewEvent, Planner, StoreError};
+use super::{CHANNEL, PgStore, lock_key, timed};
+use crate::store::{Accepted, Intake, NewDelivery, NewEvent, Planner, StoreError};
 use crate::transition::{LastBuild, Transition, next};
+use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use futures_util::future::try_join_all;
+use sha2::Digest as _;
 use std::collections::BTreeSet;
 use tokio_postgres::types::ToSql;
 
@@ -286,4 +288,17 @@ pub(super) async fn accept(
         delivery_ids,
         transition,
     })
+}
+
+#[async_trait]
+impl Intake for PgStore {
+    async fn accept(
+        &self,
+        event: NewEvent,
+        plan: Planner,
+        dedupe_since: Option<i64>,
+    ) -> Result<Accepted, StoreError> {
+        let hash = sha2::Sha256::digest(&event.body).to_vec();
+        timed(accept(self, event, hash, plan, dedupe_since)).await
+    }
 }

@@ -13,8 +13,10 @@
 mod import;
 mod intake;
 mod lease;
+mod messages;
+mod operations;
 pub mod options;
-mod queries;
+mod queue;
 mod tls;
 
 pub use options::{PgOptions, SslMode, is_postgres_url};
