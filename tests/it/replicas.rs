@@ -352,9 +352,11 @@ fn assert_paced(times: &[Instant], rate: f64, burst: f64) {
         for j in i..times.len() {
             let window = (times[j] - times[i]).as_secs_f64();
             let count = (j - i + 1) as f64;
-            // 100 ms of slack for the network and scheduling between sender and recorder.
+            // 250 ms of slack for the network and scheduling between sender and recorder on a
+            // busy machine (one late arrival shortens the window to the next); sending at
+            // three times the rate breaks this over any few seconds.
             assert!(
-                count <= burst + rate * (window + 0.1),
+                count <= burst + rate * (window + 0.25),
                 "{count} messages in {window:.3}s (rate {rate}, burst {burst})"
             );
         }
