@@ -450,6 +450,15 @@ pub fn init_logs() {
 }
 
 /// A free port on 127.0.0.1 with nothing listening: a destination that is down.
+/// Sends process `pid` the signal `name` (`"HUP"`, `"TERM"`, `"STOP"`…).
+pub fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
 pub fn dead_address() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
@@ -825,12 +834,7 @@ pub async fn post_signed_json_to(addr: SocketAddr, body: &[u8]) -> (u16, Value) 
 impl Running {
     /// Sends the process a signal (`"HUP"`, `"TERM"`).
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{name} {pid}");
+        signal(self.child.id().unwrap(), name);
     }
 
     /// The next log line containing `needle`, within 10 s of each line.

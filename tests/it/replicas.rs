@@ -54,12 +54,7 @@ impl Replica {
     }
 
     pub fn signal(&self, name: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{name} {pid}");
+        signal(self.child.id().unwrap(), name);
     }
 
     /// Log lines containing `needle`.

@@ -202,9 +202,7 @@ to = ["gone", "down", "app", "console"]
                 &[],
             );
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        signal(child.id(), "TERM");
         let _ = tokio::time::timeout(Duration::from_secs(15), async {
             while child.try_wait().unwrap().is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -353,9 +351,7 @@ async fn the_database_password_appears_in_no_output() {
             rec.wait_for("slack", 1).await;
             all += &output(&["deliveries", "list", "--config", &cfg], &env);
             all += &output(&["deliveries", "show", "1", "--config", &cfg], &env);
-            let _ = Command::new("kill")
-                .args(["-TERM", &serve.id().to_string()])
-                .status();
+            signal(serve.id(), "TERM");
             let out = tokio::task::spawn_blocking(move || serve.wait_with_output().unwrap())
                 .await
                 .unwrap();
