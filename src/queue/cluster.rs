@@ -177,9 +177,9 @@ impl Cluster {
             .is_some_and(|h| h.valid())
     }
 
-    /// Renews, takes and lets go until `cancel`; then, while workers finish what they have in
-    /// flight, keeps renewing their holds and lets each go as it reports, and says this
-    /// replica has left.
+    /// Renews, takes and lets go until `cancel`; then says this replica is leaving and, while
+    /// workers finish what they have in flight, keeps renewing their holds and lets each go as
+    /// it reports.
     pub async fn run(
         self: Arc<Self>,
         mut reports: mpsc::UnboundedReceiver<Report>,
@@ -194,15 +194,17 @@ impl Cluster {
                 () = cancel.cancelled() => break,
             }
         }
+        // Out of the others' count at once: this replica takes nothing more, so their shares
+        // grow and they take what it lets go without waiting out a grace.
+        if let Err(e) = self.store.leave().await {
+            tracing::warn!(error = %e, "cannot record that this replica is stopping");
+        }
         let mut renew = tokio::time::interval(self.tick());
         while !self.outstanding().is_empty() {
             tokio::select! {
                 _ = renew.tick() => self.turn(false).await,
                 Some(report) = reports.recv() => self.heard(report).await,
             }
-        }
-        if let Err(e) = self.store.leave().await {
-            tracing::warn!(error = %e, "cannot record that this replica has stopped");
         }
     }
 
@@ -268,8 +270,8 @@ impl Cluster {
         }
     }
 
-    /// One look at the leases: renew what is held; when `taking`, also hand on more than this
-    /// replica's share and take free destinations.
+    /// One look at the leases: renew what is held; when `taking`, also say this replica is
+    /// alive, hand on more than its share and take free destinations.
     async fn turn(&self, taking: bool) {
         let started = Instant::now();
         let valid_until = self.store.lease_ttl().map(|ttl| started + ttl.mul_f64(0.9));
@@ -287,6 +289,10 @@ impl Cluster {
                 return;
             }
         }
+        if !taking {
+            // Stopping: renewing is all that is left to do, and no heartbeat (see `run`).
+            return;
+        }
         let replicas = match self.store.heartbeat().await {
             Ok(n) => n.max(1),
             Err(e) => {
@@ -297,9 +303,7 @@ impl Cluster {
         self.failing
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.metrics.replicas.set(replicas as i64);
-        if taking {
-            self.rebalance(replicas, valid_until).await;
-        }
+        self.rebalance(replicas, valid_until).await;
     }
 
     fn trouble(&self, e: &crate::store::StoreError) {
