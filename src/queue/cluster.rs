@@ -202,8 +202,28 @@ impl Cluster {
         let mut renew = tokio::time::interval(self.tick());
         while !self.outstanding().is_empty() {
             tokio::select! {
-                _ = renew.tick() => self.turn(false).await,
+                _ = renew.tick() => {
+                    self.turn(false).await;
+                    self.orphans();
+                }
                 Some(report) = reports.recv() => self.heard(report).await,
+            }
+        }
+    }
+
+    /// Holds whose worker is gone without a report (it stopped just as the hold was granted,
+    /// at shutdown): reported as orphaned, through the reports so that any report its worker
+    /// sent is looked at first.
+    fn orphans(&self) {
+        for (name, slot) in self.slots().iter() {
+            if let Some(hold) = &slot.hold
+                && slot.role.receiver_count() == 0
+            {
+                let _ = self.reports.send(Report::Orphaned(Drained {
+                    destination: name.clone(),
+                    epoch: hold.taken.epoch,
+                    carry: unused(&hold.taken),
+                }));
             }
         }
     }

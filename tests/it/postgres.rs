@@ -107,10 +107,13 @@ async fn a_hold_nobody_will_use_is_let_go() {
     let (cluster, reports) =
         Cluster::new(Arc::new(a), Arc::new(kitebridge::metrics::Metrics::new()));
     let (role, _reports) = cluster.join("d");
+    // And one whose worker stops, without a word, as the hold is granted (at shutdown).
+    let (gone, _) = cluster.join("e");
+    drop(gone);
     let cancel = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(cluster.clone().run(reports, cancel.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !cluster.holds("d") {
+    while !cluster.holds("d") || !cluster.holds("e") {
         assert!(std::time::Instant::now() < deadline, "never took it");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -132,8 +135,14 @@ async fn a_hold_nobody_will_use_is_let_go() {
     cancel.cancel();
     tokio::time::timeout(Duration::from_secs(2), running)
         .await
-        .expect("shut down without waiting for a report")
+        .expect("shut down without waiting for a report that will not come")
         .unwrap();
+    let e = vec!["e".to_string()];
+    assert_eq!(
+        b.acquire(&e, Duration::ZERO).await.unwrap().len(),
+        1,
+        "let go at shutdown, not left to run out"
+    );
 }
 
 #[tokio::test]
