@@ -17,10 +17,12 @@
 //!   the answer, then per-destination workers render, pace, send and retry.
 //!
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
+//! [`condition`] (Buildkite's `if:` expression language: parse, check, evaluate),
 //! [`cli`] (the `serve`, `check`, `render`, `send-test` and `deliveries` commands), [`server`] (start-up and
 //! graceful shutdown) and [`secret`] (values that never print).
 
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod deliver;
 pub mod event;

@@ -1,0 +1,186 @@
+//! Static checks against the caller's [`Schema`], so a mistyped condition fails when the
+//! configuration loads instead of silently never matching.
+
+use super::ast::{BinOp, Expr, ExprKind};
+use super::{ConditionError, Schema, Type};
+
+/// What an expression can produce. `Null` is the type of the literal `null` only; every
+/// schema variable may also be null at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Null,
+    Str,
+    Int,
+    Bool,
+    Regex,
+    StrArray,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Null => "null",
+            Ty::Str => "a string",
+            Ty::Int => "an integer",
+            Ty::Bool => "a boolean",
+            Ty::Regex => "a regular expression",
+            Ty::StrArray => "a string array",
+        }
+    }
+}
+
+impl From<Type> for Ty {
+    fn from(t: Type) -> Ty {
+        match t {
+            Type::String => Ty::Str,
+            Type::Integer => Ty::Int,
+            Type::Boolean => Ty::Bool,
+            Type::StringArray => Ty::StrArray,
+        }
+    }
+}
+
+/// The built-in functions, as buildkite/conditional's type checker has them: each takes one
+/// string. `env` gives "" for a missing name, `build.env` gives null.
+pub(crate) const FUNCTIONS: [&str; 2] = ["env", "build.env"];
+
+fn type_error(e: &Expr, expected: &str, found: Ty) -> ConditionError {
+    ConditionError::Type {
+        column: e.column,
+        message: format!("expected {expected}, found {}", found.name()),
+    }
+}
+
+/// Checks the whole condition, which must be a boolean.
+pub(crate) fn check_condition(e: &Expr, schema: &Schema) -> Result<(), ConditionError> {
+    expect(e, schema, &[Ty::Bool], "a boolean condition").map(|_| ())
+}
+
+fn expect(e: &Expr, schema: &Schema, allowed: &[Ty], what: &str) -> Result<Ty, ConditionError> {
+    let t = check(e, schema)?;
+    if allowed.contains(&t) {
+        Ok(t)
+    } else {
+        Err(type_error(e, what, t))
+    }
+}
+
+pub(crate) fn check(e: &Expr, schema: &Schema) -> Result<Ty, ConditionError> {
+    Ok(match &e.kind {
+        ExprKind::Null => Ty::Null,
+        ExprKind::Bool(_) => Ty::Bool,
+        ExprKind::Int(_) => Ty::Int,
+        ExprKind::Str(_) => Ty::Str,
+        ExprKind::Regex(_) => Ty::Regex,
+        ExprKind::Var(name) => match schema.get(name) {
+            Some(t) => t.into(),
+            None => {
+                return Err(ConditionError::UnknownVariable {
+                    column: e.column,
+                    name: name.clone(),
+                    suggestions: schema.nearest(name),
+                });
+            }
+        },
+        ExprKind::Call { name, args } => {
+            if !FUNCTIONS.contains(&name.as_str()) {
+                return Err(ConditionError::UnknownFunction {
+                    column: e.column,
+                    name: name.clone(),
+                });
+            }
+            let [arg] = args.as_slice() else {
+                return Err(ConditionError::Type {
+                    column: e.column,
+                    message: format!("{name}() takes 1 argument, found {}", args.len()),
+                });
+            };
+            expect(
+                arg,
+                schema,
+                &[Ty::Str],
+                &format!("a string argument to {name}()"),
+            )?;
+            Ty::Str
+        }
+        ExprKind::Array(items) => {
+            for item in items {
+                expect(item, schema, &[Ty::Str], "a string in the array")?;
+            }
+            Ty::StrArray
+        }
+        ExprKind::Not(inner) => {
+            expect(inner, schema, &[Ty::Bool], "a boolean after \"!\"")?;
+            Ty::Bool
+        }
+        ExprKind::Binary { op, left, right } => {
+            check_binary(*op, left, right, schema)?;
+            Ty::Bool
+        }
+        ExprKind::Ternary {
+            cond,
+            then,
+            otherwise,
+        } => {
+            expect(cond, schema, &[Ty::Bool], "a boolean before \"?\"")?;
+            compatible(then, otherwise, schema)?
+        }
+    })
+}
+
+fn check_binary(
+    op: BinOp,
+    left: &Expr,
+    right: &Expr,
+    schema: &Schema,
+) -> Result<(), ConditionError> {
+    let sym = op.symbol();
+    match op {
+        BinOp::And | BinOp::Or => {
+            let what = format!("a boolean on each side of \"{sym}\"");
+            expect(left, schema, &[Ty::Bool], &what)?;
+            expect(right, schema, &[Ty::Bool], &what)?;
+        }
+        BinOp::Match | BinOp::NotMatch => {
+            let what = format!("a string on the left of \"{sym}\"");
+            expect(left, schema, &[Ty::Str, Ty::Null], &what)?;
+            let what = format!("a regular expression on the right of \"{sym}\"");
+            expect(right, schema, &[Ty::Regex], &what)?;
+        }
+        BinOp::Includes => {
+            expect(
+                left,
+                schema,
+                &[Ty::StrArray, Ty::Null],
+                "an array before `includes`",
+            )?;
+            let allowed = [Ty::Str, Ty::Regex, Ty::Null];
+            expect(
+                right,
+                schema,
+                &allowed,
+                "a string or regular expression after `includes`",
+            )?;
+        }
+        BinOp::Eq | BinOp::NotEq => {
+            compatible(left, right, schema)?;
+        }
+    }
+    Ok(())
+}
+
+/// Two sides that may be compared, or two branches of a ternary: the same type, or null on
+/// either side. Returns the common type.
+fn compatible(left: &Expr, right: &Expr, schema: &Schema) -> Result<Ty, ConditionError> {
+    let l = check(left, schema)?;
+    let r = check(right, schema)?;
+    match (l, r) {
+        (Ty::Null, t) | (t, Ty::Null) => Ok(t),
+        (l, r) if l == r => Ok(l),
+        (l, r) => Err(type_error(
+            right,
+            &format!("{} (or null) to match the left side", l.name()),
+            r,
+        )),
+    }
+}

@@ -1,0 +1,66 @@
+//! The variables a condition may name, and their types.
+
+use std::collections::BTreeMap;
+
+/// The type of a schema variable. Any variable may also be null at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    String,
+    Integer,
+    Boolean,
+    StringArray,
+}
+
+/// Variable paths (`build.branch`) and their types, supplied by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    vars: BTreeMap<String, Type>,
+}
+
+impl Schema {
+    pub fn new() -> Schema {
+        Schema::default()
+    }
+
+    /// Adds (or replaces) a variable.
+    pub fn with(mut self, path: &str, ty: Type) -> Schema {
+        self.insert(path, ty);
+        self
+    }
+
+    pub fn insert(&mut self, path: &str, ty: Type) {
+        self.vars.insert(path.to_owned(), ty);
+    }
+
+    pub fn get(&self, path: &str) -> Option<Type> {
+        self.vars.get(path).copied()
+    }
+
+    /// Up to three known names closest to `name` by edit distance, for "did you mean".
+    pub fn nearest(&self, name: &str) -> Vec<String> {
+        let limit = (name.chars().count() / 3).max(2);
+        let mut scored: Vec<(usize, &String)> = self
+            .vars
+            .keys()
+            .map(|k| (edit_distance(name, k), k))
+            .filter(|(d, _)| *d <= limit)
+            .collect();
+        scored.sort();
+        scored.into_iter().take(3).map(|(_, k)| k.clone()).collect()
+    }
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
