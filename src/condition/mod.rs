@@ -45,10 +45,12 @@ mod props;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod variables;
 
 pub use ast::{BinOp, Expr, ExprKind, RegexLit};
 pub use parser::MAX_DEPTH;
 pub use schema::{Schema, Type};
+pub use variables::{EventVariables, schema as event_schema};
 
 /// A run-time value, as a [`Variables`] lookup supplies it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,284 @@
+//! The variables of a webhook [`Event`], for conditions on routes.
+//!
+//! [`schema`] lists what a condition may name and [`EventVariables`] supplies the values. The
+//! names follow Buildkite's conditionals (`build.*`, `pipeline.*`, `organization.*`), limited to
+//! what webhook payloads carry, plus kitebridge's own `event`, `job.*`, `agent.*` and the
+//! transition flags `pipeline.started_failing` / `pipeline.started_passing`.
+//!
+//! | variable                         | type        | payload source                                    | blank is null |
+//! |----------------------------------|-------------|---------------------------------------------------|---------------|
+//! | `event`                          | String      | the event name                                    | no            |
+//! | `build.id`                       | String      | `build.id`                                        | no            |
+//! | `build.number`                   | Integer     | `build.number`                                    | –             |
+//! | `build.branch`                   | String      | `build.branch`                                    | no            |
+//! | `build.tag`                      | String      | `build.tag`                                       | yes           |
+//! | `build.commit`                   | String      | `build.commit`                                    | no            |
+//! | `build.message`                  | String      | `build.message`                                   | yes           |
+//! | `build.state`                    | String      | `build.state`                                     | no            |
+//! | `build.source`                   | String      | `build.source`                                    | no            |
+//! | `build.author.email` / `.name`   | String      | `build.author.email` / `.name`                    | no            |
+//! | `build.creator.email` / `.name`  | String      | `build.creator.email` / `.name`                   | no            |
+//! | `build.pull_request.id`          | String      | `build.pull_request.id`                           | yes           |
+//! | `build.pull_request.base_branch` | String      | `build.pull_request.base`                         | yes           |
+//! | `build.pull_request.repository`  | String      | `build.pull_request.repository`                   | yes           |
+//! | `pipeline.id`                    | String      | `pipeline.id`                                     | no            |
+//! | `pipeline.slug`                  | String      | `pipeline.slug`                                   | no            |
+//! | `pipeline.default_branch`        | String      | `pipeline.default_branch`                         | yes           |
+//! | `pipeline.repository`            | String      | `pipeline.repository`                             | yes           |
+//! | `pipeline.started_failing`       | Boolean     | the event's transition is `broken`                | –             |
+//! | `pipeline.started_passing`       | Boolean     | the event's transition is `fixed`                 | –             |
+//! | `organization.id`                | String      | `organization.id` (only `ping` carries it)        | no            |
+//! | `organization.slug`              | String      | `organization.slug`, else the `<slug>` of `…/organizations/<slug>/…` in `pipeline.url`, `build.url` or `agent.url` | yes |
+//! | `job.state`                      | String      | `job.state`                                       | no            |
+//! | `job.exit_status`                | Integer     | `job.exit_status`                                 | –             |
+//! | `job.soft_failed`                | Boolean     | `job.soft_failed`                                 | –             |
+//! | `job.label`                      | String      | `job.label`, else `job.name` (older payloads)     | yes           |
+//! | `job.step_key`                   | String      | `job.step_key`                                    | yes           |
+//! | `agent.name`                     | String      | `agent.name`, else `job.agent.name`               | no            |
+//! | `agent.connection_state`         | String      | `agent.connection_state`, else `job.agent.…`      | no            |
+//! | `agent.meta_data`                | StringArray | `agent.meta_data`, else `job.agent.meta_data` (`key=value` strings) | – |
+//!
+//! Blank is null: Buildkite documents its nullable string variables as "`String`, `null`"
+//! (`build.tag`, `build.message`, `build.pull_request.*`, `pipeline.default_branch`,
+//! `pipeline.repository`), and an unset one is `null`, never `""`; so here an empty string in
+//! those is [`Value::Null`], and `build.tag != null` means "a tag build" even when a payload
+//! sends `"tag": ""`. `job.label` and `job.step_key` follow Buildkite's `step.label` /
+//! `step.key` (also "`String`, `null`"). Every other string keeps `""` as it is.
+//!
+//! A variable the event does not have (a job variable on a build event, a `null` in the
+//! payload, a value of the wrong JSON type) is [`Value::Null`], as in Buildkite.
+//!
+//! Left out because webhook payloads do not carry them: `build.author.id`, `build.author.teams`,
+//! `build.creator.id` (payloads carry it, but Buildkite only sets it for verified users, which
+//! a webhook cannot tell), `build.creator.teams`, `build.pull_request.draft`,
+//! `build.pull_request.labels`, `build.pull_request.repository.fork`, `build.merge_queue.*`.
+//!
+//! `env(name)` and `build.env(name)` read the payload's `build.env` object: strings as they
+//! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset.
+
+use super::{Schema, Type, Value, Variables};
+use crate::event::{Event, lookup};
+use crate::transition::TransitionKind;
+use serde_json::Value as Json;
+
+/// Where a variable's value comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The first of these payload paths that has a (non-null, non-blank if blank is null) value.
+    Paths(&'static [&'static str]),
+    /// The event name.
+    EventName,
+    /// Whether the transition is this kind; null without a transition.
+    Transition(TransitionKind),
+    /// `organization.slug`, or the slug in an API or web URL.
+    OrgSlug,
+}
+
+struct Var {
+    name: &'static str,
+    ty: Type,
+    from: Source,
+    blank_is_null: bool,
+}
+
+const fn var(name: &'static str, ty: Type, paths: &'static [&'static str], blank: bool) -> Var {
+    Var {
+        name,
+        ty,
+        from: Source::Paths(paths),
+        blank_is_null: blank,
+    }
+}
+
+const S: Type = Type::String;
+
+static VARS: &[Var] = &[
+    Var {
+        name: "event",
+        ty: S,
+        from: Source::EventName,
+        blank_is_null: false,
+    },
+    var("build.id", S, &["build.id"], false),
+    var("build.number", Type::Integer, &["build.number"], false),
+    var("build.branch", S, &["build.branch"], false),
+    var("build.tag", S, &["build.tag"], true),
+    var("build.commit", S, &["build.commit"], false),
+    var("build.message", S, &["build.message"], true),
+    var("build.state", S, &["build.state"], false),
+    var("build.source", S, &["build.source"], false),
+    var("build.author.email", S, &["build.author.email"], false),
+    var("build.author.name", S, &["build.author.name"], false),
+    var("build.creator.email", S, &["build.creator.email"], false),
+    var("build.creator.name", S, &["build.creator.name"], false),
+    var("build.pull_request.id", S, &["build.pull_request.id"], true),
+    var(
+        "build.pull_request.base_branch",
+        S,
+        &["build.pull_request.base"],
+        true,
+    ),
+    var(
+        "build.pull_request.repository",
+        S,
+        &["build.pull_request.repository"],
+        true,
+    ),
+    var("pipeline.id", S, &["pipeline.id"], false),
+    var("pipeline.slug", S, &["pipeline.slug"], false),
+    var(
+        "pipeline.default_branch",
+        S,
+        &["pipeline.default_branch"],
+        true,
+    ),
+    var("pipeline.repository", S, &["pipeline.repository"], true),
+    Var {
+        name: "pipeline.started_failing",
+        ty: Type::Boolean,
+        from: Source::Transition(TransitionKind::Broken),
+        blank_is_null: false,
+    },
+    Var {
+        name: "pipeline.started_passing",
+        ty: Type::Boolean,
+        from: Source::Transition(TransitionKind::Fixed),
+        blank_is_null: false,
+    },
+    var("organization.id", S, &["organization.id"], false),
+    Var {
+        name: "organization.slug",
+        ty: S,
+        from: Source::OrgSlug,
+        blank_is_null: true,
+    },
+    var("job.state", S, &["job.state"], false),
+    var(
+        "job.exit_status",
+        Type::Integer,
+        &["job.exit_status"],
+        false,
+    ),
+    var(
+        "job.soft_failed",
+        Type::Boolean,
+        &["job.soft_failed"],
+        false,
+    ),
+    var("job.label", S, &["job.label", "job.name"], true),
+    var("job.step_key", S, &["job.step_key"], true),
+    var("agent.name", S, &["agent.name", "job.agent.name"], false),
+    var(
+        "agent.connection_state",
+        S,
+        &["agent.connection_state", "job.agent.connection_state"],
+        false,
+    ),
+    var(
+        "agent.meta_data",
+        Type::StringArray,
+        &["agent.meta_data", "job.agent.meta_data"],
+        false,
+    ),
+];
+
+/// The variables a route's condition may name, with their types.
+pub fn schema() -> Schema {
+    VARS.iter()
+        .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty))
+}
+
+/// A webhook event's variables, for [`super::Condition::eval`].
+#[derive(Debug, Clone, Copy)]
+pub struct EventVariables<'a> {
+    event: &'a Event,
+}
+
+impl<'a> EventVariables<'a> {
+    pub fn new(event: &'a Event) -> Self {
+        Self { event }
+    }
+}
+
+impl<'a> From<&'a Event> for EventVariables<'a> {
+    fn from(event: &'a Event) -> Self {
+        Self::new(event)
+    }
+}
+
+impl Variables for EventVariables<'_> {
+    fn get(&self, path: &str) -> Value {
+        let Some(var) = VARS.iter().find(|v| v.name == path) else {
+            return Value::Null;
+        };
+        let payload = self.event.payload();
+        match var.from {
+            Source::EventName => Value::Str(self.event.name().to_owned()),
+            Source::Transition(kind) => self
+                .event
+                .transition()
+                .map_or(Value::Null, |t| Value::Bool(t.kind == kind)),
+            Source::Paths(paths) => paths
+                .iter()
+                .filter_map(|p| lookup(payload, p))
+                .map(|j| convert(j, var.ty, var.blank_is_null))
+                .find(|v| *v != Value::Null)
+                .unwrap_or(Value::Null),
+            Source::OrgSlug => {
+                let direct = lookup(payload, "organization.slug")
+                    .map_or(Value::Null, |j| convert(j, Type::String, true));
+                if direct != Value::Null {
+                    return direct;
+                }
+                ["pipeline.url", "build.url", "agent.url"]
+                    .iter()
+                    .filter_map(|p| lookup(payload, p).and_then(Json::as_str))
+                    .find_map(slug_from_url)
+                    .map_or(Value::Null, |s| Value::Str(s.to_owned()))
+            }
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<String> {
+        match lookup(self.event.payload(), "build.env")?.get(name)? {
+            Json::Null => None,
+            Json::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// A payload value as a value of type `ty`, or null when it has another shape.
+fn convert(j: &Json, ty: Type, blank_is_null: bool) -> Value {
+    match (ty, j) {
+        (Type::String, Json::String(s)) if blank_is_null && s.is_empty() => Value::Null,
+        (Type::String, Json::String(s)) => Value::Str(s.clone()),
+        // Ids and numbers sometimes arrive as JSON numbers (a pull request id of 42).
+        (Type::String, Json::Number(n)) => Value::Str(n.to_string()),
+        (Type::Integer, Json::Number(n)) => n.as_i64().map_or(Value::Null, Value::Int),
+        (Type::Integer, Json::String(s)) => s.trim().parse().map_or(Value::Null, Value::Int),
+        (Type::Boolean, Json::Bool(b)) => Value::Bool(*b),
+        (Type::StringArray, Json::Array(items)) => Value::Array(
+            items
+                .iter()
+                .filter(|i| !i.is_null())
+                .map(|i| match i {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+/// `acme` from `https://api.buildkite.com/v2/organizations/acme/pipelines/web-app`.
+fn slug_from_url(url: &str) -> Option<&str> {
+    let rest = url.split_once("/organizations/")?.1;
+    let slug = rest.split(['/', '?', '#']).next()?;
+    (!slug.is_empty()).then_some(slug)
+}
+
+#[cfg(test)]
+#[path = "variables_tests.rs"]
+mod tests;
