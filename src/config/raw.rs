@@ -243,6 +243,9 @@ pub struct RawRoute {
     pub continue_matching: bool,
     #[serde(default)]
     pub when: Vec<Spanned<RawWhen>>,
+    /// A condition in Buildkite's language; never interpolated (`$` means something there).
+    #[serde(rename = "if")]
+    pub condition: Option<Text>,
 }
 
 /// `[[routes.when]]`.

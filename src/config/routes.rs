@@ -134,6 +134,16 @@ impl Check<'_> {
                 when.push(c);
             }
         }
+        let condition = r.condition.as_ref().map(|t| {
+            crate::condition::Condition::compile(t.get_ref(), &crate::condition::event_schema())
+                .map(std::sync::Arc::new)
+                .map_err(|e| {
+                    self.problem(
+                        Some(t.span()),
+                        format!("route {name:?} if: {e} in {:?}", t.get_ref()),
+                    )
+                })
+        });
         let route = Route {
             name: name.to_string(),
             events: events?,
@@ -142,6 +152,10 @@ impl Check<'_> {
             states: states?,
             transitions: transitions?,
             when,
+            condition: match condition {
+                Some(c) => Some(c.ok()?),
+                None => None,
+            },
             to,
             template,
             continue_matching: r.continue_matching,

@@ -42,6 +42,8 @@ pub struct Route {
     pub transitions: PatternList,
     /// Extra conditions on payload fields.
     pub when: Vec<Condition>,
+    /// `if`: a condition in Buildkite's language, compiled once.
+    pub condition: Option<Arc<crate::condition::Condition>>,
     /// Destination names, in order.
     pub to: Vec<String>,
     /// A template name that overrides the choice by event and family.
@@ -65,6 +67,7 @@ impl Route {
             states: PatternList::default(),
             transitions: PatternList::default(),
             when: Vec::new(),
+            condition: None,
             to: to.into_iter().map(Into::into).collect(),
             template: None,
             continue_matching: false,
@@ -88,6 +91,10 @@ impl Route {
                 .transitions
                 .matches(event.transition().map(|t| t.kind.as_str()))
             && self.when.iter().all(|c| c.holds(event.payload()))
+            && self
+                .condition
+                .as_ref()
+                .is_none_or(|c| c.eval(&crate::condition::EventVariables::new(event)))
     }
 }
 

@@ -84,6 +84,43 @@ async fn transitions_live_in_the_store_across_restarts() {
     );
 }
 
+/// Routes in Buildkite's own language: every fixture is posted, and only the events the
+/// expressions pick reach the destinations.
+#[tokio::test]
+async fn routes_with_if_expressions_pick_exactly_their_events() {
+    let rec = Recorder::start().await;
+    let toml = only_slack(
+        &rec,
+        "name = \"main failures\"\nif = 'build.state == \"failed\" && build.branch == pipeline.default_branch'\nto = [\"slack\"]\n\n\
+         [[routes]]\nname = \"failed jobs\"\nif = \"event == 'job.finished' && job.exit_status != 0\"\nto = [\"teams\"]",
+    );
+    let app = TestApp::spawn(&toml).await;
+    for (name, body) in fixtures() {
+        let (status, _) = app.post_signed(&body).await;
+        assert!(status == 200 || status == 202, "{name}: {status}");
+    }
+    let slack = rec.wait_for("slack", 1).await;
+    let teams = rec.wait_for("teams", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rec.received_on("slack").len(),
+        1,
+        "only the failed build on main"
+    );
+    assert!(
+        slack[0].json()["text"].as_str().unwrap().contains("#1842"),
+        "{:?}",
+        slack[0].json()
+    );
+    assert_eq!(
+        rec.received_on("teams").len(),
+        1,
+        "only the job that failed"
+    );
+    let card = teams[0].json().to_string();
+    assert!(card.contains("exit") || card.contains("failed"), "{card}");
+}
+
 const PEOPLE: &str = r#"
 [[people]]
 name = "Maria López"

@@ -38,6 +38,37 @@ fn check_names_file_and_line_of_each_problem() {
 }
 
 #[test]
+fn check_points_into_a_bad_if_expression() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n\n[destinations.c]\nkind = \"console\"\n\n\
+         [[routes]]\nname = \"syntax\"\nif = 'build.state == '\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"unknown\"\nif = 'build.brnch == \"main\"'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"types\"\nif = 'build.number == \"7\"'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"dollar\"\nif = 'build.branch == \"${BRANCH}\"'\nto = [\"c\"]\n",
+    )
+    .unwrap();
+    let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for (line, route, column) in [
+        (9, "syntax", 16),  // the end of the expression
+        (14, "unknown", 1), // the variable
+        (19, "types", 17),  // the string compared with an integer
+        (24, "dollar", 18), // the `$`
+    ] {
+        let want = format!("bad.toml:{line}: route \"{route}\" if: column {column}");
+        assert!(err.contains(&want), "{want}\n{err}");
+    }
+    assert!(
+        err.contains("build.branch"),
+        "a suggestion for the typo: {err}"
+    );
+}
+
+#[test]
 fn check_reports_broken_templates_with_their_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
