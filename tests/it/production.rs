@@ -88,6 +88,45 @@ fn reloadable(rec: &Recorder, dir: &std::path::Path, route_to: &str) -> String {
     )
 }
 
+/// A reload whose `if` expression does not compile is refused with the column, and the
+/// running routes, expression and all, keep working.
+#[tokio::test]
+async fn reload_refuses_a_broken_if_expression_and_keeps_the_old_one() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("k.toml");
+    let with_if = |expr: &str| {
+        reloadable(&rec, dir.path(), "slack").replace(
+            "to = [\"slack\"]",
+            &format!("to = [\"slack\"]\nif = '{expr}'"),
+        )
+    };
+    write(&cfg, &with_if("build.number != 2"));
+    let app = TestApp::spawn_file(&cfg).await;
+    for n in 1..=3 {
+        app.post_signed(&build_finished(n)).await;
+    }
+    rec.wait_for("slack", 2).await;
+    write(&cfg, &with_if("build.number != "));
+    let (status, answer) = app.reload(Some("reload-me")).await;
+    assert_eq!(status, 422, "{answer}");
+    let problem = answer["problems"][0].as_str().unwrap();
+    assert!(problem.contains("if: column 17"), "{answer}");
+    app.post_signed(&build_finished(4)).await;
+    rec.wait_for("slack", 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let numbers: Vec<u64> = rec
+        .received_on("slack")
+        .iter()
+        .filter_map(|r| build_number_in(r.json()["text"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        numbers,
+        [1, 3, 4],
+        "build 2 left out by the expression still running"
+    );
+}
+
 #[tokio::test]
 async fn reload_swaps_routes_rejects_a_bad_config_and_needs_its_token() {
     let rec = Recorder::start().await;
