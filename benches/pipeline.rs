@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the per-event work, one core: signature verification, parsing,
-//! routing with 10, 100 and 1,000 routes, rendering the default Slack and Teams templates, and
+//! routing with 10, 100 and 1,000 routes (by glob lists, and by an `if` expression),
+//! rendering the default Slack and Teams templates, and
 //! the whole verify → parse → route → render path, with 3 KB and 100 KB payloads. (In the
 //! service the webhook handler verifies, parses and routes, then stores the event; a delivery
 //! worker parses it again and renders.)
@@ -76,6 +77,37 @@ pub fn router(n: usize) -> Router {
     Router::new(routes)
 }
 
+/// The same routes, with the branch and state conditions written as one `if` expression in
+/// Buildkite's language instead of glob lists.
+pub fn router_with_if(n: usize) -> Router {
+    let list = |v: &[&str]| PatternList::new(v).unwrap();
+    let expr = r#"(build.branch == "main" || build.branch =~ /^release\//) && (build.state == "failed" || build.state == "failing")"#;
+    let condition = std::sync::Arc::new(
+        kitebridge::condition::Condition::compile(expr, &kitebridge::condition::event_schema())
+            .unwrap(),
+    );
+    let mut routes: Vec<Route> = (0..n)
+        .map(|i| {
+            let pipeline = if i == n / 2 {
+                "web-app".to_string()
+            } else {
+                format!("pipeline-{i}")
+            };
+            Route {
+                events: list(&["build.finished", "build.failing"]),
+                pipelines: list(&[pipeline.as_str()]),
+                condition: Some(condition.clone()),
+                ..Route::new(format!("route {i}"), ["slack"])
+            }
+        })
+        .collect();
+    routes.push(Route {
+        events: list(&["*"]),
+        ..Route::new("everything", ["console"])
+    });
+    Router::new(routes)
+}
+
 fn event(body: &[u8]) -> Event {
     Event::parse(&VerifiedBody::trusted(body.to_vec()), None, Utc::now()).unwrap()
 }
@@ -115,6 +147,17 @@ fn benches(c: &mut Criterion) {
     let ev = event(&payloads()[0].1);
     for n in [10, 100, 1_000] {
         let r = router(n);
+        assert_eq!(r.route(&ev)[0].name, format!("route {}", n / 2));
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &r, |b, r| {
+            b.iter(|| r.route(black_box(&ev)).len())
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("route_if");
+    for n in [10, 100, 1_000] {
+        let r = router_with_if(n);
         assert_eq!(r.route(&ev)[0].name, format!("route {}", n / 2));
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::from_parameter(n), &r, |b, r| {
