@@ -9,30 +9,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// Event names counted by name; anything else is `other`.
-const KNOWN_EVENTS: &[&str] = &[
-    "ping",
-    "build.scheduled",
-    "build.running",
-    "build.failing",
-    "build.finished",
-    "build.skipped",
-    "job.scheduled",
-    "job.started",
-    "job.finished",
-    "job.activated",
-    "job.promised_exit_status",
-    "agent.connected",
-    "agent.lost",
-    "agent.disconnected",
-    "agent.stopping",
-    "agent.stopped",
-    "agent.blocked",
-    "cluster_token.registration_blocked",
-    "package.created",
-    "workflow.alarm",
-];
-
 /// Latency buckets from 1 ms to a minute.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -184,7 +160,7 @@ impl Metrics {
 
     /// The label for an event name.
     pub fn event_label(name: &str) -> &'static str {
-        KNOWN_EVENTS
+        crate::event::NAMES
             .iter()
             .copied()
             .find(|known| *known == name)

@@ -105,6 +105,9 @@ impl Reloader {
                 return Err(problems);
             }
         };
+        for w in &config.warnings {
+            tracing::warn!(warning = %w, "config reloaded with a warning");
+        }
         let old = self.live.load_full();
         for setting in keep_restart_only(&old.config, &mut config) {
             tracing::warn!(setting, "changed, but takes effect only at the next start");

@@ -226,10 +226,15 @@ fn run_deliveries(command: DeliveriesCommand) -> ExitCode {
     }
 }
 
-/// Loads the config or prints its problems.
+/// Loads the config (printing its warnings) or prints its problems.
 fn load(path: &Path) -> Option<Config> {
     match Config::load(path) {
-        Ok(config) => Some(config),
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("{w}");
+            }
+            Some(config)
+        }
         Err(e) => {
             for p in &e.problems {
                 eprintln!("{p}");

@@ -49,7 +49,7 @@ mod variables;
 
 pub use ast::{BinOp, Expr, ExprKind, RegexLit};
 pub use parser::MAX_DEPTH;
-pub use schema::{Schema, Type};
+pub use schema::{Schema, Type, nearest};
 pub use variables::{EventVariables, schema as event_schema};
 
 /// A run-time value, as a [`Variables`] lookup supplies it.

@@ -38,16 +38,24 @@ impl Schema {
 
     /// Up to three known names closest to `name` by edit distance, for "did you mean".
     pub fn nearest(&self, name: &str) -> Vec<String> {
-        let limit = (name.chars().count() / 3).max(2);
-        let mut scored: Vec<(usize, &String)> = self
-            .vars
-            .keys()
-            .map(|k| (edit_distance(name, k), k))
-            .filter(|(d, _)| *d <= limit)
-            .collect();
-        scored.sort();
-        scored.into_iter().take(3).map(|(_, k)| k.clone()).collect()
+        nearest(name, self.vars.keys().map(String::as_str))
     }
+}
+
+/// Up to three of `known` closest to `name` (a typo's likely meaning), nearest first.
+pub fn nearest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let limit = (name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> = known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, k)| k.to_string())
+        .collect()
 }
 
 /// Levenshtein distance over characters.

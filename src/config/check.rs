@@ -23,6 +23,8 @@ pub(super) struct Check<'a> {
     pub(super) src: &'a str,
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
     pub(super) problems: Vec<String>,
+    /// What is allowed but surely not meant (a route that can never match).
+    pub(super) warnings: Vec<String>,
 }
 
 impl Check<'_> {
@@ -41,6 +43,11 @@ impl Check<'_> {
             None => self.file.clone(),
         };
         self.problems.push(format!("{line}: {msg}"));
+    }
+
+    pub(super) fn warning(&mut self, span: Range<usize>, msg: impl fmt::Display) {
+        let line = format!("{}:{}", self.file, self.line(&span));
+        self.warnings.push(format!("{line}: warning: {msg}"));
     }
 
     /// The interpolated value of `t`, or a problem naming `what`.
@@ -176,6 +183,7 @@ impl Check<'_> {
             destinations,
             routes,
             people: std::sync::Arc::new(people),
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 

@@ -148,6 +148,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[[people]]`: who `mention` can mention.
     pub people: Arc<People>,
+    /// What is allowed but surely not meant (`file:line: warning: …`): shown by `check`,
+    /// logged at start and reload.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -170,6 +173,7 @@ impl Config {
             src: text,
             env: &env,
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,

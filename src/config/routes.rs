@@ -62,6 +62,29 @@ impl Check<'_> {
         }
     }
 
+    /// Warns of entries of `list` that match none of `known` (a typo: the route never fires
+    /// for them), with the nearest names.
+    fn known(&mut self, route: &str, field: &str, list: &[Text], known: &[&str], what: &str) {
+        for t in list {
+            let entry = t.get_ref().strip_prefix('!').unwrap_or(t.get_ref());
+            let Ok(pattern) = PatternList::new(&[entry.to_string()]) else {
+                continue; // reported as a problem already
+            };
+            if known.iter().any(|k| pattern.matches(Some(k))) {
+                continue;
+            }
+            let nearest = crate::condition::nearest(entry, known.iter().copied());
+            let hint = match nearest.as_slice() {
+                [] => String::new(),
+                [one, ..] => format!("; did you mean {one:?}?"),
+            };
+            self.warning(
+                t.span(),
+                format!("route {route:?} {field}: {entry:?} matches no {what}{hint}"),
+            );
+        }
+    }
+
     fn route(
         &mut self,
         name: &str,
@@ -71,6 +94,20 @@ impl Check<'_> {
         span: Range<usize>,
     ) -> Option<Route> {
         let events = self.patterns(name, "events", &r.events);
+        self.known(
+            name,
+            "events",
+            &r.events,
+            crate::event::NAMES,
+            "Buildkite event",
+        );
+        self.known(
+            name,
+            "states",
+            &r.states,
+            crate::event::STATES,
+            "event family's state",
+        );
         let pipelines = self.patterns(name, "pipelines", &r.pipelines);
         let branches = self.patterns(name, "branches", &r.branches);
         let states = self.patterns(name, "states", &r.states);

@@ -193,6 +193,71 @@ impl Event {
     }
 }
 
+/// Every event name Buildkite sends webhooks for.
+pub const NAMES: &[&str] = &[
+    "ping",
+    "build.scheduled",
+    "build.running",
+    "build.failing",
+    "build.finished",
+    "build.skipped",
+    "job.scheduled",
+    "job.started",
+    "job.finished",
+    "job.activated",
+    "job.promised_exit_status",
+    "agent.connected",
+    "agent.lost",
+    "agent.disconnected",
+    "agent.stopping",
+    "agent.stopped",
+    "agent.blocked",
+    "cluster_token.registration_blocked",
+    "package.created",
+    "workflow.alarm",
+];
+
+/// Every state [`Event::state`] can give, over all families: Buildkite's build and job states,
+/// agents' connection states, and our `blocked` for a build that finished blocked.
+pub const STATES: &[&str] = &[
+    // Builds.
+    "creating",
+    "scheduled",
+    "running",
+    "failing",
+    "passed",
+    "failed",
+    "blocked",
+    "canceling",
+    "canceled",
+    "skipped",
+    "not_run",
+    // Jobs (and `blocked`, `running`… above).
+    "pending",
+    "waiting",
+    "waiting_failed",
+    "blocked_failed",
+    "unblocked",
+    "unblocked_failed",
+    "limiting",
+    "limited",
+    "assigned",
+    "accepted",
+    "timing_out",
+    "timed_out",
+    "broken",
+    "expired",
+    "platform_limiting",
+    "platform_limited",
+    // Agents.
+    "connected",
+    "disconnected",
+    "lost",
+    "stopping",
+    "stopped",
+    "never_connected",
+];
+
 /// Follows a dot path through objects (by key) and arrays (by index).
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, seg| match v {

@@ -69,6 +69,37 @@ fn check_points_into_a_bad_if_expression() {
 }
 
 #[test]
+fn check_warns_of_event_names_and_states_that_match_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("typo.toml");
+    std::fs::write(
+        &cfg,
+        "[buildkite]\ntoken = \"t\"\n\n[destinations.c]\nkind = \"console\"\n\n\
+         [[routes]]\nname = \"r\"\nevents = [\"build.finshed\", \"job.*\", \"!agent.lost\"]\n\
+         states = [\"faild\", \"passed\"]\nto = [\"c\"]\n",
+    )
+    .unwrap();
+    let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "a warning, not a refusal: {err}");
+    assert!(
+        err.contains(
+            "typo.toml:9: warning: route \"r\" events: \"build.finshed\" matches no Buildkite event; did you mean \"build.finished\"?"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("typo.toml:10: warning: route \"r\" states: \"faild\" matches no event family's state; did you mean \"failed\"?"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("warning").count(),
+        2,
+        "globs and known names pass: {err}"
+    );
+}
+
+#[test]
 fn check_reports_broken_templates_with_their_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("templates/slack")).unwrap();
