@@ -138,6 +138,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: RenderFormat,
+        /// Also say, for every route in order, whether it matched and why (or why not).
+        #[arg(long)]
+        explain: bool,
     },
     /// Post a test message to one destination and report the answer.
     SendTest {
@@ -175,7 +178,8 @@ pub fn main() -> ExitCode {
             payload,
             event,
             format,
-        } => render::run(&config.config, &payload, event.as_deref(), format),
+            explain,
+        } => render::run(&config.config, &payload, event.as_deref(), format, explain),
         Command::SendTest {
             config,
             destination,

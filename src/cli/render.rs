@@ -12,12 +12,14 @@ use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Routes and renders `payload`, printing the bodies.
+/// Routes and renders `payload`, printing the bodies (and with `explain`, why each route
+/// matched or not).
 pub fn run(
     config_path: &Path,
     payload: &Path,
     event_name: Option<&str>,
     format: RenderFormat,
+    explain: bool,
 ) -> ExitCode {
     let Some(config) = super::load(config_path) else {
         return ExitCode::FAILURE;
@@ -61,6 +63,7 @@ pub fn run(
     event.set_transition(transition);
     let router = Router::new(config.routes.clone());
     let routes = router.route(&event);
+    let explained = explain.then(|| router.explain(&event));
     let enabled = |name: &str| config.destination(name).is_some_and(|d| d.enabled());
     let planned = plan(&routes, &event, enabled);
     let disabled: Vec<NewDelivery> = plan(&routes, &event, |d| !enabled(d)).deliveries;
@@ -88,12 +91,24 @@ pub fn run(
                     json!({"route": p.route, "destination": p.destination, "kind": kind.as_str(), "body": body.to_value()})
                 })
                 .collect();
+            // With --explain an object, so the bodies keep their shape beside the reasons.
+            let out = match &explained {
+                Some(routes) => json!({"routes": routes, "bodies": array}),
+                None => serde_json::Value::Array(array),
+            };
             println!(
                 "{}",
-                serde_json::to_string_pretty(&array).expect("JSON serialises")
+                serde_json::to_string_pretty(&out).expect("JSON serialises")
             );
         }
         RenderFormat::Text => {
+            for e in explained.iter().flatten() {
+                let mark = if e.matched { "✓" } else { "✗" };
+                println!("{mark} route {:?}: {}", e.route, e.reason);
+            }
+            if explained.is_some() {
+                println!();
+            }
             if routes.is_empty() {
                 println!("no route matches {}", event.name());
             }

@@ -165,6 +165,35 @@ impl Condition {
     }
 
     /// The expression as written.
+    /// The variables it reads, in the order they first appear.
+    pub fn variables(&self) -> Vec<String> {
+        fn walk(e: &Expr, out: &mut Vec<String>) {
+            match &e.kind {
+                ExprKind::Var(name) if !out.contains(name) => out.push(name.clone()),
+                ExprKind::Call { args, .. } => args.iter().for_each(|a| walk(a, out)),
+                ExprKind::Array(items) => items.iter().for_each(|a| walk(a, out)),
+                ExprKind::Not(inner) => walk(inner, out),
+                ExprKind::Binary { left, right, .. } => {
+                    walk(left, out);
+                    walk(right, out);
+                }
+                ExprKind::Ternary {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
+                    walk(cond, out);
+                    walk(then, out);
+                    walk(otherwise, out);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.expr, &mut out);
+        out
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

@@ -69,6 +69,22 @@ impl Condition {
             })
     }
 
+    /// What it tests and what it saw in `payload`, to explain a route that did not match.
+    pub fn explain(&self, payload: &Value) -> String {
+        let seen = match lookup(payload, &self.path).filter(|v| !v.is_null()) {
+            Some(v) => format!("is {v}"),
+            None => "is absent".to_string(),
+        };
+        let wanted = match &self.test {
+            Test::Exists(true) => "present".to_string(),
+            Test::Exists(false) => "absent".to_string(),
+            Test::Equals(v) => format!("{v}"),
+            Test::In(options) => format!("one of {}", Value::Array(options.clone())),
+            Test::Matches(re) => format!("matching /{}/", re.as_str()),
+        };
+        format!("{} {seen}, not {wanted}", self.path)
+    }
+
     /// Whether the condition holds for `payload`.
     pub fn holds(&self, payload: &Value) -> bool {
         let value = lookup(payload, &self.path).filter(|v| !v.is_null());

@@ -98,6 +98,79 @@ impl Route {
     }
 }
 
+/// Why a route did or did not take an event (`render --explain`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Explanation {
+    /// The route's name.
+    pub route: String,
+    /// Whether it took the event.
+    pub matched: bool,
+    /// `matched`, the first condition that failed with the value it saw, or why the route was
+    /// not tried.
+    pub reason: String,
+}
+
+impl Route {
+    /// `Ok` when the route takes `event`, else the first condition that failed and what it saw.
+    pub fn explain(&self, event: &Event) -> Result<(), String> {
+        let lists = [
+            ("events", &self.events, Some(event.name()), "name"),
+            (
+                "pipelines",
+                &self.pipelines,
+                event.pipeline_slug(),
+                "pipeline",
+            ),
+            ("branches", &self.branches, event.branch(), "branch"),
+            ("states", &self.states, event.state(), "state"),
+            (
+                "transitions",
+                &self.transitions,
+                event.transition().map(|t| t.kind.as_str()),
+                "transition",
+            ),
+        ];
+        for (field, list, value, what) in lists {
+            if list.matches(value) {
+                continue;
+            }
+            return Err(match value {
+                Some(v) => format!("{field}: {v:?} matches none of {:?}", list.written()),
+                None => format!("{field}: the event has no {what}"),
+            });
+        }
+        if let Some(c) = self.when.iter().find(|c| !c.holds(event.payload())) {
+            return Err(format!("when: {}", c.explain(event.payload())));
+        }
+        if let Some(c) = &self.condition {
+            let vars = crate::condition::EventVariables::new(event);
+            if !c.eval(&vars) {
+                use crate::condition::{Value, Variables};
+                let seen: Vec<String> = c
+                    .variables()
+                    .iter()
+                    .map(|name| {
+                        let v = match vars.get(name) {
+                            Value::Null => "null".to_string(),
+                            Value::Bool(b) => b.to_string(),
+                            Value::Int(n) => n.to_string(),
+                            Value::Str(s) => format!("{s:?}"),
+                            Value::Array(items) => format!("{items:?}"),
+                        };
+                        format!("{name} is {v}")
+                    })
+                    .collect();
+                return Err(if seen.is_empty() {
+                    format!("if: {} is false", c.source())
+                } else {
+                    format!("if: {} is false ({})", c.source(), seen.join(", "))
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How many (event name, pipeline) pairs the router remembers; past that it stops adding (a
 /// bound against invented names, which would otherwise grow it without end).
 const INDEX_MAX: usize = 10_000;
@@ -165,6 +238,40 @@ impl Router {
             index.1 += usize::from(fresh);
         }
         found
+    }
+
+    /// For every route in order, whether it takes `event` and why (the same decision as
+    /// [`Router::route`], without the index, for people to read).
+    pub fn explain(&self, event: &Event) -> Vec<Explanation> {
+        let mut stopped_by: Option<&str> = None;
+        self.routes
+            .iter()
+            .map(|route| {
+                let (matched, reason) = match (stopped_by, route.explain(event)) {
+                    (Some(by), _) => (
+                        false,
+                        format!("not tried: route {by:?} took the event and does not continue"),
+                    ),
+                    (None, Ok(())) => {
+                        if !route.continue_matching {
+                            stopped_by = Some(&route.name);
+                        }
+                        let reason = if route.continue_matching {
+                            "matched; continue = true, so later routes are tried"
+                        } else {
+                            "matched"
+                        };
+                        (true, reason.to_string())
+                    }
+                    (None, Err(reason)) => (false, reason),
+                };
+                Explanation {
+                    route: route.name.clone(),
+                    matched,
+                    reason,
+                }
+            })
+            .collect()
     }
 
     /// The routes `event` takes, in order.
@@ -396,5 +503,53 @@ mod tests {
                 .route(&event("ping", json!({})))
                 .is_empty()
         );
+    }
+
+    /// The explanation and the router decide alike, on every fixture.
+    #[test]
+    fn explanations_agree_with_routing_on_every_fixture() {
+        let list = |v: &[&str]| PatternList::new(v).unwrap();
+        let expr = crate::condition::Condition::compile(
+            r#"build.state == "failed" || job.exit_status != 0"#,
+            &crate::condition::event_schema(),
+        )
+        .unwrap();
+        let router = Router::new(vec![
+            Route {
+                events: list(&["job.*"]),
+                continue_matching: true,
+                ..Route::new("jobs", ["a"])
+            },
+            Route {
+                branches: list(&["main"]),
+                states: list(&["failed", "!passed"]),
+                ..Route::new("main", ["a"])
+            },
+            Route {
+                condition: Some(Arc::new(expr)),
+                ..Route::new("if", ["a"])
+            },
+            Route::new("rest", ["a"]),
+        ]);
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/buildkite");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let body: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let name = body["event"].as_str().unwrap_or("ping").to_string();
+            let ev = Event::from_value(&name, body, Utc::now());
+            let routed: Vec<&str> = router.route(&ev).iter().map(|r| r.name.as_str()).collect();
+            let explained = router.explain(&ev);
+            let matched: Vec<&str> = explained
+                .iter()
+                .filter(|e| e.matched)
+                .map(|e| e.route.as_str())
+                .collect();
+            assert_eq!(routed, matched, "{}: {explained:?}", path.display());
+            assert_eq!(explained.len(), 4);
+            seen += 1;
+        }
+        assert!(seen >= 20, "{seen} fixtures");
     }
 }

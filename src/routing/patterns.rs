@@ -23,6 +23,8 @@ pub struct PatternError {
 pub struct PatternList {
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
+    /// The patterns as written, to explain a match.
+    written: Vec<String>,
 }
 
 impl PatternList {
@@ -71,7 +73,13 @@ impl PatternList {
         Ok(Self {
             include: build(include, has_include)?,
             exclude: build(exclude, has_exclude)?,
+            written: patterns.iter().map(|p| p.as_ref().to_string()).collect(),
         })
+    }
+
+    /// The patterns as written.
+    pub fn written(&self) -> &[String] {
+        &self.written
     }
 
     /// True when the list places no condition.

@@ -500,3 +500,66 @@ fn render_event_flag_overrides_the_payload_event() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["route"], "failing only");
 }
+
+/// `render --explain`: every route in order, matched or the first condition that failed with
+/// the value it saw, and where `continue` ended the search; the same in JSON beside the bodies.
+#[test]
+fn render_explains_every_route() {
+    let cfg = "tests/fixtures/explain.toml";
+    let payload = "tests/fixtures/buildkite/build.finished.json";
+    let out = kitebridge(&["render", "--explain", "--config", cfg, "--payload", payload]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().take(7).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"✗ route "jobs": events: "build.finished" matches none of ["job.*"]"#,
+            r#"✗ route "main only": branches: "main" matches none of ["release/*"]"#,
+            r#"✗ route "if": if: build.state == "passed" && build.branch == pipeline.default_branch is false (build.state is "failed", build.branch is "main", pipeline.default_branch is "main")"#,
+            r#"✗ route "ui builds": when: build.source is "webhook", not "ui""#,
+            r#"✓ route "all": matched; continue = true, so later routes are tried"#,
+            r#"✓ route "all again": matched"#,
+            r#"✗ route "never": not tried: route "all again" took the event and does not continue"#,
+        ]
+    );
+    assert!(
+        stdout.contains("route \"all\" → c"),
+        "the bodies follow: {stdout}"
+    );
+
+    let out = kitebridge(&[
+        "render",
+        "--explain",
+        "--format",
+        "json",
+        "--config",
+        cfg,
+        "--payload",
+        payload,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let routes = v["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 7);
+    assert_eq!(
+        routes[3],
+        serde_json::json!({"route": "ui builds", "matched": false,
+                           "reason": "when: build.source is \"webhook\", not \"ui\""})
+    );
+    let matched: Vec<&str> = routes
+        .iter()
+        .filter(|r| r["matched"] == true)
+        .map(|r| r["route"].as_str().unwrap())
+        .collect();
+    let bodies: Vec<&str> = v["bodies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["route"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        matched, bodies,
+        "the routes explained as matched are the routes rendered"
+    );
+}
