@@ -95,6 +95,24 @@ pub(crate) fn check(e: &Expr, schema: &Schema) -> Result<Ty, ConditionError> {
                     message: format!("{name}() takes 1 argument, found {}", args.len()),
                 });
             };
+            if name == "env" && !schema.plain_env() {
+                return Err(ConditionError::Type {
+                    column: e.column,
+                    message: "env() reads the environment of the agent that uploads a pipeline, which a webhook does not carry: use build.env(\"NAME\"), the build's environment".into(),
+                });
+            }
+            if let ExprKind::Str(wanted) = &arg.kind
+                && name == "build.env"
+                && !super::schema::build_env_allows(wanted)
+            {
+                return Err(ConditionError::Type {
+                    column: arg.column,
+                    message: format!(
+                        "build.env() reads the names the pipeline defines and only these BUILDKITE_* ones: {}; {wanted:?} is not one",
+                        super::schema::BUILD_ENV_BUILDKITE_NAMES.join(", ")
+                    ),
+                });
+            }
             expect(
                 arg,
                 schema,

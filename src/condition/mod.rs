@@ -32,7 +32,8 @@
 //! - `\xHH` and octal escapes must be ASCII (Buildkite allows any byte), so strings stay UTF-8.
 //! - Integers with a leading zero (`010`) are refused; Buildkite's Go port reads them as octal.
 //! - The schema has no enumeration types, so `build.state == "faillled"` is not caught.
-//! - The allowlist of `BUILDKITE_*` names for `env()` is not checked.
+//! - A schema may refuse `env()` (the uploading agent's environment; the webhook schema does), and
+//!   `build.env()` reads only the `BUILDKITE_*` names Buildkite's documentation lists.
 //! - There are no `.includes(x)` method calls: Buildkite spells it as the `includes` operator.
 
 mod ast;

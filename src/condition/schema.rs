@@ -15,6 +15,39 @@ pub enum Type {
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
     vars: BTreeMap<String, Type>,
+    /// `env("X")` is refused: it reads the environment of the agent that uploads a pipeline.
+    no_plain_env: bool,
+}
+
+/// The `BUILDKITE_*` names `build.env()` may read, as Buildkite's documentation lists them;
+/// any other `BUILDKITE_*` name is refused (names the pipeline defines are all allowed).
+pub const BUILD_ENV_BUILDKITE_NAMES: &[&str] = &[
+    "BUILDKITE_BRANCH",
+    "BUILDKITE_TAG",
+    "BUILDKITE_MESSAGE",
+    "BUILDKITE_COMMIT",
+    "BUILDKITE_PIPELINE_SLUG",
+    "BUILDKITE_PIPELINE_NAME",
+    "BUILDKITE_PIPELINE_ID",
+    "BUILDKITE_ORGANIZATION_SLUG",
+    "BUILDKITE_TRIGGERED_FROM_BUILD_ID",
+    "BUILDKITE_TRIGGERED_FROM_BUILD_NUMBER",
+    "BUILDKITE_TRIGGERED_FROM_BUILD_PIPELINE_SLUG",
+    "BUILDKITE_REBUILT_FROM_BUILD_ID",
+    "BUILDKITE_REBUILT_FROM_BUILD_NUMBER",
+    "BUILDKITE_REPO",
+    "BUILDKITE_PULL_REQUEST",
+    "BUILDKITE_PULL_REQUEST_BASE_BRANCH",
+    "BUILDKITE_PULL_REQUEST_REPO",
+    "BUILDKITE_GITHUB_DEPLOYMENT_ID",
+    "BUILDKITE_GITHUB_DEPLOYMENT_TASK",
+    "BUILDKITE_GITHUB_DEPLOYMENT_ENVIRONMENT",
+    "BUILDKITE_GITHUB_DEPLOYMENT_PAYLOAD",
+];
+
+/// Whether `build.env(name)` may read `name` under Buildkite's rules.
+pub fn build_env_allows(name: &str) -> bool {
+    !name.starts_with("BUILDKITE_") || BUILD_ENV_BUILDKITE_NAMES.contains(&name)
 }
 
 impl Schema {
@@ -30,6 +63,17 @@ impl Schema {
 
     pub fn insert(&mut self, path: &str, ty: Type) {
         self.vars.insert(path.to_owned(), ty);
+    }
+
+    /// Refuses `env("X")`, for callers without an uploading agent's environment.
+    pub fn without_plain_env(mut self) -> Schema {
+        self.no_plain_env = true;
+        self
+    }
+
+    /// Whether `env("X")` is allowed.
+    pub fn plain_env(&self) -> bool {
+        !self.no_plain_env
     }
 
     pub fn get(&self, path: &str) -> Option<Type> {

@@ -186,6 +186,7 @@ static VARS: &[Var] = &[
 pub fn schema() -> Schema {
     VARS.iter()
         .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty))
+        .without_plain_env()
 }
 
 /// A webhook event's variables, for [`super::Condition::eval`].
@@ -240,6 +241,10 @@ impl Variables for EventVariables<'_> {
     }
 
     fn env(&self, name: &str) -> Option<String> {
+        // A name chosen at run time gets the same rule as a written one.
+        if !super::schema::build_env_allows(name) {
+            return None;
+        }
         match lookup(self.event.payload(), "build.env")?.get(name)? {
             Json::Null => None,
             Json::String(s) => Some(s.clone()),

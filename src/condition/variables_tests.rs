@@ -318,7 +318,30 @@ fn env_reads_build_env() {
     assert_eq!(vars.env("MISSING"), None);
     assert!(holds(&e, r#"build.env("DEPLOY") == "yes""#));
     assert!(holds(&e, r#"build.env("MISSING") == null"#));
-    assert!(holds(&e, r#"env("MISSING") == """#));
+    // Buildkite's rules: env() (the uploading agent's environment) does not exist for a
+    // webhook, and build.env() reads only the listed BUILDKITE_* names.
+    for (src, why) in [
+        (
+            r#"env("DEPLOY") == "yes""#,
+            "env() reads the environment of the agent",
+        ),
+        (
+            r#"build.env("BUILDKITE_AGENT_ACCESS_TOKEN") == null"#,
+            "\"BUILDKITE_AGENT_ACCESS_TOKEN\" is not one",
+        ),
+    ] {
+        let err = Condition::compile(src, &schema()).unwrap_err();
+        assert!(err.to_string().contains(why), "{src}: {err}");
+    }
+    assert!(holds(&e, r#"build.env("BUILDKITE_BRANCH") == null"#));
+    let mut with_secret = e.payload().clone();
+    with_secret["build"]["env"]["BUILDKITE_AGENT_ACCESS_TOKEN"] = json!("tok");
+    let secret = Event::from_value("build.finished", with_secret, Utc::now());
+    assert_eq!(
+        EventVariables::new(&secret).env("BUILDKITE_AGENT_ACCESS_TOKEN"),
+        None,
+        "nor at run time"
+    );
 
     // `env: {}` and `env: null` have nothing; neither do events without a build.
     assert_eq!(
