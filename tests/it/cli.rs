@@ -47,17 +47,21 @@ fn check_points_into_a_bad_if_expression() {
          [[routes]]\nname = \"syntax\"\nif = 'build.state == '\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"unknown\"\nif = 'build.brnch == \"main\"'\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"types\"\nif = 'build.number == \"7\"'\nto = [\"c\"]\n\n\
-         [[routes]]\nname = \"dollar\"\nif = 'build.branch == \"${BRANCH}\"'\nto = [\"c\"]\n",
+         [[routes]]\nname = \"dollar\"\nif = 'build.branch == \"${BRANCH}\"'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"match a number\"\nif = 'build.number =~ /1/'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"lookbehind\"\nif = 'build.branch =~ /(?<=a)b/'\nto = [\"c\"]\n",
     )
     .unwrap();
     let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     for (line, route, column) in [
-        (9, "syntax", 16),  // the end of the expression
-        (14, "unknown", 1), // the variable
-        (19, "types", 17),  // the string compared with an integer
-        (24, "dollar", 18), // the `$`
+        (9, "syntax", 16),         // the end of the expression
+        (14, "unknown", 1),        // the variable
+        (19, "types", 17),         // the string compared with an integer
+        (24, "dollar", 18),        // the `$`
+        (29, "match a number", 1), // `=~` on an integer
+        (34, "lookbehind", 17),    // a regex our dialect refuses
     ] {
         let want = format!("bad.toml:{line}: route \"{route}\" if: column {column}");
         assert!(err.contains(&want), "{want}\n{err}");
