@@ -51,39 +51,13 @@ fn credentials() -> Credentials {
 }
 
 /// `n` routes, one per pipeline, as a big org might write them; the event's pipeline is the
-/// one in the middle, and a catch-all comes last.
-pub fn router(n: usize) -> Router {
-    let list = |v: &[&str]| PatternList::new(v).unwrap();
-    let mut routes: Vec<Route> = (0..n)
-        .map(|i| {
-            let pipeline = if i == n / 2 {
-                "web-app".to_string()
-            } else {
-                format!("pipeline-{i}")
-            };
-            Route {
-                events: list(&["build.finished", "build.failing"]),
-                pipelines: list(&[pipeline.as_str()]),
-                branches: list(&["main", "release/*"]),
-                states: list(&["failed", "failing"]),
-                ..Route::new(format!("route {i}"), ["slack"])
-            }
-        })
-        .collect();
-    routes.push(Route {
-        events: list(&["*"]),
-        ..Route::new("everything", ["console"])
-    });
-    Router::new(routes)
-}
-
-/// The same routes, with the branch and state conditions written as one `if` expression in
-/// Buildkite's language instead of glob lists.
-pub fn router_with_if(n: usize) -> Router {
+/// one in the middle, and a catch-all comes last. Each route's branch and state conditions are
+/// glob lists, or with `by_if` the same as one `if` expression in Buildkite's language.
+pub fn router(n: usize, by_if: bool) -> Router {
     let list = |v: &[&str]| PatternList::new(v).unwrap();
     let expr = r#"(build.branch == "main" || build.branch =~ /^release\//) && (build.state == "failed" || build.state == "failing")"#;
     let condition = std::sync::Arc::new(
-        kitebridge::condition::Condition::compile(expr, &kitebridge::condition::event_schema())
+        kitebridge::condition::Condition::compile(expr, kitebridge::condition::event_schema())
             .unwrap(),
     );
     let mut routes: Vec<Route> = (0..n)
@@ -93,11 +67,22 @@ pub fn router_with_if(n: usize) -> Router {
             } else {
                 format!("pipeline-{i}")
             };
-            Route {
+            let route = Route {
                 events: list(&["build.finished", "build.failing"]),
                 pipelines: list(&[pipeline.as_str()]),
-                condition: Some(condition.clone()),
                 ..Route::new(format!("route {i}"), ["slack"])
+            };
+            if by_if {
+                Route {
+                    condition: Some(condition.clone()),
+                    ..route
+                }
+            } else {
+                Route {
+                    branches: list(&["main", "release/*"]),
+                    states: list(&["failed", "failing"]),
+                    ..route
+                }
             }
         })
         .collect();
@@ -146,7 +131,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
     let ev = event(&payloads()[0].1);
     for n in [10, 100, 1_000] {
-        let r = router(n);
+        let r = router(n, false);
         assert_eq!(r.route(&ev)[0].name, format!("route {}", n / 2));
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::from_parameter(n), &r, |b, r| {
@@ -157,7 +142,7 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("route_if");
     for n in [10, 100, 1_000] {
-        let r = router_with_if(n);
+        let r = router(n, true);
         assert_eq!(r.route(&ev)[0].name, format!("route {}", n / 2));
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::from_parameter(n), &r, |b, r| {
@@ -182,7 +167,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("path");
-    let r = router(100);
+    let r = router(100, false);
     for (size, body) in payloads() {
         let header = sign(TOKEN, now, &body);
         g.throughput(Throughput::Elements(1));

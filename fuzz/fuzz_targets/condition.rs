@@ -8,9 +8,6 @@
 
 use kitebridge::condition::{Condition, EventVariables, event_schema};
 use libfuzzer_sys::fuzz_target;
-use std::sync::LazyLock;
-
-static SCHEMA: LazyLock<kitebridge::condition::Schema> = LazyLock::new(event_schema);
 
 fuzz_target!(|data: &[u8]| {
     let (expr, body) = match data.iter().position(|b| *b == 0) {
@@ -22,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Without a schema (syntax only) and with one (types and names): no panic either way.
     let _ = Condition::parse(expr);
-    let Ok(condition) = Condition::compile(expr, &SCHEMA) else {
+    let Ok(condition) = Condition::compile(expr, event_schema()) else {
         return;
     };
     let printed = condition.expr().to_string();

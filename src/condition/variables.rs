@@ -182,11 +182,14 @@ static VARS: &[Var] = &[
     ),
 ];
 
-/// The variables a route's condition may name, with their types.
-pub fn schema() -> Schema {
-    VARS.iter()
-        .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty))
-        .without_plain_env()
+/// The variables a route's condition may name, with their types (built once).
+pub fn schema() -> &'static Schema {
+    static SCHEMA: std::sync::LazyLock<Schema> = std::sync::LazyLock::new(|| {
+        VARS.iter()
+            .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty))
+            .without_plain_env()
+    });
+    &SCHEMA
 }
 
 /// A webhook event's variables, for [`super::Condition::eval`].

@@ -48,7 +48,7 @@ fn s(v: &str) -> Value {
 }
 
 fn holds(event: &Event, src: &str) -> bool {
-    let cond = Condition::compile(src, &schema()).unwrap_or_else(|e| panic!("{src}: {e}"));
+    let cond = Condition::compile(src, schema()).unwrap_or_else(|e| panic!("{src}: {e}"));
     cond.eval(&EventVariables::new(event))
 }
 
@@ -87,7 +87,7 @@ fn every_variable_on_every_fixture_has_its_type() {
                 v.ty
             );
             // And each compiles and evaluates as a condition of its own.
-            let cond = Condition::compile(&format!("{} == null", v.name), &schema).unwrap();
+            let cond = Condition::compile(&format!("{} == null", v.name), schema).unwrap();
             assert!(cond.eval_value(&vars).is_ok(), "{file}: {}", v.name);
         }
         assert_eq!(vars.get("no.such.variable"), Value::Null);
@@ -330,7 +330,7 @@ fn env_reads_build_env() {
             "\"BUILDKITE_AGENT_ACCESS_TOKEN\" is not one",
         ),
     ] {
-        let err = Condition::compile(src, &schema()).unwrap_err();
+        let err = Condition::compile(src, schema()).unwrap_err();
         assert!(err.to_string().contains(why), "{src}: {err}");
     }
     assert!(holds(&e, r#"build.env("BUILDKITE_BRANCH") == null"#));

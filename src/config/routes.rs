@@ -172,7 +172,7 @@ impl Check<'_> {
             }
         }
         let condition = r.condition.as_ref().map(|t| {
-            crate::condition::Condition::compile(t.get_ref(), &crate::condition::event_schema())
+            crate::condition::Condition::compile(t.get_ref(), crate::condition::event_schema())
                 .map(std::sync::Arc::new)
                 .map_err(|e| {
                     self.problem(
@@ -189,10 +189,7 @@ impl Check<'_> {
             states: states?,
             transitions: transitions?,
             when,
-            condition: match condition {
-                Some(c) => Some(c.ok()?),
-                None => None,
-            },
+            condition: condition.transpose().ok()?,
             to,
             template,
             continue_matching: r.continue_matching,

@@ -511,7 +511,7 @@ mod tests {
         let list = |v: &[&str]| PatternList::new(v).unwrap();
         let expr = crate::condition::Condition::compile(
             r#"build.state == "failed" || job.exit_status != 0"#,
-            &crate::condition::event_schema(),
+            crate::condition::event_schema(),
         )
         .unwrap();
         let router = Router::new(vec![

@@ -130,6 +130,17 @@ pub enum Resolution {
     Dead,
 }
 
+impl Resolution {
+    /// The delivery's state after an attempt at `at`, and when it may next be tried.
+    pub fn state_and_next(&self, at: i64) -> (DeliveryState, i64) {
+        match self {
+            Resolution::Sent => (DeliveryState::Sent, at),
+            Resolution::RetryAt(next) => (DeliveryState::Pending, *next),
+            Resolution::Dead => (DeliveryState::Dead, at),
+        }
+    }
+}
+
 /// The delivery workers' part of the store.
 #[async_trait]
 pub trait DeliveryQueue {

@@ -174,11 +174,8 @@ impl DeliveryQueue for PgStore {
         body: Option<String>,
         resolution: Resolution,
     ) -> Result<bool, StoreError> {
-        let (state, next) = match resolution {
-            Resolution::Sent => ("sent", attempt.at),
-            Resolution::RetryAt(at) => ("pending", at),
-            Resolution::Dead => ("dead", attempt.at),
-        };
+        let (state, next) = resolution.state_and_next(attempt.at);
+        let state = state.as_str();
         let status = attempt.status.map(i32::from);
         timed(async {
             let client = self.bookkeeping().await?;

@@ -194,11 +194,8 @@ impl DeliveryQueue for SqliteStore {
                 attempt.reason,
                 attempt.latency_ms as i64
             ])?;
-            let (state, next) = match resolution {
-                Resolution::Sent => ("sent", attempt.at),
-                Resolution::RetryAt(at) => ("pending", at),
-                Resolution::Dead => ("dead", attempt.at),
-            };
+            let (state, next) = resolution.state_and_next(attempt.at);
+            let state = state.as_str();
             let changed = conn.prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, \
                  updated_at = MAX(?4, updated_at + 1), last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
