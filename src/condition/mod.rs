@@ -65,6 +65,19 @@ pub enum Value {
     Array(Vec<String>),
 }
 
+/// As the expression language writes it: `null`, `true`, `42`, `"text"`, `["a", "b"]`.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Array(items) => write!(f, "{items:?}"),
+        }
+    }
+}
+
 /// Where a condition reads its variables. A closure `Fn(&str) -> Value` is one, with no
 /// environment.
 pub trait Variables {

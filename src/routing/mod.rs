@@ -78,24 +78,137 @@ impl Route {
 
     /// Whether every condition of the route holds for `event`.
     pub fn matches(&self, event: &Event) -> bool {
-        self.events.matches(Some(event.name()))
-            && self.pipelines.matches(event.pipeline_slug())
-            && self.matches_rest(event)
+        self.unmet(event, Conditions::All).is_none()
     }
 
     /// The conditions beyond event name and pipeline (which the router's index has checked).
     fn matches_rest(&self, event: &Event) -> bool {
-        self.branches.matches(event.branch())
-            && self.states.matches(event.state())
-            && self
-                .transitions
-                .matches(event.transition().map(|t| t.kind.as_str()))
-            && self.when.iter().all(|c| c.holds(event.payload()))
-            && self
-                .condition
-                .as_ref()
-                .is_none_or(|c| c.eval(&crate::condition::EventVariables::new(event)))
+        self.unmet(event, Conditions::BeyondIndex).is_none()
     }
+
+    /// The first of the route's conditions that `event` does not meet, in the order they are
+    /// written about: the one check behind both matching and explaining, so they cannot differ.
+    fn unmet(&self, event: &Event, which: Conditions) -> Option<Unmet> {
+        let skip = match which {
+            Conditions::All => 0,
+            Conditions::BeyondIndex => 2,
+        };
+        for field in Field::ALL.into_iter().skip(skip) {
+            if !field.list(self).matches(field.value(event)) {
+                return Some(Unmet::List(field));
+            }
+        }
+        if let Some(i) = self.when.iter().position(|c| !c.holds(event.payload())) {
+            return Some(Unmet::When(i));
+        }
+        match &self.condition {
+            Some(c) if !c.eval(&crate::condition::EventVariables::new(event)) => Some(Unmet::If),
+            _ => None,
+        }
+    }
+
+    /// `Ok` when the route takes `event`, else the first condition that failed and what it saw.
+    pub fn explain(&self, event: &Event) -> Result<(), String> {
+        let Some(unmet) = self.unmet(event, Conditions::All) else {
+            return Ok(());
+        };
+        Err(match unmet {
+            Unmet::List(field) => {
+                let (name, what) = field.names();
+                match field.value(event) {
+                    Some(v) => format!(
+                        "{name}: {v:?} matches none of {:?}",
+                        field.list(self).written()
+                    ),
+                    None => format!("{name}: the event has no {what}"),
+                }
+            }
+            Unmet::When(i) => format!("when: {}", self.when[i].explain(event.payload())),
+            Unmet::If => {
+                use crate::condition::Variables;
+                let c = self.condition.as_ref().expect("an if that failed");
+                let vars = crate::condition::EventVariables::new(event);
+                let seen: Vec<String> = c
+                    .variables()
+                    .iter()
+                    .map(|name| format!("{name} is {}", vars.get(name)))
+                    .collect();
+                if seen.is_empty() {
+                    format!("if: {} is false", c.source())
+                } else {
+                    format!("if: {} is false ({})", c.source(), seen.join(", "))
+                }
+            }
+        })
+    }
+}
+
+/// Which of a route's conditions to check.
+#[derive(Clone, Copy)]
+enum Conditions {
+    All,
+    /// All but `events` and `pipelines`, which the router's index has checked.
+    BeyondIndex,
+}
+
+/// A route's glob lists, in the order they are checked.
+#[derive(Clone, Copy)]
+enum Field {
+    Events,
+    Pipelines,
+    Branches,
+    States,
+    Transitions,
+}
+
+impl Field {
+    const ALL: [Field; 5] = [
+        Field::Events,
+        Field::Pipelines,
+        Field::Branches,
+        Field::States,
+        Field::Transitions,
+    ];
+
+    /// The route's list.
+    fn list(self, route: &Route) -> &PatternList {
+        match self {
+            Field::Events => &route.events,
+            Field::Pipelines => &route.pipelines,
+            Field::Branches => &route.branches,
+            Field::States => &route.states,
+            Field::Transitions => &route.transitions,
+        }
+    }
+
+    /// What the list is matched against in `event`.
+    fn value(self, event: &Event) -> Option<&str> {
+        match self {
+            Field::Events => Some(event.name()),
+            Field::Pipelines => event.pipeline_slug(),
+            Field::Branches => event.branch(),
+            Field::States => event.state(),
+            Field::Transitions => event.transition().map(|t| t.kind.as_str()),
+        }
+    }
+
+    /// The setting's name, and what the event lacks when it has no value for it.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Field::Events => ("events", "name"),
+            Field::Pipelines => ("pipelines", "pipeline"),
+            Field::Branches => ("branches", "branch"),
+            Field::States => ("states", "state"),
+            Field::Transitions => ("transitions", "transition"),
+        }
+    }
+}
+
+/// The first condition a route found unmet.
+enum Unmet {
+    List(Field),
+    When(usize),
+    If,
 }
 
 /// Why a route did or did not take an event (`render --explain`).
@@ -108,67 +221,6 @@ pub struct Explanation {
     /// `matched`, the first condition that failed with the value it saw, or why the route was
     /// not tried.
     pub reason: String,
-}
-
-impl Route {
-    /// `Ok` when the route takes `event`, else the first condition that failed and what it saw.
-    pub fn explain(&self, event: &Event) -> Result<(), String> {
-        let lists = [
-            ("events", &self.events, Some(event.name()), "name"),
-            (
-                "pipelines",
-                &self.pipelines,
-                event.pipeline_slug(),
-                "pipeline",
-            ),
-            ("branches", &self.branches, event.branch(), "branch"),
-            ("states", &self.states, event.state(), "state"),
-            (
-                "transitions",
-                &self.transitions,
-                event.transition().map(|t| t.kind.as_str()),
-                "transition",
-            ),
-        ];
-        for (field, list, value, what) in lists {
-            if list.matches(value) {
-                continue;
-            }
-            return Err(match value {
-                Some(v) => format!("{field}: {v:?} matches none of {:?}", list.written()),
-                None => format!("{field}: the event has no {what}"),
-            });
-        }
-        if let Some(c) = self.when.iter().find(|c| !c.holds(event.payload())) {
-            return Err(format!("when: {}", c.explain(event.payload())));
-        }
-        if let Some(c) = &self.condition {
-            let vars = crate::condition::EventVariables::new(event);
-            if !c.eval(&vars) {
-                use crate::condition::{Value, Variables};
-                let seen: Vec<String> = c
-                    .variables()
-                    .iter()
-                    .map(|name| {
-                        let v = match vars.get(name) {
-                            Value::Null => "null".to_string(),
-                            Value::Bool(b) => b.to_string(),
-                            Value::Int(n) => n.to_string(),
-                            Value::Str(s) => format!("{s:?}"),
-                            Value::Array(items) => format!("{items:?}"),
-                        };
-                        format!("{name} is {v}")
-                    })
-                    .collect();
-                return Err(if seen.is_empty() {
-                    format!("if: {} is false", c.source())
-                } else {
-                    format!("if: {} is false ({})", c.source(), seen.join(", "))
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// How many (event name, pipeline) pairs the router remembers; past that it stops adding (a
