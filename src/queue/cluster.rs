@@ -161,7 +161,12 @@ impl Cluster {
             return;
         };
         hold.ended.cancel();
-        // Through the reports, so it is looked at after any report the worker sent.
+        self.orphaned(destination, &hold);
+    }
+
+    /// Reports `hold` as one no worker will report: through the reports, so it is looked at
+    /// after any report its worker did send.
+    fn orphaned(&self, destination: &str, hold: &Hold) {
         let _ = self.reports.send(Report::Orphaned(Drained {
             destination: destination.to_string(),
             epoch: hold.taken.epoch,
@@ -212,18 +217,13 @@ impl Cluster {
     }
 
     /// Holds whose worker is gone without a report (it stopped just as the hold was granted,
-    /// at shutdown): reported as orphaned, through the reports so that any report its worker
-    /// sent is looked at first.
+    /// at shutdown): reported as orphaned.
     fn orphans(&self) {
         for (name, slot) in self.slots().iter() {
             if let Some(hold) = &slot.hold
                 && slot.role.receiver_count() == 0
             {
-                let _ = self.reports.send(Report::Orphaned(Drained {
-                    destination: name.clone(),
-                    epoch: hold.taken.epoch,
-                    carry: unused(&hold.taken),
-                }));
+                self.orphaned(name, hold);
             }
         }
     }
