@@ -12,9 +12,10 @@ use chrono::Utc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kitebridge::auth::{AuthMode, Credentials, SignatureHeader, sign};
+use kitebridge::destination::DestinationKind;
 use kitebridge::event::{Event, VerifiedBody};
-use kitebridge::ingress::auth::{AuthMode, Credentials, SignatureHeader, sign};
-use kitebridge::render::{Renderer, TemplateData, TemplateKind};
+use kitebridge::render::{Renderer, TemplateData};
 use kitebridge::routing::{PatternList, Route, Router};
 use kitebridge::secret::Secret;
 use serde_json::{Value, json};
@@ -154,12 +155,13 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("render");
     for (size, body) in payloads() {
         let ev = event(&body);
-        for kind in [TemplateKind::Slack, TemplateKind::Teams] {
+        for kind in ["slack", "teams", "webhook"] {
+            let kind = DestinationKind::parse(kind).unwrap();
             g.throughput(Throughput::Elements(1));
             g.bench_function(format!("{kind}/{size}"), |b| {
                 b.iter(|| {
                     let data = TemplateData::new(black_box(&ev), Utc::now());
-                    renderer.render_event(kind, None, &ev, &data).unwrap()
+                    kind.render_event(&renderer, None, &ev, &data).unwrap()
                 })
             });
         }
@@ -167,6 +169,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("path");
+    let slack = DestinationKind::parse("slack").unwrap();
     let r = router(100, false);
     for (size, body) in payloads() {
         let header = sign(TOKEN, now, &body);
@@ -179,13 +182,8 @@ fn benches(c: &mut Criterion) {
                 let routes = r.route(&ev);
                 let data = TemplateData::new(&ev, Utc::now());
                 // The event's route is the one to Slack (the route benchmark checks it).
-                renderer
-                    .render_event(
-                        TemplateKind::Slack,
-                        routes[0].template.as_deref(),
-                        &ev,
-                        &data,
-                    )
+                slack
+                    .render_event(&renderer, routes[0].template.as_deref(), &ev, &data)
                     .unwrap()
             })
         });

@@ -4,7 +4,8 @@
 //! built-in sample events.
 
 use crate::config::Config;
-use crate::render::{Body, Renderer, TemplateData, TemplateKind, samples};
+use crate::destination::DestinationKind;
+use crate::render::{Renderer, TemplateData, TemplateKind, samples};
 use chrono::Utc;
 
 /// A config that passed, with its compiled templates.
@@ -51,12 +52,21 @@ fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>>
     let samples = samples::events();
     let mut rendered = 0;
     for kind in TemplateKind::ALL {
+        // Checked as the first destination kind that uses them renders and limits them (the
+        // kinds sharing templates share their limits too).
+        let Some(destination) = DestinationKind::rendered_by(kind) else {
+            continue;
+        };
         for name in renderer.names(kind) {
             let check = |data: &TemplateData| {
-                renderer
-                    .render(kind, &name, data)
+                destination
+                    .render(renderer, &name, data)
                     .map_err(|e| e.to_string())
-                    .and_then(|body| shape(kind, &body))
+                    .and_then(|body| {
+                        destination
+                            .check_body(&body)
+                            .map_err(|e| format!("{}: {e}", renderer.origin(kind, &name)))
+                    })
             };
             // The samples of the template's event or family; all of them for other names.
             let mut chosen: Vec<_> = samples
@@ -120,34 +130,4 @@ fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>>
         config.routes.len(),
         samples.len(),
     ))
-}
-
-/// The envelope each destination needs.
-fn shape(kind: TemplateKind, body: &Body) -> Result<(), String> {
-    let Body::Json(v) = body else { return Ok(()) };
-    match kind {
-        TemplateKind::Slack => {
-            let has_content = ["text", "blocks", "attachments"]
-                .iter()
-                .any(|k| v.get(*k).is_some());
-            if has_content {
-                Ok(())
-            } else {
-                Err("a Slack body needs text, blocks or attachments".into())
-            }
-        }
-        TemplateKind::Teams => {
-            let card = &v["attachments"][0];
-            let ok = v["type"] == "message"
-                && card["contentType"] == "application/vnd.microsoft.card.adaptive"
-                && card["content"]["type"] == "AdaptiveCard"
-                && card["content"]["body"].is_array();
-            if ok {
-                Ok(())
-            } else {
-                Err("a Teams body must be {\"type\":\"message\",\"attachments\":[{\"contentType\":\"application/vnd.microsoft.card.adaptive\",\"content\":{\"type\":\"AdaptiveCard\",\"body\":[…]}}]}".into())
-            }
-        }
-        TemplateKind::Console => Ok(()),
-    }
 }

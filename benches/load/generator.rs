@@ -3,7 +3,7 @@
 //! a fixed schedule, latency measured from the scheduled time, so a slow answer cannot hide
 //! the requests queued behind it).
 
-use kitebridge::ingress::auth::sign;
+use kitebridge::auth::sign;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ pub struct Run {
 }
 
 fn client() -> reqwest::Client {
-    kitebridge::deliver::client()
+    kitebridge::destination::client()
 }
 
 /// Sends `total` requests over `connections` connections, each as soon as the last answered;

@@ -74,7 +74,7 @@ fn bare(port: u16) {
 }
 
 async fn wait_healthy(url: &str, limit: Duration) -> Option<Duration> {
-    let client = kitebridge::deliver::client();
+    let client = kitebridge::destination::client();
     let started = Instant::now();
     while started.elapsed() < limit {
         if client
@@ -504,7 +504,7 @@ async fn alertmanager_run(sink: &Sink, total: u64, out: &mut impl FnMut(String))
         return;
     }
     let idle = rss(am.id()).0;
-    let client = kitebridge::deliver::client();
+    let client = kitebridge::destination::client();
     let alert = |id: u64| {
         serde_json::to_vec(&serde_json::json!([{
             "labels": {"alertname": "BuildFailed", "build": format!("#{}", 1_000_000_000 + id), "pipeline": "web-app", "branch": "main"},

@@ -42,7 +42,7 @@ async fn admin(sql: &str) -> Result<(), String> {
 
 /// Whether the replica listening on `port` sends the sink.
 async fn holds(port: u16) -> bool {
-    let Ok(resp) = kitebridge::deliver::client()
+    let Ok(resp) = kitebridge::destination::client()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await

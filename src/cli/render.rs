@@ -74,9 +74,11 @@ pub fn run(
         let dest = config
             .destination(&p.destination)
             .expect("planned destinations exist");
-        let kind = dest.kind.template_kind();
-        match renderer.render_event(kind, p.template.as_deref(), &event, &data) {
-            Ok((template, body)) => out.push((p, dest.kind, template, body)),
+        match dest
+            .kind
+            .render_event(&renderer, p.template.as_deref(), &event, &data)
+        {
+            Ok(r) => out.push((p, dest.kind, r.template, r.body)),
             Err(e) => {
                 eprintln!("route {:?} → {}: {e}", p.route, p.destination);
                 failed = true;

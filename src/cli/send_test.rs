@@ -1,6 +1,6 @@
 //! `kitebridge send-test`: one real message to one destination, to prove the URL works.
 
-use crate::deliver::{self, Context, Outcome};
+use crate::destination::{self, BuildEnv, Context, Outcome, Rendered};
 use crate::event::Event;
 use crate::render::{TemplateData, samples};
 use crate::store::Schema;
@@ -66,19 +66,25 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(dest) = deliver::build(dest_config, &deliver::client(), store) else {
+    let env = BuildEnv {
+        client: destination::client(),
+        store,
+    };
+    let Some(dest) = dest_config.build(&env) else {
         eprintln!("destination {name:?} cannot be built");
         return ExitCode::FAILURE;
     };
     let data = TemplateData::new(&event, Utc::now());
-    let (template, body) =
-        match renderer.render_event(dest_config.kind.template_kind(), None, &event, &data) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let Rendered { template, body } = match dest_config
+        .kind
+        .render_event(&renderer, None, &event, &data)
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let started = Instant::now();
     let context = Context {
         event_name: event.name().to_string(),

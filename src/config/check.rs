@@ -3,7 +3,7 @@
 
 use super::raw::{self, RawConfig, Text};
 use super::{Config, ServerConfig, interpolate};
-use crate::ingress::auth::{AuthMode, Credentials};
+use crate::auth::{AuthMode, Credentials};
 use crate::queue::{RetryPolicy, Settings};
 use crate::secret::Secret;
 use ipnet::IpNet;
@@ -336,7 +336,7 @@ impl Check<'_> {
             return None;
         }
         // The key's contents never show in a message, only whether it works with the cert.
-        crate::deliver::install_crypto_provider();
+        crate::crypto::install_provider();
         let usable = PrivateKeyDer::from_pem_file(&key).ok().and_then(|k| {
             rustls::ServerConfig::builder()
                 .with_no_client_auth()

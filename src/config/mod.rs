@@ -13,9 +13,9 @@ mod raw;
 mod routes;
 mod storage;
 
-use crate::deliver::DestinationKind;
-use crate::ingress::auth::Credentials;
-use crate::queue::{Limits, Settings};
+use crate::auth::Credentials;
+use crate::destination::DestinationConfig;
+use crate::queue::Settings;
 use crate::render::People;
 use crate::routing::Route;
 use crate::secret::Secret;
@@ -74,45 +74,6 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The private key.
     pub key: PathBuf,
-}
-
-/// One `[destinations.NAME]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DestinationConfig {
-    /// The table key.
-    pub name: String,
-    /// What it is.
-    pub kind: DestinationKind,
-    /// The webhook URL (for `slack_app`, the Web API base); `None` for `console`, and for a
-    /// destination whose URL or token interpolated to empty (it is then disabled).
-    pub url: Option<Secret>,
-    /// `slack_app`: the bot token.
-    pub token: Option<Secret>,
-    /// `slack_app`: the channel id.
-    pub channel: Option<String>,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// Pace and parallelism.
-    pub limits: Limits,
-}
-
-impl DestinationConfig {
-    /// Whether messages are sent to it.
-    pub fn enabled(&self) -> bool {
-        self.disabled_reason().is_none()
-    }
-
-    /// Why nothing is sent to it, if so: a webhook destination needs its URL, a Slack app its
-    /// token.
-    pub fn disabled_reason(&self) -> Option<&'static str> {
-        match self.kind {
-            DestinationKind::Console => None,
-            DestinationKind::SlackApp => self.token.is_none().then_some("its token is empty"),
-            DestinationKind::Slack | DestinationKind::Teams => {
-                self.url.is_none().then_some("its url is empty")
-            }
-        }
-    }
 }
 
 /// The validated config.
@@ -225,9 +186,6 @@ fn without_literals(message: &str) -> String {
     out
 }
 
-/// Default per-request timeout for webhook destinations.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Buildkite's meta API, which lists the addresses webhooks come from.
 pub const BUILDKITE_META_URL: &str = "https://api.buildkite.com/v2/meta";
 
@@ -244,15 +202,7 @@ pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &[
     "*.powerautomate.com",
 ];
 
-/// Whether `host` is allowed by one of `patterns` (`example.com`, or `*.example.com` for any
-/// subdomain).
-pub fn host_allowed(patterns: &[String], host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    patterns.iter().any(|p| match p.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-        None => host == *p,
-    })
-}
+pub use crate::destination::host_allowed;
 
 #[cfg(test)]
 mod tests;

@@ -40,7 +40,7 @@ impl Check<'_> {
             }
             let slack = self.optional(p.slack.as_ref(), &format!("{what} slack"));
             if let (Some(id), Some(t)) = (&slack, &p.slack)
-                && !super::destinations::is_slack_id(id, &['U', 'W'])
+                && !crate::destination::is_slack_id(id, &['U', 'W'])
             {
                 self.problem(
                     Some(t.span()),

@@ -202,19 +202,8 @@ pub struct RawTemplates {
     pub dir: Option<Text>,
 }
 
-/// `[destinations.NAME]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDestination {
-    pub kind: Text,
-    pub url: Option<Text>,
-    pub token: Option<Text>,
-    pub channel: Option<Text>,
-    pub timeout: Option<Text>,
-    pub rate: Option<Spanned<f64>>,
-    pub burst: Option<Spanned<i64>>,
-    pub concurrency: Option<Spanned<i64>>,
-}
+/// `[destinations.NAME]`: its keys as written; what each kind takes is the kind's to say.
+pub type RawDestination = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// `[[routes]]`.
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::ingress::auth::AuthMode;
+use crate::auth::AuthMode;
 use crate::store::sqlite::Durability;
 
 fn env(name: &str) -> Option<String> {
@@ -393,7 +393,10 @@ to = ["live", "off"]
     let live = c.destination("live").unwrap();
     assert!(live.enabled());
     assert_eq!(live.url.as_ref().unwrap().expose(), "https://slack.com/api");
-    assert_eq!(live.token.as_ref().unwrap().expose(), "tok-s3cr3t");
+    assert!(
+        !format!("{live:?}").contains("tok-s3cr3t"),
+        "the token is kept, never shown"
+    );
     assert!(!c.destination("off").unwrap().enabled());
     assert_eq!(c.people.len(), 1);
     assert!(c.people.find("maria@ACME.example").is_some());
@@ -484,7 +487,7 @@ fn alert_mistakes_are_named_with_their_line() {
         ),
         (
             "[destinations.a]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nchannel = \"C1234\"\n",
-            "kitebridge.toml:8: destination \"a\": token and channel are for kind \"slack_app\" only",
+            "kitebridge.toml:8: destination \"a\": channel is for kind \"slack_app\" only",
         ),
     ];
     for (extra, want) in cases {
@@ -497,13 +500,15 @@ fn alert_mistakes_are_named_with_their_line() {
     }
 }
 
-/// The README's recipes, put together, are a valid config.
+/// The recipes in docs/configuration.md, put together, are a valid config.
 #[test]
-fn readme_recipes_are_valid_config() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let recipes = &readme[readme.find("## Recipes").unwrap()..];
-    let recipes = &recipes[..recipes[3..].find("\n## ").unwrap()];
+fn documented_recipes_are_valid_config() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let recipes = &doc[doc.find("\n## Recipes\n").unwrap() + 1..];
+    let recipes = &recipes[..recipes[3..].find("\n## ").map_or(recipes.len(), |i| i + 3)];
     let blocks: Vec<&str> = recipes
         .split("```toml\n")
         .skip(1)
@@ -512,8 +517,8 @@ fn readme_recipes_are_valid_config() {
     assert_eq!(blocks.len(), 5, "one block per recipe");
     let text = format!("[buildkite]\ntoken = \"t\"\n{}", blocks.join("\n"));
     let env = |n: &str| Some(format!("https://hooks.slack.com/{n}"));
-    let config =
-        Config::parse(Path::new("README.md"), &text, env).unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(Path::new("docs/configuration.md"), &text, env)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.routes.len(), 6);
 
     // The quiet-hours recipe does what its text says.
@@ -626,4 +631,129 @@ mlopez = {{ slack = "U024BE7LH" }}
         problems[0].starts_with("dir/kitebridge.toml:13:") && problems[0].contains("emails"),
         "{problems:?}"
     );
+}
+
+/// A webhook destination: its keys, checked, and its secrets never shown.
+#[test]
+fn webhook_destinations_are_checked() {
+    let base = "[buildkite]\ntoken = \"t\"\n[delivery]\nallowed_hosts = [\"ingest.example.com\"]\n[destinations.w]\nkind = \"webhook\"\nurl = \"https://ingest.example.com/in\"\n";
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let c = parse(&format!(
+        "{base}method = \"put\"\nheaders = {{ Authorization = \"Bearer tok-s3cr3t\", X-Team = \"ci\" }}\nsigning_secret = \"{secret}\"\nmax_body_bytes = 4096\n"
+    ))
+    .unwrap();
+    let w = c.destination("w").unwrap();
+    assert!(w.enabled());
+    assert_eq!(w.kind.as_str(), "webhook");
+    assert_eq!(w.limits.rate, None, "no pace by default");
+    assert_eq!(w.limits.concurrency, 4);
+    let shown = format!("{w:?}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("MfKQ9r8G"),
+        "{shown}"
+    );
+    assert!(
+        parse(base).unwrap().destination("w").unwrap().enabled(),
+        "unsigned is fine"
+    );
+    let unset = parse(&format!("{base}signing_secret = \"${{UNSET:-}}\"\n")).unwrap();
+    assert!(unset.destination("w").unwrap().enabled());
+
+    let cases = [
+        (
+            "method = \"GET\"\n",
+            "kitebridge.toml:8: destination \"w\": method \"GET\" is not \"POST\" or \"PUT\"",
+        ),
+        (
+            "headers = { Content-Type = \"text/plain\" }\n",
+            "destination \"w\": headers: Content-Type is set by kitebridge",
+        ),
+        (
+            "headers = { webhook-signature = \"x\" }\n",
+            "headers: webhook-signature is set by kitebridge",
+        ),
+        (
+            "headers = { \"bad name\" = \"x\" }\n",
+            "headers: \"bad name\" is not a header name",
+        ),
+        (
+            "headers = { X-A = \"line\\nbreak-s3cr3t\" }\n",
+            "headers: the value of X-A holds characters",
+        ),
+        (
+            "headers = { X-A = 1 }\n",
+            "headers must be a table of strings",
+        ),
+        (
+            "signing_secret = \"s3cr3t\"\n",
+            "kitebridge.toml:8: destination \"w\": signing_secret: a signing secret starts with whsec_",
+        ),
+        (
+            "signing_secret = \"whsec_s3cr3t!!\"\n",
+            "signing_secret: the part after whsec_ is not base64",
+        ),
+        (
+            "signing_secret = \"whsec_c2hvcnQ=\"\n",
+            "signing_secret: a signing secret holds 24 to 64 bytes",
+        ),
+        (
+            &format!("previous_signing_secrets = [\"{secret}\"]\n"),
+            "set signing_secret too",
+        ),
+        (
+            "max_body_bytes = 0\n",
+            "max_body_bytes must be between 1 and 67108864",
+        ),
+        (
+            "token = \"x\"\n",
+            "destination \"w\": token is for kind \"slack_app\" only",
+        ),
+        (
+            "retries = 3\n",
+            "destination \"w\": unknown key \"retries\"",
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = problems(&format!("{base}{extra}"));
+        assert!(
+            got.iter().any(|p| p.contains(want)),
+            "{extra:?}\nwant {want:?}\ngot {got:?}"
+        );
+        assert!(!got.join("").contains("s3cr3t"), "{got:?}");
+    }
+    let elsewhere = problems(
+        "[buildkite]\ntoken = \"t\"\n[destinations.s]\nkind = \"slack\"\nurl = \"https://hooks.slack.com/x\"\nmethod = \"PUT\"\n",
+    );
+    assert!(
+        elsewhere[0].contains("destination \"s\": method is for kind \"webhook\" only"),
+        "{elsewhere:?}"
+    );
+    let host = problems(
+        "[buildkite]\ntoken = \"t\"\n[destinations.w]\nkind = \"webhook\"\nurl = \"https://ingest.example.com/in\"\n",
+    );
+    assert!(
+        host[0].contains("host \"ingest.example.com\" is not in delivery.allowed_hosts"),
+        "{host:?}"
+    );
+}
+
+/// The signed-webhook example in docs/destinations.md is a valid config.
+#[test]
+fn the_documented_webhook_destination_is_valid_config() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/destinations.md"))
+            .unwrap();
+    let block = doc.split("```toml\n").nth(1).unwrap();
+    let block = &block[..block.find("```").unwrap()];
+    let text = format!("[buildkite]\ntoken = \"t\"\n{block}");
+    let env = |n: &str| {
+        Some(match n {
+            "WEBHOOK_SIGNING_SECRET" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+            "OLD_SIGNING_SECRET" => String::new(),
+            _ => "tok".to_string(),
+        })
+    };
+    let config = Config::parse(Path::new("docs/destinations.md"), &text, env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.destination("warehouse").unwrap().enabled());
 }

@@ -4,8 +4,10 @@
 //! token or signature check on the raw bytes, so unverified data cannot reach the router.
 
 pub mod time;
+mod transition;
 
-use crate::transition::Transition;
+pub use transition::{Transition, TransitionKind};
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -65,6 +67,8 @@ pub struct Event {
     payload: Value,
     received_at: DateTime<Utc>,
     transition: Option<Transition>,
+    /// The stored event's id, once it is stored.
+    id: Option<i64>,
 }
 
 impl Event {
@@ -103,6 +107,7 @@ impl Event {
             payload,
             received_at,
             transition: None,
+            id: None,
         })
     }
 
@@ -118,7 +123,18 @@ impl Event {
             payload,
             received_at,
             transition: None,
+            id: None,
         }
+    }
+
+    /// The stored event's id (ids grow with arrival); `None` before it is stored.
+    pub fn id(&self) -> Option<i64> {
+        self.id
+    }
+
+    /// Attaches the id the store gave it.
+    pub fn set_id(&mut self, id: i64) {
+        self.id = Some(id);
     }
 
     /// What this finished build did to its branch, once the store has worked it out.

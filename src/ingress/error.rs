@@ -1,6 +1,6 @@
 //! The answers to requests that are not authentic, well-formed events.
 
-use super::auth::AuthError;
+use crate::auth::AuthError;
 use crate::event::EventError;
 use axum::Json;
 use axum::http::StatusCode;

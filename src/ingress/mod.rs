@@ -7,7 +7,6 @@
 //! goes back; if the store cannot take it, the answer is 503 and nothing is kept. Each request
 //! runs on the config that was live when it arrived, so a reload never splits one.
 
-pub mod auth;
 mod client;
 mod error;
 mod ops;
@@ -15,6 +14,7 @@ mod ops;
 use client::client_ip;
 pub use error::IngressError;
 
+use crate::auth;
 use crate::event::{Event, VerifiedBody};
 use crate::metrics::Metrics;
 use crate::mute::Muted;

@@ -1,7 +1,7 @@
 //! The operator endpoints: `/healthz`, `/readyz`, `/metrics` and `POST /-/reload`.
 
 use super::AppState;
-use crate::ingress::auth::secret_eq;
+use crate::auth::secret_eq;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -1,15 +1,14 @@
-//! One attempt at one delivery: render it (from the stored body, the stored event, or all of a
-//! digest's events), send it under the destination's hold, judge the answer and record it.
+//! One attempt at one delivery: make it ready ([`super::compose`]), send it under the
+//! destination's hold, judge the answer and record it.
 
 use super::cluster::Hold;
+use super::compose::{ComposeError, compose};
 use super::policy::{RetryPolicy, Verdict};
-use crate::deliver::{Context, Destination, DestinationKind, Outcome};
-use crate::event::{Event, VerifiedBody};
+use crate::destination::{Context, Destination, Outcome, webhook_id};
 use crate::metrics::Metrics;
-use crate::render::{Body, Renderer, TemplateData, TemplateKind};
-use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, StoredEvent, now_ms};
+use crate::render::Renderer;
+use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
 use arc_swap::ArcSwap;
-use chrono::{TimeZone, Utc};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,15 +40,6 @@ pub enum Done {
     NotDue,
 }
 
-/// A message ready to send.
-struct Rendered {
-    body: Body,
-    /// The text to keep, when it was rendered now (a stored body is kept already).
-    text: Option<String>,
-    /// The event it was rendered from, when one was parsed for it.
-    event: Option<Event>,
-}
-
 /// Everything an attempt needs, for one hold on one destination.
 #[derive(Debug)]
 pub struct Sender {
@@ -69,128 +59,41 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// The body to send: the stored rendering, or a fresh one (of all a digest's events);
-    /// `None` when the digest is not due after all.
-    async fn body(&self, row: &Delivery) -> Result<Option<Result<Rendered, String>>, StoreError> {
-        let kind = self.destination.kind().template_kind();
-        if let Some(text) = &row.body {
-            let body = match kind {
-                TemplateKind::Console => Ok(Body::Text(text.clone())),
-                _ => serde_json::from_str(text)
-                    .map(Body::Json)
-                    .map_err(|e| format!("stored body is not JSON: {e}")),
-            };
-            return Ok(Some(body.map(|body| Rendered {
-                body,
-                text: None,
-                event: None,
-            })));
-        }
-        let stored = if row.grouped {
-            // Closed first, through the store, so no event joins after its events are read.
-            if !self.store.close_group(row.id, now_ms()).await? {
-                return Ok(None);
-            }
-            self.store.group_events(row.id).await?
-        } else {
-            match &row.event {
-                Some(event) => vec![event.clone()],
-                None => vec![self.store.event(row.event_id).await?],
-            }
-        };
-        let events: Result<Vec<Event>, String> = stored.into_iter().map(to_event).collect();
-        Ok(Some(events.and_then(|mut events| {
-            let now = Utc::now();
-            let renderer = self.renderer.load();
-            let (_, body) = if row.grouped {
-                renderer.render_group(kind, row.template.as_deref(), &events, now)
-            } else {
-                let data = TemplateData::new(&events[0], now);
-                renderer.render_event(kind, row.template.as_deref(), &events[0], &data)
-            }
-            .map_err(|e| e.to_string())?;
-            let text = match &body {
-                Body::Text(t) => t.clone(),
-                Body::Json(v) => v.to_string(),
-            };
-            Ok(Rendered {
-                body,
-                text: Some(text),
-                event: (!row.grouped).then(|| events.remove(0)),
-            })
-        })))
-    }
-
-    /// For a job event to a Slack app: the build's message, rendered from the job's copy of the
-    /// build as the build event its state stands for, in case the build has no message yet.
-    /// `parsed` is the job event when rendering its body already parsed it.
-    async fn parent(
-        &self,
-        row: &Delivery,
-        parsed: Option<Event>,
-    ) -> Result<Option<(String, Body)>, StoreError> {
-        let wanted = self.destination.kind() == DestinationKind::SlackApp
-            && row.event_name.starts_with("job.")
-            && row.thread_key.is_some()
-            && !row.grouped;
-        if !wanted {
-            return Ok(None);
-        }
-        let job = match parsed {
-            Some(job) => job,
-            None => {
-                let stored = match &row.event {
-                    Some(event) => event.clone(),
-                    None => self.store.event(row.event_id).await?,
-                };
-                let Ok(job) = to_event(stored) else {
-                    return Ok(None);
-                };
-                job
-            }
-        };
-        let name =
-            crate::deliver::build_event_for(job.lookup("build.state").and_then(|v| v.as_str()));
-        let build = Event::from_value(name, job.payload().clone(), job.received_at());
-        let data = TemplateData::new(&build, Utc::now());
-        Ok(self
-            .renderer
-            .load()
-            .render_event(TemplateKind::Slack, None, &build, &data)
-            .ok()
-            .map(|(_, body)| (name.to_string(), body)))
-    }
-
     /// Renders, sends and records one delivery; `failures_before` is how many attempts in a
     /// row have failed at this destination.
     pub async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
         let picked = row.updated_at;
         let started = Instant::now();
         let dest = self.destination.name();
-        let (outcome, rendered) = match self.body(&row).await {
-            Err(e) => return Done::StoreTrouble(e),
+        let renderer = self.renderer.load_full();
+        let ready = compose(
+            self.store.as_ref(),
+            &renderer,
+            self.destination.as_ref(),
+            &row,
+        )
+        .await;
+        let (outcome, rendered) = match ready {
+            Err(ComposeError::Store(e)) => return Done::StoreTrouble(e),
             Ok(None) => return Done::NotDue,
-            Ok(Some(Ok(rendered))) => {
-                let parent = match self.parent(&row, rendered.event).await {
-                    Ok(parent) => parent,
-                    Err(e) => return Done::StoreTrouble(e),
-                };
+            Ok(Some(message)) => {
                 let context = Context {
                     event_id: row.event_id,
                     event_name: row.event_name.clone(),
+                    message_id: webhook_id(row.id, row.created_at),
                     thread_key: row.thread_key.clone(),
-                    parent,
+                    parent: message.parent,
                 };
                 // The last moment to find that another replica may have the destination now.
                 if !self.hold.valid() {
                     return Done::NotHeld;
                 }
                 (
-                    self.destination.send(&rendered.body, &context).await,
-                    rendered.text,
+                    self.destination.send(&message.body, &context).await,
+                    message.text,
                 )
             }
-            Ok(Some(Err(reason))) => {
+            Err(ComposeError::Render(reason)) => {
                 // A template that fails fails again: keep the message, never send it broken.
                 let reason = format!("cannot render: {reason}");
                 tracing::error!(delivery = row.id, destination = dest, route = %row.route, reason = %reason, "dead letter");
@@ -321,22 +224,6 @@ impl Sender {
         }
         Ok(())
     }
-}
-
-/// A stored event, parsed again (it was verified when it arrived), with its transition.
-fn to_event(stored: StoredEvent) -> Result<Event, String> {
-    let received = Utc
-        .timestamp_millis_opt(stored.received_at)
-        .single()
-        .unwrap_or_else(Utc::now);
-    let mut event = Event::parse(
-        &VerifiedBody::trusted(stored.body),
-        Some(&stored.name),
-        received,
-    )
-    .map_err(|e| e.to_string())?;
-    event.set_transition(stored.transition);
-    Ok(event)
 }
 
 fn failure_reason(outcome: &Outcome) -> Option<String> {

@@ -6,6 +6,7 @@
 
 mod attempt;
 pub mod cluster;
+mod compose;
 mod housekeeping;
 mod pacer;
 mod plan;
@@ -14,10 +15,8 @@ mod worker;
 
 pub use plan::{Plan, plan};
 pub use policy::RetryPolicy;
-pub use worker::Limits;
 
-use crate::config::DestinationConfig;
-use crate::deliver;
+use crate::destination::{self, DestinationConfig};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -105,7 +104,7 @@ impl Queue {
         let queue = Self {
             inner: Arc::new(Inner {
                 store,
-                client: deliver::client(),
+                client: destination::client(),
                 metrics,
                 renderer: Arc::new(ArcSwap::from_pointee(renderer)),
                 settings: ArcSwap::from_pointee(settings),
@@ -188,7 +187,7 @@ impl Queue {
             if workers.contains_key(name) {
                 continue;
             }
-            if deliver::build(config, &inner.client, inner.store.clone()).is_none() {
+            if !config.enabled() {
                 continue;
             }
             let bell = Arc::new(Notify::new());

@@ -1,6 +1,6 @@
 //! When to try again: a pure function from an attempt's outcome to what happens next.
 
-use crate::deliver::Outcome;
+use crate::destination::Outcome;
 use std::time::Duration;
 
 /// Longest pause of a whole destination after ordinary (non-429) failures, so a destination

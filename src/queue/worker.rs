@@ -12,8 +12,7 @@ use super::attempt::{Done, Record, Sender};
 use super::cluster::{Drained, Hold, Report};
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
-use crate::config::DestinationConfig;
-use crate::deliver;
+use crate::destination::{BuildEnv, DestinationConfig};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::{Carry, Left, Pace, Store, now_ms};
@@ -34,17 +33,6 @@ const STORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// How often a worker whose hold could not be renewed in time looks whether it was.
 const HOLD_POLL: Duration = Duration::from_millis(200);
-
-/// Pace and parallelism of one destination.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Messages per second on average; `None` for no limit.
-    pub rate: Option<f64>,
-    /// Messages allowed back to back.
-    pub burst: u32,
-    /// Attempts in flight at once.
-    pub concurrency: usize,
-}
 
 /// What a worker needs.
 #[derive(Debug)]
@@ -125,7 +113,10 @@ impl Worker {
     }
 
     fn state(&self, hold: Arc<Hold>) -> Option<State> {
-        let destination = deliver::build(&self.config, &self.client, self.store.clone())?;
+        let destination = self.config.build(&BuildEnv {
+            client: self.client.clone(),
+            store: self.store.clone(),
+        })?;
         let limits = self.config.limits;
         let now = Instant::now();
         let taken = &hold.taken;

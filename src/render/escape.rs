@@ -2,7 +2,8 @@
 //!
 //! Every `{{value}}` in a Slack or Teams template lands inside a JSON string, so it is escaped
 //! twice: first so chat markup cannot come out of it (no mention, channel ping or link), then
-//! as JSON string content so the body stays valid JSON whatever the payload holds.
+//! as JSON string content so the body stays valid JSON whatever the payload holds. A webhook
+//! template's values are read by programs: they are only JSON string content.
 
 use super::TemplateKind;
 
@@ -12,6 +13,8 @@ pub fn markup(kind: TemplateKind, s: &str) -> String {
         TemplateKind::Slack => slack_text(s),
         TemplateKind::Teams => teams_text(s),
         TemplateKind::Console => console_text(s),
+        // Programs read it: nothing to make inert.
+        TemplateKind::Webhook => s.to_string(),
     }
 }
 
@@ -20,7 +23,9 @@ pub fn markup(kind: TemplateKind, s: &str) -> String {
 pub fn template_value(kind: TemplateKind, s: &str) -> String {
     match kind {
         TemplateKind::Console => markup(kind, s),
-        TemplateKind::Slack | TemplateKind::Teams => json_content(&markup(kind, s)),
+        TemplateKind::Slack | TemplateKind::Teams | TemplateKind::Webhook => {
+            json_content(&markup(kind, s))
+        }
     }
 }
 

@@ -7,8 +7,8 @@
 use super::TemplateKind;
 use super::context::first_line;
 use super::escape::{json_content, markup};
-use super::limits::truncate;
 use super::look::look_of;
+use super::shorten::truncate;
 use crate::event::time::{between, format_duration, parse_timestamp};
 use chrono::Utc;
 use handlebars::{
@@ -17,7 +17,7 @@ use handlebars::{
 };
 use serde_json::Value;
 
-/// The names of all helpers (the README's helper table lists each one; a test checks it).
+/// The names of all helpers (docs/templates.md's helper table lists each one; a test checks it).
 const HELPERS: &[&str] = &[
     "plain",
     "json",
@@ -33,6 +33,7 @@ const HELPERS: &[&str] = &[
     "teams_style",
     "default",
     "join",
+    "omit",
 ];
 
 /// Registers every helper on `registry`, escaping for `kind` where a helper emits JSON.
@@ -158,6 +159,18 @@ impl HelperDef for KbHelper {
                     other => Value::String(as_text(other)),
                 }
             }
+            "omit" => match arg(0) {
+                Some(Value::Object(map)) => {
+                    let drop: Vec<String> = (1..h.params().len()).map(text).collect();
+                    Value::Object(
+                        map.iter()
+                            .filter(|(k, _)| !drop.contains(k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    )
+                }
+                other => other.cloned().unwrap_or(Value::Null),
+            },
             _ => unreachable!("only names in HELPERS are registered"),
         };
         Ok(ScopedJson::Derived(out))
@@ -169,14 +182,14 @@ mod tests {
     use super::HELPERS;
 
     #[test]
-    fn the_readme_lists_every_helper() {
-        let readme = include_str!("../../README.md");
-        let table = &readme[readme.find("| helper | example | result |").unwrap()..];
+    fn the_docs_list_every_helper() {
+        let doc = include_str!("../../docs/templates.md");
+        let table = &doc[doc.find("| helper | example | result |").unwrap()..];
         let table = &table[..table.find("\n\n").unwrap()];
         for name in HELPERS.iter().chain(&["mention"]) {
             assert!(
                 table.contains(&format!("`{name} ")),
-                "the README's helper table has no row for {name}"
+                "the helper table in docs/templates.md has no row for {name}"
             );
         }
     }

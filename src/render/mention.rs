@@ -175,7 +175,7 @@ impl HelperDef for MentionHelper {
                 ENTITIES.with(|e| e.borrow_mut().push(entity));
                 json_content(&tag)
             }
-            (TemplateKind::Console, _) => template_value(
+            (TemplateKind::Console | TemplateKind::Webhook, _) => template_value(
                 self.kind,
                 person.and_then(|p| p.name.as_deref()).unwrap_or(&fallback),
             ),

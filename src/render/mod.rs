@@ -1,20 +1,21 @@
 //! Turning an event into the exact body a destination receives.
 //!
-//! One Handlebars registry per template kind (`slack`, `teams`, `console`), each with its own
-//! escaping. Defaults are compiled in; files in the configured folder override them by name.
-//! Every Slack and Teams body is parsed back as JSON and brought within the destination's
-//! limits, so a broken template is reported, never sent.
+//! One Handlebars registry per template kind (`slack`, `teams`, `webhook`, `console`), each
+//! with its own escaping. Defaults are compiled in; files in the configured folder override
+//! them by name. Every JSON body is parsed back, so a broken template is reported, never sent;
+//! each destination kind then brings it within its own limits.
 
 mod context;
 mod escape;
 mod helpers;
-pub mod limits;
 mod look;
 mod mention;
 pub mod samples;
+mod shorten;
 mod templates;
 
 pub use mention::{People, Person};
+pub use shorten::{truncate, truncate_markup};
 
 use crate::event::Event;
 use chrono::{DateTime, Utc};
@@ -26,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
 
-/// The three template dialects.
+/// The template dialects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TemplateKind {
     /// Slack Block Kit JSON.
@@ -35,19 +36,27 @@ pub enum TemplateKind {
     Teams,
     /// Plain text for the console.
     Console,
+    /// Any JSON, for programs (signed webhooks): values are JSON-escaped, nothing else.
+    Webhook,
 }
 
 impl TemplateKind {
     /// All kinds.
-    pub const ALL: [TemplateKind; 3] = [Self::Slack, Self::Teams, Self::Console];
+    pub const ALL: [TemplateKind; 4] = [Self::Slack, Self::Teams, Self::Console, Self::Webhook];
 
-    /// `slack`, `teams` or `console`.
+    /// `slack`, `teams`, `console` or `webhook`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Slack => "slack",
             Self::Teams => "teams",
             Self::Console => "console",
+            Self::Webhook => "webhook",
         }
+    }
+
+    /// Whether its templates produce JSON (parsed back, and posted as JSON).
+    pub fn is_json(self) -> bool {
+        self != Self::Console
     }
 
     fn index(self) -> usize {
@@ -115,7 +124,7 @@ pub enum RenderError {
         /// The parser's complaint, with line and column of the output.
         message: String,
     },
-    /// The output cannot be brought within the destination's size limit.
+    /// The output cannot be brought within the destination kind's limits.
     #[error("{origin}: {message}")]
     TooLarge {
         /// Where the template came from.
@@ -163,7 +172,7 @@ impl TemplateData {
 
 /// All compiled templates.
 pub struct Renderer {
-    registries: [Handlebars<'static>; 3],
+    registries: [Handlebars<'static>; 4],
     origins: HashMap<(TemplateKind, String), String>,
 }
 
@@ -276,7 +285,8 @@ impl Renderer {
             })
     }
 
-    /// Renders template `name` of `kind` with `data`, and checks and limits the result.
+    /// Renders template `name` of `kind` with `data`, and parses a JSON kind's result. The
+    /// destination kind brings it within its limits (see `DestinationKind::render`).
     pub fn render(
         &self,
         kind: TemplateKind,
@@ -299,63 +309,36 @@ impl Renderer {
             },
             message: e.reason().to_string(),
         })?;
-        match kind {
-            TemplateKind::Console => Ok(Body::Text(limits::enforce_console(text.trim_end()))),
-            TemplateKind::Slack | TemplateKind::Teams => {
-                let mut value: Value =
-                    serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
-                        origin: origin(),
-                        message: e.to_string(),
-                    })?;
-                if kind == TemplateKind::Slack {
-                    limits::enforce_slack(&mut value);
-                } else {
-                    mention::add_entities(&mut value, entities);
-                    limits::enforce_teams(&mut value).map_err(|e| RenderError::TooLarge {
-                        origin: origin(),
-                        message: e.to_string(),
-                    })?;
-                }
-                Ok(Body::Json(value))
-            }
+        if !kind.is_json() {
+            return Ok(Body::Text(text.trim_end().to_string()));
         }
+        let mut value: Value =
+            serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
+                origin: origin(),
+                message: e.to_string(),
+            })?;
+        if kind == TemplateKind::Teams {
+            mention::add_entities(&mut value, entities);
+        }
+        Ok(Body::Json(value))
     }
 
-    /// Selects and renders in one step.
-    pub fn render_event(
-        &self,
-        kind: TemplateKind,
-        explicit: Option<&str>,
-        event: &Event,
-        data: &TemplateData,
-    ) -> Result<(String, Body), RenderError> {
-        let name = self.select(kind, explicit, event)?;
-        let body = self.render(kind, &name, data)?;
-        Ok((name, body))
-    }
-
-    /// Renders a digest of `events`: the route's template if it names one, else `digest` when
+    /// The template for a digest of `events`: the route's if it names one, else `digest` when
     /// there are several events, else the single event's usual template.
-    pub fn render_group(
+    pub fn select_group(
         &self,
         kind: TemplateKind,
         explicit: Option<&str>,
         events: &[Event],
-        now: DateTime<Utc>,
-    ) -> Result<(String, Body), RenderError> {
-        let Some(first) = events.first() else {
-            return Err(RenderError::Missing {
+    ) -> Result<String, RenderError> {
+        match (explicit, events) {
+            (_, []) => Err(RenderError::Missing {
                 kind,
                 name: "digest".into(),
-            });
-        };
-        let data = TemplateData::group(events, now);
-        let name = match explicit {
-            None if events.len() > 1 => "digest".to_string(),
-            _ => self.select(kind, explicit, first)?,
-        };
-        let body = self.render(kind, &name, &data)?;
-        Ok((name, body))
+            }),
+            (None, [_, _, ..]) => Ok("digest".to_string()),
+            (_, [first, ..]) => self.select(kind, explicit, first),
+        }
     }
 }
 
@@ -418,7 +401,10 @@ mod tests {
                 let e = Event::from_value(event.name(), p.clone(), now);
                 let data = TemplateData::new(&e, now);
                 for kind in TemplateKind::ALL {
-                    if let Err(err) = renderer.render_event(kind, None, &e, &data) {
+                    let rendered = renderer
+                        .select(kind, None, &e)
+                        .and_then(|name| renderer.render(kind, &name, &data));
+                    if let Err(err) = rendered {
                         panic!("{name} {kind}: {err}\n{p}");
                     }
                 }

@@ -71,12 +71,16 @@ const CONSOLE: [(TemplateKind, &str, &str); 9] = builtin!(
     ]
 );
 
+const WEBHOOK: [(TemplateKind, &str, &str); 3] =
+    builtin!(Webhook, "webhook", ["_data", "default", "digest"]);
+
 /// The templates compiled into the binary (the repository's `templates/` folder).
 pub fn builtin() -> impl Iterator<Item = Source> {
     SLACK
         .iter()
         .chain(&TEAMS)
         .chain(&CONSOLE)
+        .chain(&WEBHOOK)
         .map(|(kind, name, text)| Source {
             kind: *kind,
             name: (*name).to_string(),

@@ -161,7 +161,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let stop = CancellationToken::new();
         let refresher = tokio::spawn(keep_fresh_every(
-            crate::deliver::client(),
+            crate::destination::client(),
             url,
             list.clone(),
             Duration::from_millis(50),

@@ -6,7 +6,7 @@ mod http;
 mod meta;
 
 use crate::config::Config;
-use crate::deliver;
+use crate::destination;
 use crate::ingress::{self, AppState};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -86,7 +86,7 @@ impl Service {
         let buildkite_ips = Arc::new(ArcSwap::from_pointee(Vec::new()));
         if config.allow_buildkite_ips {
             tokio::spawn(meta::keep_fresh(
-                deliver::client(),
+                destination::client(),
                 config.meta_url.clone(),
                 buildkite_ips.clone(),
                 stop_tasks.clone(),

@@ -68,7 +68,7 @@ async fn forward(
 
 impl Balancer {
     pub async fn start() -> Self {
-        kitebridge::deliver::install_crypto_provider();
+        kitebridge::crypto::install_provider();
         let pool = Arc::new(Pool::default());
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

@@ -425,7 +425,7 @@ async fn serve_logs_one_json_line_per_event_and_per_delivery() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let body = fixture("build.finished");
-    let resp = kitebridge::deliver::client()
+    let resp = kitebridge::destination::client()
         .post(format!("http://{addr}/webhooks/buildkite"))
         .header("X-Buildkite-Token", TOKEN)
         .body(body)

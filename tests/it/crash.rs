@@ -46,7 +46,7 @@ to = ["slack"]
     // the service with SIGKILL part-way through.
     let first = start_binary(&cfg).await;
     let url = format!("http://{}/webhooks/buildkite", first.addr);
-    let client = kitebridge::deliver::client();
+    let client = kitebridge::destination::client();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let sender = tokio::spawn({
         let client = client.clone();

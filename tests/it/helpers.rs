@@ -49,7 +49,7 @@ pub fn now() -> i64 {
 
 /// `X-Buildkite-Signature` for `body`, signed at `ts` with `token`.
 pub fn signature(token: &str, ts: i64, body: &[u8]) -> String {
-    kitebridge::ingress::auth::sign(token, ts, body)
+    kitebridge::auth::sign(token, ts, body)
 }
 
 /// What the recording server does with one request.
@@ -72,6 +72,7 @@ pub enum Reply {
 /// One request the recording server received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub method: axum::http::Method,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
@@ -91,7 +92,7 @@ struct RecorderState {
     script: Mutex<HashMap<String, VecDeque<Reply>>>,
 }
 
-/// An HTTP server standing in for Slack and Teams. Paths starting with `teams` answer 202 by
+/// An HTTP server standing in for Slack, Teams and webhook receivers. Paths starting with `teams` answer 202 by
 /// default, others `200 ok`; scripted replies per path come first.
 #[derive(Clone)]
 pub struct Recorder {
@@ -101,11 +102,13 @@ pub struct Recorder {
 
 async fn record(
     State(state): State<Arc<RecorderState>>,
+    method: axum::http::Method,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     state.received.lock().unwrap().push(Received {
+        method,
         path: path.clone(),
         headers,
         body: body.to_vec(),
@@ -172,7 +175,7 @@ impl Recorder {
     pub async fn start_on(addr: SocketAddr) -> Self {
         let state = Arc::new(RecorderState::default());
         let app = axum::Router::new()
-            .route("/{*path}", axum::routing::post(record))
+            .route("/{*path}", axum::routing::post(record).put(record))
             .with_state(state.clone());
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -324,7 +327,7 @@ impl TestApp {
         });
         Self {
             addr,
-            client: kitebridge::deliver::client(),
+            client: kitebridge::destination::client(),
             db,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -796,7 +799,7 @@ pub async fn post_signed_to_with(
     // test's steady load starves the services it tests.
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
-        kitebridge::deliver::install_crypto_provider();
+        kitebridge::crypto::install_provider();
         reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
@@ -818,7 +821,7 @@ pub async fn post_signed_to_with(
 /// [`post_signed_to`], returning the answer too.
 pub async fn post_signed_json_to(addr: SocketAddr, body: &[u8]) -> (u16, Value) {
     let event: Value = serde_json::from_slice(body).unwrap();
-    let resp = kitebridge::deliver::client()
+    let resp = kitebridge::destination::client()
         .post(format!("http://{addr}/webhooks/buildkite"))
         .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
         .header("X-Buildkite-Event", event["event"].as_str().unwrap())

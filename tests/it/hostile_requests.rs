@@ -318,7 +318,7 @@ async fn every_bad_request_gets_its_4xx_and_the_next_good_event_still_goes_throu
     let cases = cases();
     let distinct_bad = cases.iter().filter(|c| c.want >= 400).count();
     assert!(distinct_bad >= 40, "{distinct_bad} bad requests");
-    let client = kitebridge::deliver::client();
+    let client = kitebridge::destination::client();
     let mut good = 0;
     for c in &cases {
         let mut req = client

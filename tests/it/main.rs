@@ -22,3 +22,4 @@ mod secrets;
 mod storage_faults;
 mod store_contract;
 mod store_copy;
+mod webhooks;

@@ -124,7 +124,7 @@ impl Drop for PrivatePg {
 }
 
 async fn status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    kitebridge::deliver::client()
+    kitebridge::destination::client()
         .get(format!("http://{addr}{path}"))
         .send()
         .await

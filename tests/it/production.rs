@@ -251,7 +251,7 @@ async fn tls_serves_https_with_the_configured_certificate() {
         ),
     );
     let app = TestApp::spawn_file(&cfg).await;
-    kitebridge::deliver::install_crypto_provider();
+    kitebridge::crypto::install_provider();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
         .resolve("localhost", app.addr)
@@ -268,7 +268,7 @@ async fn tls_serves_https_with_the_configured_certificate() {
         .unwrap();
     assert_eq!(resp.status(), 202);
     assert_eq!(rec.wait_for("slack", 1).await.len(), 1);
-    let plain = kitebridge::deliver::client()
+    let plain = kitebridge::destination::client()
         .get(app.url("/healthz"))
         .send()
         .await;

@@ -40,7 +40,7 @@ impl Replica {
 
     /// Whether this replica sends `destination` now (by its metrics).
     pub async fn holds(&self, destination: &str) -> bool {
-        let Ok(resp) = kitebridge::deliver::client()
+        let Ok(resp) = kitebridge::destination::client()
             .get(format!("http://{}/metrics", self.addr))
             .send()
             .await
@@ -221,7 +221,7 @@ async fn the_same_body_sent_to_two_replicas_at_once_is_stored_and_sent_once() {
         let post = |addr: std::net::SocketAddr| {
             let (body, sig) = (body.clone(), sig.clone());
             async move {
-                let resp = kitebridge::deliver::client()
+                let resp = kitebridge::destination::client()
                     .post(format!("http://{addr}/webhooks/buildkite"))
                     .header("X-Buildkite-Signature", sig)
                     .header("X-Buildkite-Event", "build.finished")
@@ -556,7 +556,7 @@ async fn any_replica_and_the_command_line_see_the_shared_queue_and_a_retry_is_se
     );
     rec.wait_for("slack", 1).await;
     // The dead letter shows on the replica that did not send it, and on the command line.
-    let metrics = kitebridge::deliver::client();
+    let metrics = kitebridge::destination::client();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = metrics

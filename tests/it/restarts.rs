@@ -91,7 +91,7 @@ async fn a_draining_service_says_so_on_readyz_and_still_takes_webhooks_until_the
     )
     .unwrap();
     let mut running = start_binary(&cfg).await;
-    let client = kitebridge::deliver::client();
+    let client = kitebridge::destination::client();
     let readyz = |addr: SocketAddr| {
         let client = client.clone();
         async move {

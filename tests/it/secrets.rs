@@ -152,7 +152,7 @@ to = ["gone", "down", "app", "console"]
             .unwrap();
         // Its stderr is captured whole for the search, so the port is found from /proc.
         let addr = listening_port(child.id());
-        let client = kitebridge::deliver::client();
+        let client = kitebridge::destination::client();
         let url = format!("http://{addr}/webhooks/buildkite");
         let body = fixture("build.finished");
         let good = signature("tok-SECRET-aaa111", now(), &body);

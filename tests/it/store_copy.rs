@@ -235,7 +235,7 @@ async fn every_copied_row_arrives_as_it_was_and_the_old_store_is_only_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_on_the_copy_carries_on_where_the_old_one_left_off() {
-    kitebridge::deliver::install_crypto_provider();
+    kitebridge::crypto::install_provider();
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (_, old_db) = old_store(dir.path(), &rec).await;

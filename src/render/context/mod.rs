@@ -61,6 +61,10 @@ pub struct Derived {
     pub sender: Option<String>,
     /// When kitebridge received the event, `YYYY-MM-DD HH:MM:SS UTC`.
     pub received_at: String,
+    /// The same in RFC 3339, with milliseconds: `2026-12-01T09:14:03.120Z`.
+    pub received_rfc3339: String,
+    /// The stored event's id (ids grow with arrival); null where nothing is stored (`render`).
+    pub event_id: Option<i64>,
     /// Build facts, for build and job events.
     pub build: Option<BuildFacts>,
     /// Job facts, for job events.
@@ -331,6 +335,10 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
             .received_at()
             .format("%Y-%m-%d %H:%M:%S UTC")
             .to_string(),
+        received_rfc3339: event
+            .received_at()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        event_id: event.id(),
         build,
         job,
         agent,

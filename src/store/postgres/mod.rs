@@ -191,7 +191,7 @@ fn connections(tls: &Tls, config: tokio_postgres::Config, size: usize) -> Result
 impl PgStore {
     /// Connects, and creates or migrates the schema (or checks it).
     pub async fn connect(options: PgOptions, schema: Schema) -> Result<Self, StoreError> {
-        crate::deliver::install_crypto_provider();
+        crate::crypto::install_provider();
         let tls = match tls::connector(&options).map_err(StoreError::Database)? {
             Some(c) => Tls::Rustls(c),
             None => Tls::Plain,

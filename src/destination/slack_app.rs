@@ -8,8 +8,12 @@
 //! channel, a revoked token…) are permanent.
 
 use super::http::{Answer, classify_common, post_json};
-use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
-use crate::render::Body;
+use super::{
+    BuildEnv, Common, Context, Destination, DestinationConfig, DestinationKind, Kind, Limits,
+    Options, Outcome, Reported, SendFuture, Table, UrlRule,
+};
+use crate::event::Event;
+use crate::render::{Body, TemplateKind};
 use crate::secret::Secret;
 use crate::store::{MessageRef, Store};
 use serde_json::{Value, json};
@@ -17,26 +21,131 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Where the Slack Web API lives, unless a destination's `url` says otherwise.
+pub const DEFAULT_API: &str = "https://slack.com/api";
+
+/// The kind.
+#[derive(Debug)]
+pub struct SlackAppKind;
+
+/// What a Slack app destination keeps besides its URL.
+#[derive(Debug, Clone, PartialEq)]
+struct AppOptions {
+    /// The bot token; `None` when it interpolated to empty (the destination is then off).
+    token: Option<Secret>,
+    /// The channel id.
+    channel: String,
+}
+
+impl Kind for SlackAppKind {
+    fn name(&self) -> &'static str {
+        "slack_app"
+    }
+
+    fn template_kind(&self) -> TemplateKind {
+        TemplateKind::Slack
+    }
+
+    /// Slack's Web API allows about one message per second per channel.
+    fn default_limits(&self) -> Limits {
+        Limits {
+            rate: Some(1.0),
+            burst: 3,
+            concurrency: 1,
+        }
+    }
+
+    fn url(&self) -> UrlRule {
+        UrlRule::Default(DEFAULT_API)
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["token", "channel"]
+    }
+
+    fn configure(&self, table: &mut Table, common: &Common) -> Result<Options, Reported> {
+        let (token, _) = table.required_text("token", "a bot token, xoxb-…")?;
+        let (channel, span) =
+            table.required_text("channel", "a channel id such as \"C0123ABCD\"")?;
+        if !is_slack_id(&channel, &['C', 'G', 'D']) {
+            return Err(table.problem(
+                Some(span),
+                "channel must be a channel id such as \"C0123ABCD\" (updates need the id, not the name)",
+            ));
+        }
+        if common.limits.concurrency > 1
+            && let Some(entry) = table.entry("concurrency")
+        {
+            // Two attempts for one build at once could both find no message and both post.
+            let span = entry.span.clone();
+            return Err(table.problem(
+                Some(span),
+                "concurrency must be 1 for kind \"slack_app\", which updates one message per build in order",
+            ));
+        }
+        Ok(Options::new(AppOptions {
+            token: (!token.is_empty()).then(|| Secret::new(token)),
+            channel,
+        }))
+    }
+
+    fn disabled_reason(&self, config: &DestinationConfig) -> Option<&'static str> {
+        let token = config
+            .options
+            .get::<AppOptions>()
+            .and_then(|o| o.token.as_ref());
+        token.is_none().then_some("its token is empty")
+    }
+
+    fn fit(&self, body: &mut Body) -> Result<(), String> {
+        super::slack::fit(body)
+    }
+
+    fn check_body(&self, body: &Body) -> Result<(), String> {
+        super::slack::check_body(body)
+    }
+
+    fn build(&self, config: &DestinationConfig, env: &BuildEnv) -> Option<Arc<dyn Destination>> {
+        let options = config.options.get::<AppOptions>()?;
+        Some(Arc::new(SlackApp {
+            name: config.name.clone(),
+            api: config.url.clone()?,
+            token: options.token.clone()?,
+            channel: options.channel.clone(),
+            timeout: config.timeout,
+            client: env.client.clone(),
+            store: env.store.clone(),
+            known: Default::default(),
+        }))
+    }
+}
+
+/// Whether `id` looks like a Slack id starting with one of `first` (`U…` for members, `C…` for
+/// channels): upper-case letters and digits only.
+pub fn is_slack_id(id: &str, first: &[char]) -> bool {
+    id.len() >= 3
+        && id.starts_with(first)
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
 /// A Slack app destination.
 #[derive(Debug)]
-pub struct SlackApp {
-    /// The destination's name.
-    pub name: String,
+struct SlackApp {
+    name: String,
     /// The Web API base URL.
-    pub api: Secret,
-    /// The bot token.
-    pub token: Secret,
+    api: Secret,
+    token: Secret,
     /// The channel id.
-    pub channel: String,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// The shared HTTP client.
-    pub client: reqwest::Client,
+    channel: String,
+    timeout: Duration,
+    client: reqwest::Client,
     /// Where message ids are kept.
-    pub store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     /// Message ids seen by this process, so a failed write to the store does not make the
     /// next event post a second message.
-    pub known: Mutex<HashMap<String, MessageRef>>,
+    known: Mutex<HashMap<String, MessageRef>>,
 }
 
 /// How far along its life a build event is; a build's message is never moved back.
@@ -203,13 +312,17 @@ impl SlackApp {
             Err(outcome) => return outcome,
         };
         if known.is_none()
-            && let Some((name, parent)) = &context.parent
+            && let Some(parent) = &context.parent
         {
-            let parent = to_json(parent);
-            match self.post(&parent, None).await {
+            let body = to_json(&parent.body);
+            match self.post(&body, None).await {
                 Ok(ts) => {
-                    self.remember(key, ts.clone(), (rank(name), context.event_id))
-                        .await;
+                    self.remember(
+                        key,
+                        ts.clone(),
+                        (rank(&parent.event_name), context.event_id),
+                    )
+                    .await;
                     known = Some(ts).filter(|t| !t.is_empty());
                 }
                 Err(outcome) => return outcome,
@@ -243,7 +356,23 @@ impl Destination for SlackApp {
     }
 
     fn kind(&self) -> DestinationKind {
-        DestinationKind::SlackApp
+        DestinationKind::parse("slack_app").expect("registered")
+    }
+
+    /// A job's message is a reply under its build's: the build's message, rendered from the
+    /// job's copy of the build as the build event its state stands for, is posted first when
+    /// the build has none yet.
+    fn wants_parent(&self, event_name: &str, threaded: bool) -> bool {
+        threaded && event_name.starts_with("job.")
+    }
+
+    fn parent(&self, event: &Event) -> Option<Event> {
+        let name = build_event_for(event.lookup("build.state").and_then(|v| v.as_str()));
+        Some(Event::from_value(
+            name,
+            event.payload().clone(),
+            event.received_at(),
+        ))
     }
 
     fn send<'a>(&'a self, body: &'a Body, context: &'a Context) -> SendFuture<'a> {

@@ -1,9 +1,9 @@
-//! The shared HTTP client and the parts of answer handling Slack and Teams have in common.
+//! The shared HTTP client, the host allow-list, and the parts of answer handling every HTTP
+//! destination has in common.
 
 use super::Outcome;
 use crate::secret::Secret;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
-use std::sync::Once;
 use std::time::Duration;
 
 /// How much of an error answer is kept as the reason.
@@ -12,18 +12,9 @@ const REASON_BYTES: usize = 300;
 /// How much of any answer is read (a Slack Web API answer echoes the whole message).
 const ANSWER_BYTES: usize = 64 * 1024;
 
-/// Makes ring rustls's process-wide crypto provider (for the HTTP client and the TLS server).
-pub fn install_crypto_provider() {
-    static PROVIDER: Once = Once::new();
-    PROVIDER.call_once(|| {
-        // Another part of the process may have installed one already; either is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 /// The process-wide HTTP client: rustls with the ring provider, pooled connections.
 pub fn client() -> reqwest::Client {
-    install_crypto_provider();
+    crate::crypto::install_provider();
     reqwest::Client::builder()
         .user_agent(concat!("kitebridge/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
@@ -68,13 +59,23 @@ pub async fn post_json(
 ) -> Result<Answer, Outcome> {
     let mut request = client
         .post(url.expose())
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .timeout(timeout)
-        .body(body);
+        .header(CONTENT_TYPE, "application/json; charset=utf-8");
     if let Some(token) = bearer {
         request = request.bearer_auth(token.expose());
     }
+    send(request, body, timeout).await
+}
+
+/// Sends `request` with `body`, reading (the start of) the answer; a transport failure becomes
+/// a retryable [`Outcome`] whose reason never contains the URL.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer, Outcome> {
     let response = request
+        .timeout(timeout)
+        .body(body)
         .send()
         .await
         .map_err(|e| transport_failure(e, timeout))?;
@@ -119,8 +120,8 @@ fn transport_failure(e: reqwest::Error, timeout: Duration) -> Outcome {
     }
 }
 
-/// Classifies what Slack, Teams and the Slack Web API have in common: 429, 408 and 5xx retry,
-/// other 4xx and anything unexpected (a redirect included) are permanent. `None` means a 2xx the caller must judge itself.
+/// Classifies what every HTTP destination has in common: 429, 408 and 5xx retry (with their
+/// `Retry-After`), other 4xx and anything unexpected (a redirect included) are permanent. `None` means a 2xx the caller must judge itself.
 pub fn classify_common(answer: &Answer) -> Option<Outcome> {
     let status = Some(answer.status);
     let reason = || {
@@ -143,6 +144,16 @@ pub fn classify_common(answer: &Answer) -> Option<Outcome> {
             reason: reason(),
         }),
     }
+}
+
+/// Whether `host` is allowed by one of `patterns` (`example.com`, or `*.example.com` for any
+/// subdomain): `[delivery] allowed_hosts`, the only hosts messages may be sent to.
+pub fn host_allowed(patterns: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    patterns.iter().any(|p| match p.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == *p,
+    })
 }
 
 /// An answer, for tests of the judging functions.

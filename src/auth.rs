@@ -232,7 +232,7 @@ mod tests {
 
     const VECTOR_SECRET: &str = "29b1ff5779c76bd48ba6705eb99ff970";
     const VECTOR_HEADER: &str = "timestamp=1642080837,signature=582d496ac2d869dd97a3101c4cda346288c49a742592daf582ec64c86449f79c";
-    const PING: &[u8] = include_bytes!("../../tests/fixtures/buildkite/ping.json");
+    const PING: &[u8] = include_bytes!("../tests/fixtures/buildkite/ping.json");
 
     fn creds(mode: AuthMode, tokens: &[&str]) -> Credentials {
         Credentials {

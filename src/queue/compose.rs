@@ -1,0 +1,157 @@
+//! Rendering one delivery from the store: the body kept from an earlier attempt, or a fresh
+//! rendering of its event (or of all a digest's events), with the message its destination
+//! needs first (a Slack app's build message), ready to send.
+
+use crate::destination::{Destination, Parent};
+use crate::event::{Event, VerifiedBody};
+use crate::render::{Body, Renderer, TemplateData};
+use crate::store::{Delivery, Store, StoreError, StoredEvent, now_ms};
+use chrono::{TimeZone, Utc};
+use thiserror::Error;
+
+/// A message ready to send.
+#[derive(Debug)]
+pub struct Message {
+    /// What to send.
+    pub body: Body,
+    /// The text to keep, when it was rendered now (a stored body is kept already).
+    pub text: Option<String>,
+    /// The message to post first, when the destination needs one.
+    pub parent: Option<Parent>,
+}
+
+/// Why a delivery could not be made ready.
+#[derive(Debug, Error)]
+pub enum ComposeError {
+    /// The store could not be read: leave the delivery as it is, and try again later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// It cannot be rendered, and never will be (a template that fails fails again).
+    #[error("{0}")]
+    Render(String),
+}
+
+/// Makes `row` ready for `destination`; `Ok(None)` when it is a digest that is not due after
+/// all (an event joined it since it was picked).
+pub async fn compose(
+    store: &dyn Store,
+    renderer: &Renderer,
+    destination: &dyn Destination,
+    row: &Delivery,
+) -> Result<Option<Message>, ComposeError> {
+    let kind = destination.kind();
+    if let Some(text) = &row.body {
+        let body = if kind.template_kind().is_json() {
+            serde_json::from_str(text)
+                .map(Body::Json)
+                .map_err(|e| ComposeError::Render(format!("stored body is not JSON: {e}")))?
+        } else {
+            Body::Text(text.clone())
+        };
+        let parent = match wants_parent(destination, row) {
+            true => parent(store, renderer, destination, row, None).await?,
+            false => None,
+        };
+        return Ok(Some(Message {
+            body,
+            text: None,
+            parent,
+        }));
+    }
+    let stored = if row.grouped {
+        // Closed first, through the store, so no event joins after its events are read.
+        if !store.close_group(row.id, now_ms()).await? {
+            return Ok(None);
+        }
+        store.group_events(row.id).await?
+    } else {
+        vec![stored_event(store, row).await?]
+    };
+    let mut events = stored
+        .into_iter()
+        .map(to_event)
+        .collect::<Result<Vec<Event>, _>>()?;
+    let now = Utc::now();
+    let rendered = if row.grouped {
+        kind.render_group(renderer, row.template.as_deref(), &events, now)
+    } else {
+        let data = TemplateData::new(&events[0], now);
+        kind.render_event(renderer, row.template.as_deref(), &events[0], &data)
+    }
+    .map_err(|e| ComposeError::Render(e.to_string()))?;
+    let text = match &rendered.body {
+        Body::Text(t) => t.clone(),
+        Body::Json(v) => v.to_string(),
+    };
+    let parent = if wants_parent(destination, row) {
+        let event = (!row.grouped).then(|| events.remove(0));
+        parent(store, renderer, destination, row, event).await?
+    } else {
+        None
+    };
+    Ok(Some(Message {
+        body: rendered.body,
+        text: Some(text),
+        parent,
+    }))
+}
+
+/// The message `destination` wants posted before `row`'s, rendered; `event` is the row's
+/// event when it was parsed already. A parent that cannot be rendered is left out: the
+/// message itself still goes.
+async fn parent(
+    store: &dyn Store,
+    renderer: &Renderer,
+    destination: &dyn Destination,
+    row: &Delivery,
+    event: Option<Event>,
+) -> Result<Option<Parent>, ComposeError> {
+    let event = match event {
+        Some(event) => event,
+        None => match to_event(stored_event(store, row).await?) {
+            Ok(event) => event,
+            Err(_) => return Ok(None),
+        },
+    };
+    let Some(first) = destination.parent(&event) else {
+        return Ok(None);
+    };
+    let data = TemplateData::new(&first, Utc::now());
+    Ok(destination
+        .kind()
+        .render_event(renderer, None, &first, &data)
+        .ok()
+        .map(|rendered| Parent {
+            event_name: first.name().to_string(),
+            body: rendered.body,
+        }))
+}
+
+/// A digest has no single build to hang under.
+fn wants_parent(destination: &dyn Destination, row: &Delivery) -> bool {
+    !row.grouped && destination.wants_parent(&row.event_name, row.thread_key.is_some())
+}
+
+async fn stored_event(store: &dyn Store, row: &Delivery) -> Result<StoredEvent, StoreError> {
+    match &row.event {
+        Some(event) => Ok(event.clone()),
+        None => store.event(row.event_id).await,
+    }
+}
+
+/// A stored event, parsed again (it was verified when it arrived), with its id and transition.
+fn to_event(stored: StoredEvent) -> Result<Event, ComposeError> {
+    let received = Utc
+        .timestamp_millis_opt(stored.received_at)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let mut event = Event::parse(
+        &VerifiedBody::trusted(stored.body),
+        Some(&stored.name),
+        received,
+    )
+    .map_err(|e| ComposeError::Render(e.to_string()))?;
+    event.set_transition(stored.transition);
+    event.set_id(stored.id);
+    Ok(event)
+}
