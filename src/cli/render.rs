@@ -3,7 +3,7 @@
 use super::RenderFormat;
 use crate::event::{Event, VerifiedBody};
 use crate::mute::Muted;
-use crate::queue::plan;
+use crate::queue::{MutedMessage, plan};
 use crate::render::TemplateData;
 use crate::routing::Router;
 use crate::store::NewDelivery;
@@ -137,7 +137,12 @@ pub fn run(
                     p.route, p.destination
                 );
             }
-            for (route, dest, muted) in &planned.muted {
+            for MutedMessage {
+                route,
+                destination: dest,
+                muted,
+            } in &planned.muted
+            {
                 match muted {
                     Muted::Drop(window) => {
                         println!("route {route:?} → {dest}: muted by {window:?}: dropped")

@@ -1,7 +1,8 @@
 //! The shared HTTP client, the host allow-list, and the parts of answer handling every HTTP
 //! destination has in common.
 
-use super::Outcome;
+use super::{Context, Destination, DestinationKind, Outcome, SendFuture};
+use crate::render::Body;
 use crate::secret::Secret;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use std::time::Duration;
@@ -143,6 +144,50 @@ pub fn classify_common(answer: &Answer) -> Option<Outcome> {
             status,
             reason: reason(),
         }),
+    }
+}
+
+/// Any 2xx is sent; the rest as [`classify_common`] says.
+pub fn judge_2xx(answer: &Answer) -> Outcome {
+    classify_common(answer).unwrap_or(Outcome::Sent {
+        status: Some(answer.status),
+    })
+}
+
+/// An incoming webhook (Slack's, Teams'): one POST of the rendered JSON to one URL, its answer
+/// judged by its kind.
+#[derive(Debug)]
+pub struct IncomingWebhook {
+    /// The destination's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: DestinationKind,
+    /// Where to post.
+    pub url: Secret,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// The shared client.
+    pub client: reqwest::Client,
+    /// How an answer is judged.
+    pub judge: fn(&Answer) -> Outcome,
+}
+
+impl Destination for IncomingWebhook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> DestinationKind {
+        self.kind
+    }
+
+    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
+        Box::pin(async move {
+            match post_json(&self.client, &self.url, None, body.to_bytes(), self.timeout).await {
+                Ok(answer) => (self.judge)(&answer),
+                Err(outcome) => outcome,
+            }
+        })
     }
 }
 

@@ -5,15 +5,10 @@
 
 pub mod limits;
 
-use super::http::{classify_common, post_json};
-use super::{
-    BuildEnv, Context, Destination, DestinationConfig, DestinationKind, Kind, Limits, Outcome,
-    SendFuture,
-};
+use super::http::{IncomingWebhook, judge_2xx};
+use super::{BuildEnv, Destination, DestinationConfig, Kind, Limits};
 use crate::render::{Body, TemplateKind};
-use crate::secret::Secret;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The kind.
 #[derive(Debug)]
@@ -28,13 +23,8 @@ impl Kind for Slack {
         TemplateKind::Slack
     }
 
-    /// About one message per second per webhook, as Slack asks.
     fn default_limits(&self) -> Limits {
-        Limits {
-            rate: Some(1.0),
-            burst: 3,
-            concurrency: 1,
-        }
+        LIMITS
     }
 
     fn fit(&self, body: &mut Body) -> Result<(), String> {
@@ -46,14 +36,23 @@ impl Kind for Slack {
     }
 
     fn build(&self, config: &DestinationConfig, env: &BuildEnv) -> Option<Arc<dyn Destination>> {
-        Some(Arc::new(Webhook {
+        Some(Arc::new(IncomingWebhook {
             name: config.name.clone(),
+            kind: config.kind,
             url: config.url.clone()?,
             timeout: config.timeout,
             client: env.client.clone(),
+            judge: judge_2xx,
         }))
     }
 }
+
+/// About one message per second, as Slack asks of a webhook (and of a channel, for the Web API).
+pub const LIMITS: Limits = Limits {
+    rate: Some(1.0),
+    burst: 3,
+    concurrency: 1,
+};
 
 /// Brings a Slack body (an incoming webhook's or a `chat.postMessage`'s) within Slack's limits.
 pub fn fit(body: &mut Body) -> Result<(), String> {
@@ -78,46 +77,14 @@ pub fn check_body(body: &Body) -> Result<(), String> {
     }
 }
 
-/// A Slack incoming webhook.
-#[derive(Debug)]
-struct Webhook {
-    name: String,
-    url: Secret,
-    timeout: Duration,
-    client: reqwest::Client,
-}
-
-impl Destination for Webhook {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> DestinationKind {
-        DestinationKind::parse("slack").expect("registered")
-    }
-
-    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
-        Box::pin(async move {
-            match post_json(&self.client, &self.url, None, body.to_bytes(), self.timeout).await {
-                Ok(answer) => classify_common(&answer).unwrap_or(Outcome::Sent {
-                    status: Some(answer.status),
-                }),
-                Err(outcome) => outcome,
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::http::{Answer, answer};
+    use super::super::Outcome;
+    use super::super::http::answer;
     use super::*;
+    use std::time::Duration;
 
-    fn judge(a: &Answer) -> Outcome {
-        classify_common(a).unwrap_or(Outcome::Sent {
-            status: Some(a.status),
-        })
-    }
+    use judge_2xx as judge;
 
     #[test]
     fn classifies_slack_answers() {

@@ -15,7 +15,7 @@ use super::{
 use crate::event::Event;
 use crate::render::{Body, TemplateKind};
 use crate::secret::Secret;
-use crate::store::{MessageRef, Store};
+use crate::store::{MessageRef, Progress, Store};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,13 +46,8 @@ impl Kind for SlackAppKind {
         TemplateKind::Slack
     }
 
-    /// Slack's Web API allows about one message per second per channel.
     fn default_limits(&self) -> Limits {
-        Limits {
-            rate: Some(1.0),
-            burst: 3,
-            concurrency: 1,
-        }
+        super::slack::LIMITS
     }
 
     fn url(&self) -> UrlRule {
@@ -248,7 +243,7 @@ impl SlackApp {
             .map_err(retry_store)
     }
 
-    async fn remember(&self, key: &str, ts: String, as_of: (i64, i64)) {
+    async fn remember(&self, key: &str, ts: String, as_of: Progress) {
         if ts.is_empty() {
             return;
         }
@@ -272,7 +267,10 @@ impl SlackApp {
 
     /// A build event: update the build's message, or post it if there is none yet.
     async fn post_or_update(&self, body: &Value, context: &Context, key: &str) -> Outcome {
-        let as_of = (rank(&context.event_name), context.event_id);
+        let as_of = Progress {
+            rank: rank(&context.event_name),
+            event_id: context.event_id,
+        };
         let known = match self.known(key).await {
             Ok(known) => known,
             Err(outcome) => return outcome,
@@ -320,7 +318,10 @@ impl SlackApp {
                     self.remember(
                         key,
                         ts.clone(),
-                        (rank(&parent.event_name), context.event_id),
+                        Progress {
+                            rank: rank(&parent.event_name),
+                            event_id: context.event_id,
+                        },
                     )
                     .await;
                     known = Some(ts).filter(|t| !t.is_empty());

@@ -5,17 +5,12 @@
 //! card comes back as a 4xx. The legacy connectors (`*.webhook.office.com`) answer `200` with
 //! body `1`, and report throttling and other errors inside a `200` body.
 
-use super::http::{Answer, classify_common, post_json};
-use super::{
-    BuildEnv, Context, Destination, DestinationConfig, DestinationKind, Kind, Limits, Outcome,
-    SendFuture,
-};
+use super::http::{Answer, IncomingWebhook, classify_common, judge_2xx};
+use super::{BuildEnv, Destination, DestinationConfig, Kind, Limits, Outcome};
 use crate::render::TemplateKind;
 use crate::render::{Body, truncate};
-use crate::secret::Secret;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
 use thiserror::Error;
 
 /// The kind.
@@ -62,57 +57,21 @@ impl Kind for Teams {
 
     fn build(&self, config: &DestinationConfig, env: &BuildEnv) -> Option<Arc<dyn Destination>> {
         let url = config.url.clone()?;
-        Some(Arc::new(Webhook {
-            legacy: is_legacy_connector(url.expose()),
+        let legacy = is_legacy_connector(url.expose());
+        Some(Arc::new(IncomingWebhook {
             name: config.name.clone(),
+            kind: config.kind,
             url,
             timeout: config.timeout,
             client: env.client.clone(),
+            judge: if legacy { judge_legacy } else { judge_2xx },
         }))
     }
 }
 
-/// A Teams webhook.
-#[derive(Debug)]
-struct Webhook {
-    name: String,
-    url: Secret,
-    /// A legacy connector, whose `200` answers must be read.
-    legacy: bool,
-    timeout: Duration,
-    client: reqwest::Client,
-}
-
-impl Destination for Webhook {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> DestinationKind {
-        DestinationKind::parse("teams").expect("registered")
-    }
-
-    fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {
-        Box::pin(async move {
-            match post_json(&self.client, &self.url, None, body.to_bytes(), self.timeout).await {
-                Ok(answer) => judge(&answer, self.legacy),
-                Err(outcome) => outcome,
-            }
-        })
-    }
-}
-
-/// Judges a Teams answer; `legacy` for the Office 365 connectors.
-pub fn judge(answer: &Answer, legacy: bool) -> Outcome {
-    classify_common(answer).unwrap_or_else(|| {
-        if legacy {
-            judge_legacy_200(answer)
-        } else {
-            Outcome::Sent {
-                status: Some(answer.status),
-            }
-        }
-    })
+/// Judges a legacy Office 365 connector's answer, which may report an error inside a 2xx.
+pub fn judge_legacy(answer: &Answer) -> Outcome {
+    classify_common(answer).unwrap_or_else(|| judge_legacy_200(answer))
 }
 
 /// True for the retiring Office 365 connector URLs, whose answers differ.
@@ -137,14 +96,11 @@ pub fn judge_legacy_200(answer: &Answer) -> Outcome {
     // Legacy connectors wrap the real answer: "Microsoft Teams endpoint returned HTTP error 429
     // with ContextId …". Judge that status as if it had come as one.
     match embedded_status(body) {
-        Some(inner) if inner != answer.status => judge(
-            &Answer {
-                status: inner,
-                retry_after: answer.retry_after,
-                body: body.to_string(),
-            },
-            false,
-        ),
+        Some(inner) if inner != answer.status => judge_2xx(&Answer {
+            status: inner,
+            retry_after: answer.retry_after,
+            body: body.to_string(),
+        }),
         _ => Outcome::Permanent {
             status,
             reason: format!("HTTP {}: {body}", answer.status),
@@ -237,6 +193,14 @@ fn longest_text(v: &mut Value) -> Option<&mut Value> {
 mod tests {
     use super::super::http::answer as answer_with;
     use super::*;
+
+    fn judge(answer: &Answer, legacy: bool) -> Outcome {
+        if legacy {
+            judge_legacy(answer)
+        } else {
+            judge_2xx(answer)
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -9,7 +9,7 @@
 //! `5xx`, timeouts and connection errors retry (after `Retry-After` when given); any other
 //! answer, a redirect included, is permanent.
 
-use super::http::{classify_common, send};
+use super::http::{judge_2xx, send};
 use super::{
     BuildEnv, Common, Context, Destination, DestinationConfig, DestinationKind, Kind, Limits,
     Options, Outcome, Reported, SendFuture, Table,
@@ -304,9 +304,7 @@ impl Destination for Webhook {
                 request = request.header("webhook-signature", sign(&id, timestamp, &bytes, &keys));
             }
             match send(request, bytes, self.timeout).await {
-                Ok(answer) => classify_common(&answer).unwrap_or(Outcome::Sent {
-                    status: Some(answer.status),
-                }),
+                Ok(answer) => judge_2xx(&answer),
                 Err(outcome) => outcome,
             }
         })
@@ -374,12 +372,7 @@ mod tests {
 
     #[test]
     fn judges_answers_as_specified() {
-        let judge = |status, retry_after| {
-            let a = answer(status, "", retry_after);
-            classify_common(&a).unwrap_or(Outcome::Sent {
-                status: Some(a.status),
-            })
-        };
+        let judge = |status, retry_after| judge_2xx(&answer(status, "", retry_after));
         for status in [200, 201, 202, 204, 299] {
             assert_eq!(judge(status, None).label(), "sent", "{status}");
         }

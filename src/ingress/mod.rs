@@ -260,7 +260,7 @@ async fn accept(
     let held = plan
         .muted
         .iter()
-        .filter(|m| matches!(m.2, Muted::Hold(..)))
+        .filter(|m| matches!(m.muted, Muted::Hold(..)))
         .count();
     let dropped = plan.muted.len() - held;
     tracing::info!(

@@ -13,7 +13,7 @@ mod plan;
 mod policy;
 mod worker;
 
-pub use plan::{Plan, plan};
+pub use plan::{MutedMessage, Plan, plan};
 pub use policy::RetryPolicy;
 
 use crate::destination::{self, DestinationConfig};

@@ -4,7 +4,7 @@
 use crate::event::Event;
 use crate::mute::{self, Muted};
 use crate::routing::{Grouping, Route};
-use crate::store::NewDelivery;
+use crate::store::{Group, NewDelivery};
 
 /// The messages an event makes, and what muting did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,9 +13,20 @@ pub struct Plan {
     pub deliveries: Vec<NewDelivery>,
     /// The names of the routes that matched, in order.
     pub routes: Vec<String>,
-    /// (route, destination, what muting did) for each muted message; dropped ones are not in
-    /// `deliveries`, held ones are, with `not_before` set.
-    pub muted: Vec<(String, String, Muted)>,
+    /// Each muted message; dropped ones are not in `deliveries`, held ones are, with
+    /// `not_before` set.
+    pub muted: Vec<MutedMessage>,
+}
+
+/// A message a mute window dropped or held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MutedMessage {
+    /// Its route.
+    pub route: String,
+    /// Its destination.
+    pub destination: String,
+    /// What the mute did.
+    pub muted: Muted,
 }
 
 /// The build a build or job event belongs to, `pipeline#number`.
@@ -51,21 +62,22 @@ pub fn plan(routes: &[&Route], event: &Event, enabled: impl Fn(&str) -> bool) ->
     for route in routes {
         out.routes.push(route.name.clone());
         let muted = mute::decide(&route.mute, event.received_at());
-        let group = route
-            .group
-            .as_ref()
-            .map(|g| (group_key(g, event), g.window.as_millis() as i64));
+        let group = route.group.as_ref().map(|g| Group {
+            key: group_key(g, event),
+            window_ms: g.window.as_millis() as i64,
+        });
         for dest in route.to.iter().filter(|d| enabled(d)) {
             let not_before = match &muted {
-                Some(m @ Muted::Drop(_)) => {
-                    out.muted
-                        .push((route.name.clone(), dest.clone(), m.clone()));
-                    continue;
-                }
-                Some(m @ Muted::Hold(_, until)) => {
-                    out.muted
-                        .push((route.name.clone(), dest.clone(), m.clone()));
-                    Some(until.timestamp_millis())
+                Some(m) => {
+                    out.muted.push(MutedMessage {
+                        route: route.name.clone(),
+                        destination: dest.clone(),
+                        muted: m.clone(),
+                    });
+                    match m {
+                        Muted::Drop(_) => continue,
+                        Muted::Hold(_, until) => Some(until.timestamp_millis()),
+                    }
                 }
                 None => None,
             };
@@ -141,7 +153,13 @@ mod tests {
             2,
             "the disabled destination and the dropped route send nothing"
         );
-        assert_eq!(p.deliveries[0].group, Some(("\"b-7\"|null".into(), 10_000)));
+        assert_eq!(
+            p.deliveries[0].group,
+            Some(Group {
+                key: "\"b-7\"|null".into(),
+                window_ms: 10_000
+            })
+        );
         assert_eq!(
             p.deliveries[0].thread_key, None,
             "a digest is not one build's message"
@@ -153,6 +171,6 @@ mod tests {
             .timestamp_millis();
         assert_eq!(p.deliveries[1].not_before, Some(six));
         assert_eq!(p.muted.len(), 2);
-        assert!(matches!(p.muted[1].2, Muted::Drop(_)));
+        assert!(matches!(p.muted[1].muted, Muted::Drop(_)));
     }
 }

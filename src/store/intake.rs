@@ -27,12 +27,21 @@ pub struct NewDelivery {
     pub destination: String,
     /// The route's template override.
     pub template: Option<String>,
-    /// For a digest: the group key and how long a new group stays open (ms).
-    pub group: Option<(String, i64)>,
+    /// For a digest: which group it joins.
+    pub group: Option<Group>,
     /// Not before this time (ms): a mute window holds it.
     pub not_before: Option<i64>,
     /// The build this message belongs to (`pipeline#number`), for messages updated in place.
     pub thread_key: Option<String>,
+}
+
+/// The digest a message joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Events with equal keys (the route's `group_by` values, joined) share a digest.
+    pub key: String,
+    /// How long a new group stays open (ms).
+    pub window_ms: i64,
 }
 
 /// Decides an event's deliveries once its transition is known (inside the store's

@@ -11,9 +11,18 @@ pub struct MessageRef {
     pub channel: String,
     /// The message's `ts`.
     pub ts: String,
-    /// How far along the build the message shows it: (lifecycle rank of the build event,
-    /// event id). A message is only ever moved forward.
-    pub as_of: (i64, i64),
+    /// How far along the build the message shows it. A message is only ever moved forward.
+    pub as_of: Progress,
+}
+
+/// How far along its build a message is: compared by the build event's place in a build's
+/// life first, then by event id (ids grow with arrival).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Progress {
+    /// The build event's place in a build's life (scheduled 0 … finished 3).
+    pub rank: i64,
+    /// The id of the event the message was last rendered from.
+    pub event_id: i64,
 }
 
 /// Message ids per (destination, build).

@@ -19,9 +19,9 @@ pub mod postgres;
 mod queue;
 pub mod sqlite;
 
-pub use intake::{Accepted, Intake, NewDelivery, NewEvent, Planner};
+pub use intake::{Accepted, Group, Intake, NewDelivery, NewEvent, Planner};
 pub use lease::{Carry, Leases, Left, LocalLeases, Pace, Ring, Taken};
-pub use messages::{MessageIds, MessageRef};
+pub use messages::{MessageIds, MessageRef, Progress};
 pub use operations::{Operations, QueueStat, RetrySelector};
 pub use postgres::PgStore;
 pub use queue::{Attempt, Delivery, DeliveryQueue, DeliveryState, Resolution, StoredEvent};

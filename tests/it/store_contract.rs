@@ -2,8 +2,8 @@
 //! and against PostgreSQL (a fresh database each).
 
 use kitebridge::store::{
-    Accepted, Attempt, Carry, DeliveryState, Left, MessageRef, NewDelivery, NewEvent, Pace,
-    Planner, Resolution, RetrySelector, Store, now_ms,
+    Accepted, Attempt, Carry, DeliveryState, Group, Left, MessageRef, NewDelivery, NewEvent, Pace,
+    Planner, Progress, Resolution, RetrySelector, Store, now_ms,
 };
 use kitebridge::transition::{BuildOutcome, TransitionKind};
 use std::sync::Arc;
@@ -77,7 +77,10 @@ fn to(dest: &str) -> NewDelivery {
 
 fn grouped(dest: &str, key: &str, window_ms: i64, not_before: Option<i64>) -> NewDelivery {
     NewDelivery {
-        group: Some((key.into(), window_ms)),
+        group: Some(Group {
+            key: key.into(),
+            window_ms,
+        }),
         not_before,
         ..to(dest)
     }
@@ -621,7 +624,7 @@ async fn a_build_message_is_only_moved_forward(store: Arc<dyn Store>) {
     let m = |ts: &str, rank, id| MessageRef {
         channel: "C1".into(),
         ts: ts.into(),
-        as_of: (rank, id),
+        as_of: Progress { rank, event_id: id },
     };
     assert_eq!(store.message_ref("live", "web#1").await.unwrap(), None);
     store

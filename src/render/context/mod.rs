@@ -124,7 +124,7 @@ fn build_verb(state: &str) -> String {
     }
 }
 
-fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
+fn job_verb(event: &Event, job: &JobFacts) -> Happened {
     let state = job.state.clone().unwrap_or_default();
     let exit = |s: Option<i64>| s.map(|s| format!(" with exit {s}")).unwrap_or_default();
     match event.name() {
@@ -134,7 +134,7 @@ fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
                 .as_deref()
                 .map(|n| format!(" by {n}"))
                 .unwrap_or_default();
-            ("unblocked".into(), format!("was unblocked{by}"))
+            Happened::new("unblocked", format!("was unblocked{by}"))
         }
         "job.promised_exit_status" => {
             let key = if job.promised_exit_status.unwrap_or(0) == 0 {
@@ -146,10 +146,10 @@ fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
                 .promised_exit_status
                 .map(|s| format!(" {s}"))
                 .unwrap_or_default();
-            (key.into(), format!("will exit{status}"))
+            Happened::new(key, format!("will exit{status}"))
         }
-        _ if job.soft_failed => (
-            "soft_failed".into(),
+        _ if job.soft_failed => Happened::new(
+            "soft_failed",
             format!("soft failed{}", exit(job.exit_status)),
         ),
         _ => {
@@ -170,21 +170,46 @@ fn job_verb(event: &Event, job: &JobFacts) -> (String, String) {
                     .replace('_', " "),
                 other => other.replace('_', " "),
             };
-            (state, verb)
+            Happened::new(state, verb)
         }
     }
 }
 
-fn agent_verb(action: &str) -> (&'static str, String) {
+fn agent_verb(action: &str) -> Happened {
     match action {
-        "connected" => ("connected", "connected".into()),
-        "disconnected" => ("disconnected", "disconnected".into()),
-        "lost" => ("lost", "was lost".into()),
-        "stopping" => ("stopping", "is stopping".into()),
-        "stopped" => ("stopped", "stopped".into()),
-        "blocked" => ("never_connected", "was blocked".into()),
-        other => ("", other.replace('_', " ")),
+        "connected" => Happened::new("connected", "connected"),
+        "disconnected" => Happened::new("disconnected", "disconnected"),
+        "lost" => Happened::new("lost", "was lost"),
+        "stopping" => Happened::new("stopping", "is stopping"),
+        "stopped" => Happened::new("stopped", "stopped"),
+        "blocked" => Happened::new("never_connected", "was blocked"),
+        other => Happened::new("", other.replace('_', " ")),
     }
+}
+
+/// What happened to an event's subject: the key of its look (emoji and colours) and the verb
+/// phrase of its title.
+struct Happened {
+    look: String,
+    verb: String,
+}
+
+impl Happened {
+    fn new(look: impl Into<String>, verb: impl Into<String>) -> Self {
+        Self {
+            look: look.into(),
+            verb: verb.into(),
+        }
+    }
+}
+
+/// An event's first line, before its look is applied, and its main link.
+struct Headline {
+    happened: Happened,
+    /// What the title is about: `Web App #1842`, `Agent ci-7`…
+    subject: String,
+    url: Option<String>,
+    url_label: &'static str,
 }
 
 /// Computes `kb` for an event.
@@ -214,20 +239,19 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         format!("{}{number}", pipeline.as_deref().unwrap_or("pipeline"))
     };
 
-    let (look_key, verb, title_subject, url, url_label): (
-        String,
-        String,
-        String,
-        Option<String>,
-        &'static str,
-    ) = match (family.as_str(), &build, &job, &agent, &test) {
+    let headline = match (family.as_str(), &build, &job, &agent, &test) {
         ("build", Some(b), _, _, _) => {
-            let (key, verb) = transition_verb(event.transition())
-                .unwrap_or_else(|| (state.clone(), build_verb(&state)));
-            (key, verb, build_ref(), b.url.clone(), "View build")
+            let happened = transition_verb(event.transition())
+                .unwrap_or_else(|| Happened::new(state.clone(), build_verb(&state)));
+            Headline {
+                happened,
+                subject: build_ref(),
+                url: b.url.clone(),
+                url_label: "View build",
+            }
         }
         ("job", Some(_), Some(j), _, _) => {
-            let (key, verb) = job_verb(event, j);
+            let happened = job_verb(event, j);
             let subject = format!("{}: {}", build_ref(), j.label);
             // Block steps have no page of their own; their link falls back to the build.
             let label = if url(p, "job.web_url").is_some() {
@@ -235,47 +259,48 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
             } else {
                 "View build"
             };
-            (key, verb, subject, j.url.clone(), label)
+            Headline {
+                happened,
+                subject,
+                url: j.url.clone(),
+                url_label: label,
+            }
         }
         ("agent", _, _, Some(a), _) => {
-            let (key, mut verb) = agent_verb(&action);
+            let mut happened = agent_verb(&action);
             if let Some(ip) = a.blocked_ip.as_deref().filter(|_| action == "blocked") {
-                verb = format!("{verb} from {ip}");
+                happened.verb = format!("{} from {ip}", happened.verb);
             }
-            (
-                key.into(),
-                verb,
-                format!("Agent {}", a.name),
-                a.url.clone(),
-                "View agent",
-            )
+            Headline {
+                happened,
+                subject: format!("Agent {}", a.name),
+                url: a.url.clone(),
+                url_label: "View agent",
+            }
         }
-        (_, _, _, _, Some(t)) => (
-            "alarm".into(),
-            String::new(),
-            format!("Test Engine alarm: {}", t.name),
-            t.url.clone(),
-            "View test",
-        ),
+        (_, _, _, _, Some(t)) => Headline {
+            happened: Happened::new("alarm", ""),
+            subject: format!("Test Engine alarm: {}", t.name),
+            url: t.url.clone(),
+            url_label: "View test",
+        },
         ("ping", ..) => {
             let org = text(p, "organization.name").unwrap_or_else(|| "unknown".into());
-            (
-                "ping".into(),
-                String::new(),
-                format!("kitebridge connected to Buildkite org {org}"),
-                url(p, "organization.web_url"),
-                "Open Buildkite",
-            )
+            Headline {
+                happened: Happened::new("ping", ""),
+                subject: format!("kitebridge connected to Buildkite org {org}"),
+                url: url(p, "organization.web_url"),
+                url_label: "Open Buildkite",
+            }
         }
         ("cluster_token", ..) => {
             let ip = text(p, "blocked_ip").unwrap_or_else(|| "an unknown address".into());
-            (
-                "registration_blocked".into(),
-                String::new(),
-                format!("Agent registration blocked from {ip}"),
-                None,
-                "View cluster",
-            )
+            Headline {
+                happened: Happened::new("registration_blocked", ""),
+                subject: format!("Agent registration blocked from {ip}"),
+                url: None,
+                url_label: "View cluster",
+            }
         }
         _ => {
             let name = subject
@@ -288,15 +313,23 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
             } else {
                 state.clone()
             };
-            (
-                key,
-                String::new(),
-                format!("{}{name}", event.name()),
-                subject.url.clone(),
-                "Open in Buildkite",
-            )
+            Headline {
+                happened: Happened::new(key, ""),
+                subject: format!("{}{name}", event.name()),
+                url: subject.url.clone(),
+                url_label: "Open in Buildkite",
+            }
         }
     };
+    let Headline {
+        happened: Happened {
+            look: look_key,
+            verb,
+        },
+        subject: title_subject,
+        url,
+        url_label,
+    } = headline;
     let Look {
         emoji,
         color,
@@ -350,17 +383,17 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
 }
 
 /// The look and verb of a finished build that has a transition to tell.
-fn transition_verb(t: Option<&Transition>) -> Option<(String, String)> {
+fn transition_verb(t: Option<&Transition>) -> Option<Happened> {
     let t = t?;
     Some(match t.kind {
-        TransitionKind::Fixed => ("fixed".into(), "fixed".into()),
-        TransitionKind::StillFailing if t.consecutive_failures > 1 => (
-            "failed".into(),
+        TransitionKind::Fixed => Happened::new("fixed", "fixed"),
+        TransitionKind::StillFailing if t.consecutive_failures > 1 => Happened::new(
+            "failed",
             format!("is still failing ({} in a row)", t.consecutive_failures),
         ),
-        TransitionKind::StillFailing => ("failed".into(), "failed again".into()),
-        TransitionKind::Broken => ("failed".into(), "failed".into()),
-        TransitionKind::Passing => ("passed".into(), "passed".into()),
+        TransitionKind::StillFailing => Happened::new("failed", "failed again"),
+        TransitionKind::Broken => Happened::new("failed", "failed"),
+        TransitionKind::Passing => Happened::new("passed", "passed"),
     })
 }
 

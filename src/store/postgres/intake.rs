@@ -277,9 +277,8 @@ pub(super) async fn accept(
     for d in &deliveries {
         match &d.group {
             None => delivery_ids.push(single_ids.next().expect("one id per single message")),
-            Some((key, window_ms)) => {
-                delivery_ids.push(join_group(tx, event_id, received, d, key, *window_ms).await?)
-            }
+            Some(group) => delivery_ids
+                .push(join_group(tx, event_id, received, d, &group.key, group.window_ms).await?),
         }
     }
     txn.commit().await?;

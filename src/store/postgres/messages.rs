@@ -1,7 +1,7 @@
 //! The Slack app's message per build on PostgreSQL.
 
 use super::{PgStore, timed};
-use crate::store::{MessageIds, MessageRef, StoreError};
+use crate::store::{MessageIds, MessageRef, Progress, StoreError};
 use async_trait::async_trait;
 
 #[async_trait]
@@ -24,7 +24,10 @@ impl MessageIds for PgStore {
                 .map(|r| MessageRef {
                     channel: r.get(0),
                     ts: r.get(1),
-                    as_of: (r.get(2), r.get(3)),
+                    as_of: Progress {
+                        rank: r.get(2),
+                        event_id: r.get(3),
+                    },
                 }))
         })
         .await
@@ -55,8 +58,8 @@ impl MessageIds for PgStore {
                         &key,
                         &message.channel,
                         &message.ts,
-                        &message.as_of.0,
-                        &message.as_of.1,
+                        &message.as_of.rank,
+                        &message.as_of.event_id,
                         &now,
                     ],
                 )

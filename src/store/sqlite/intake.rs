@@ -1,7 +1,7 @@
 //! Taking in one event, inside the shared transaction: duplicate check, the branch's build
 //! history, the deliveries (joining open digests), all or nothing.
 
-use crate::store::{Accepted, NewEvent, Planner};
+use crate::store::{Accepted, Group, NewEvent, Planner};
 use crate::transition::{LastBuild, Transition, next};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -76,7 +76,7 @@ pub(super) fn accept(
     let writer_now = crate::store::now_ms();
     let mut delivery_ids = Vec::with_capacity(deliveries.len());
     for d in &deliveries {
-        let Some((key, window_ms)) = &d.group else {
+        let Some(Group { key, window_ms }) = &d.group else {
             // max_age counts from when a message may first be sent (after a mute hold).
             let due = d.not_before.map_or(received, |t| t.max(received));
             conn.prepare_cached(

@@ -3,8 +3,8 @@
 use super::SqliteStore;
 use crate::store::{
     Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Intake, Leases, MessageIds,
-    MessageRef, NewEvent, Operations, Planner, QueueStat, Resolution, RetrySelector, Ring,
-    StoreError, StoredEvent, Taken,
+    MessageRef, NewEvent, Operations, Planner, Progress, QueueStat, Resolution, RetrySelector,
+    Ring, StoreError, StoredEvent, Taken,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -232,7 +232,10 @@ impl MessageIds for SqliteStore {
                     Ok(MessageRef {
                         channel: r.get(0)?,
                         ts: r.get(1)?,
-                        as_of: (r.get(2)?, r.get(3)?),
+                        as_of: Progress {
+                        rank: r.get(2)?,
+                        event_id: r.get(3)?,
+                    },
                     })
                 })
                 .optional()?)
@@ -255,7 +258,7 @@ impl MessageIds for SqliteStore {
                  ON CONFLICT (destination, key) DO UPDATE SET channel = ?3, ts = ?4, rank = ?5, event_id = ?6, updated_at = ?7 \
                  WHERE (excluded.rank, excluded.event_id) >= (message_refs.rank, message_refs.event_id)",
             )?
-            .execute(params![destination, key, message.channel, message.ts, message.as_of.0, message.as_of.1, now])?;
+            .execute(params![destination, key, message.channel, message.ts, message.as_of.rank, message.as_of.event_id, now])?;
             Ok(())
         })
         .await
