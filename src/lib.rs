@@ -19,7 +19,8 @@
 //!
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
 //! [`condition`] (Buildkite's `if:` expression language: parse, check, evaluate),
-//! [`cli`] (the `serve`, `check`, `render`, `send-test` and `deliveries` commands), [`server`] (start-up and
+//! [`cli`] (the `serve`, `check`, `render`, `send-test`, `deliveries` and `studio` commands),
+//! [`studio`] (the template studio: a local page and its JSON API), [`server`] (start-up and
 //! graceful shutdown), [`secret`] (values that never print) and [`crypto`] (the rustls provider).
 //!
 //! The module graph is acyclic (`tests/architecture.rs` checks it): config sits above
@@ -43,6 +44,7 @@ pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod studio;
 pub mod telemetry;
 pub mod transition;
 pub mod validate;

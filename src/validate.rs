@@ -19,7 +19,7 @@ pub struct Validated {
 /// Compiles and tries everything; one line per problem, naming file, route or template.
 pub fn validate(config: &Config) -> Result<Validated, Vec<String>> {
     let renderer = Renderer::new(config.templates_dir.as_deref(), config.people.clone())?;
-    let summary = problems(config, &renderer)?;
+    let summary = check_renderer(config, &renderer)?;
     Ok(Validated { renderer, summary })
 }
 
@@ -46,8 +46,9 @@ fn check_route_templates(config: &Config, renderer: &Renderer) -> Vec<String> {
     problems
 }
 
-/// Every problem with templates, or a one-line summary when there is none.
-fn problems(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>> {
+/// Every problem with `renderer`'s templates for `config`, or a one-line summary when there is
+/// none (the template studio checks a template this way before saving it).
+pub fn check_renderer(config: &Config, renderer: &Renderer) -> Result<String, Vec<String>> {
     let mut problems = check_route_templates(config, renderer);
     let samples = samples::events();
     let mut rendered = 0;

@@ -163,6 +163,20 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Edit templates in the browser and watch them render, for real events.
+    Studio {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to listen (keep it on the loopback interface).
+        #[arg(long, default_value = crate::studio::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Let "Send test" post the rendering to a destination.
+        #[arg(long)]
+        allow_send: bool,
+        /// More sample events: every JSON webhook body in this folder.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -186,6 +200,17 @@ pub fn main() -> ExitCode {
             sample,
         } => send_test::run(&config.config, &destination, sample.as_deref()),
         Command::Deliveries { command } => run_deliveries(command),
+        Command::Studio {
+            config,
+            listen,
+            allow_send,
+            samples,
+        } => crate::studio::run(crate::studio::Options {
+            config: config.config,
+            listen,
+            allow_send,
+            samples,
+        }),
         Command::Store {
             command:
                 StoreCommand::Copy {

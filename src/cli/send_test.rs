@@ -68,7 +68,7 @@ pub fn run(config_path: &Path, name: &str, sample: Option<&str>) -> ExitCode {
     };
     let env = BuildEnv {
         client: destination::client(),
-        store,
+        store: Some(store),
     };
     let Some(dest) = dest_config.build(&env) else {
         eprintln!("destination {name:?} cannot be built");

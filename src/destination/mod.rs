@@ -106,8 +106,9 @@ pub struct Common {
 pub struct BuildEnv {
     /// The shared HTTP client.
     pub client: reqwest::Client,
-    /// The store (a Slack app keeps which message is which build's there).
-    pub store: Arc<dyn Store>,
+    /// The store (a Slack app keeps which message is which build's there; without one, a
+    /// Slack app cannot be built).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 /// One kind of destination, by its registered definition.

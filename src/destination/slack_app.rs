@@ -109,7 +109,7 @@ impl Kind for SlackAppKind {
             channel: options.channel.clone(),
             timeout: config.timeout,
             client: env.client.clone(),
-            store: env.store.clone(),
+            store: env.store.clone()?,
             known: Default::default(),
         }))
     }

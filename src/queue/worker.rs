@@ -115,7 +115,7 @@ impl Worker {
     fn state(&self, hold: Arc<Hold>) -> Option<State> {
         let destination = self.config.build(&BuildEnv {
             client: self.client.clone(),
-            store: self.store.clone(),
+            store: Some(self.store.clone()),
         })?;
         let limits = self.config.limits;
         let now = Instant::now();

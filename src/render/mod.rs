@@ -10,10 +10,12 @@ mod escape;
 mod helpers;
 mod look;
 mod mention;
+mod partials;
 pub mod samples;
 mod shorten;
 mod templates;
 
+pub use context::without_secrets;
 pub use mention::{People, Person};
 pub use shorten::{truncate, truncate_markup};
 
@@ -111,10 +113,16 @@ pub enum RenderError {
     /// Handlebars failed (a helper error, for instance).
     #[error("{origin}: {message}")]
     Template {
-        /// Where the template came from.
+        /// Where the template came from (with the line, when known).
         origin: String,
         /// What went wrong.
         message: String,
+        /// The template the error is in (the one rendered, or a partial it includes).
+        template: Option<String>,
+        /// Where in that template, 1-based, when known.
+        line: Option<usize>,
+        /// The column, 1-based, when known.
+        column: Option<usize>,
     },
     /// The output is not JSON.
     #[error("{origin} rendered invalid JSON: {message}")]
@@ -123,6 +131,9 @@ pub enum RenderError {
         origin: String,
         /// The parser's complaint, with line and column of the output.
         message: String,
+        /// The output's line the parser stopped at (its first 300 characters), to find the
+        /// template line that wrote it.
+        near: String,
     },
     /// The output cannot be brought within the destination kind's limits.
     #[error("{origin}: {message}")]
@@ -170,16 +181,71 @@ impl TemplateData {
     }
 }
 
+/// The largest output a template may write: far above any destination's limit (a webhook's
+/// `max_body_bytes` is at most 64 MiB), so only a template that multiplies itself meets it.
+pub const MAX_OUTPUT: usize = 64 << 20;
+
+/// One template as compiled, for listing (the template studio).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    /// Its kind.
+    pub kind: TemplateKind,
+    /// Its name (`_…` for partials).
+    pub name: String,
+    /// Its source text.
+    pub source: String,
+    /// Where it came from: `built-in slack/build`, or the file.
+    pub origin: String,
+    /// Compiled into the binary, not read from the templates folder.
+    pub builtin: bool,
+    /// A file in the templates folder replaces a built-in template of this name.
+    pub overridden: bool,
+}
+
+/// A template that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct CompileError {
+    /// Where it came from.
+    pub origin: String,
+    /// Where the problem is, 1-based (0 when unknown).
+    pub line: usize,
+    /// The column, 1-based (0 when unknown).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+const CAPPED: &str = "kitebridge: template output over the limit";
+
+/// Collects a template's output, refusing more than [`MAX_OUTPUT`] bytes.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(CAPPED));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// All compiled templates.
+#[derive(Clone)]
 pub struct Renderer {
     registries: [Handlebars<'static>; 4],
-    origins: HashMap<(TemplateKind, String), String>,
+    templates: HashMap<(TemplateKind, String), TemplateInfo>,
 }
 
 impl fmt::Debug for Renderer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Renderer")
-            .field("templates", &self.origins.len())
+            .field("templates", &self.templates.len())
             .finish()
     }
 }
@@ -205,8 +271,11 @@ impl Renderer {
     /// `mention` helper. Returns every problem found (one line each, naming the file, line and
     /// column) rather than stopping at the first.
     pub fn new(dir: Option<&Path>, people: Arc<People>) -> Result<Self, Vec<String>> {
-        let mut registries = TemplateKind::ALL.map(|kind| registry(kind, &people));
-        let mut origins = HashMap::new();
+        let registries = TemplateKind::ALL.map(|kind| registry(kind, &people));
+        let mut renderer = Self {
+            registries,
+            templates: HashMap::new(),
+        };
         let mut problems = Vec::new();
         let overrides = match dir {
             Some(dir) => {
@@ -216,26 +285,109 @@ impl Renderer {
             }
             None => Vec::new(),
         };
-        for source in templates::builtin().chain(overrides) {
-            let hb = &mut registries[source.kind.index()];
-            match hb.register_template_string(&source.name, &source.text) {
-                Ok(()) => {
-                    origins.insert((source.kind, source.name), source.origin);
-                }
-                Err(e) => {
-                    let (line, col) = e.pos().unwrap_or((0, 0));
-                    problems.push(format!("{}:{line}:{col}: {}", source.origin, e.reason()));
-                }
+        let builtin = templates::builtin().map(|s| (s, true));
+        for (source, is_builtin) in builtin.chain(overrides.into_iter().map(|s| (s, false))) {
+            if let Err(e) = renderer.add(source, is_builtin) {
+                problems.push(e.to_string());
             }
         }
+        problems.extend(renderer.partial_cycles());
         if problems.is_empty() {
-            Ok(Self {
-                registries,
-                origins,
-            })
+            Ok(renderer)
         } else {
             Err(problems)
         }
+    }
+
+    fn add(&mut self, source: templates::Source, builtin: bool) -> Result<(), CompileError> {
+        let hb = &mut self.registries[source.kind.index()];
+        hb.register_template_string(&source.name, &source.text)
+            .map_err(|e| {
+                let (line, column) = e.pos().unwrap_or((0, 0));
+                CompileError {
+                    origin: source.origin.clone(),
+                    line,
+                    column,
+                    message: e.reason().to_string(),
+                }
+            })?;
+        let key = (source.kind, source.name.clone());
+        let before = self.templates.get(&key);
+        // A file that only repeats the built-in text (the repository's own templates folder)
+        // overrides nothing.
+        let same = before.is_some_and(|t| t.builtin && !t.overridden && t.source == source.text);
+        let overridden = !builtin && !same && before.is_some_and(|t| t.builtin || t.overridden);
+        self.templates.insert(
+            key,
+            TemplateInfo {
+                kind: source.kind,
+                name: source.name,
+                source: source.text,
+                origin: source.origin,
+                builtin: builtin || same,
+                overridden,
+            },
+        );
+        Ok(())
+    }
+
+    /// Every partial that includes itself through others (Handlebars refuses only the direct
+    /// case; a longer circle would recurse until the stack overflows).
+    fn partial_cycles(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for kind in TemplateKind::ALL {
+            let sources: Vec<(&str, &str)> = self
+                .templates
+                .values()
+                .filter(|t| t.kind == kind)
+                .map(|t| (t.name.as_str(), t.source.as_str()))
+                .collect();
+            for cycle in partials::cycles(&sources) {
+                problems.push(format!(
+                    "{}: includes itself through partials: {}",
+                    self.origin(kind, &cycle[0]),
+                    cycle.join(" → ")
+                ));
+            }
+        }
+        problems
+    }
+
+    /// A copy with template `name` of `kind` replaced by (or added as) `source`, compiled; the
+    /// template studio renders what is being typed this way.
+    pub fn with_template(
+        &self,
+        kind: TemplateKind,
+        name: &str,
+        source: &str,
+        origin: &str,
+    ) -> Result<Self, CompileError> {
+        let mut copy = self.clone();
+        copy.add(
+            templates::Source {
+                kind,
+                name: name.to_string(),
+                text: source.to_string(),
+                origin: origin.to_string(),
+            },
+            false,
+        )?;
+        if let Some(problem) = copy.partial_cycles().into_iter().next() {
+            return Err(CompileError {
+                origin: origin.to_string(),
+                line: 0,
+                column: 0,
+                message: problem,
+            });
+        }
+        Ok(copy)
+    }
+
+    /// Every template, partials included, in kind and name order.
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        let mut all: Vec<TemplateInfo> = self.templates.values().cloned().collect();
+        all.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        all
     }
 
     /// Whether a template exists.
@@ -257,9 +409,9 @@ impl Renderer {
 
     /// Where a template came from.
     pub fn origin(&self, kind: TemplateKind, name: &str) -> String {
-        self.origins
+        self.templates
             .get(&(kind, name.to_string()))
-            .cloned()
+            .map(|t| t.origin.clone())
             .unwrap_or_else(|| format!("{kind}/{name}"))
     }
 
@@ -301,14 +453,43 @@ impl Renderer {
             });
         }
         let origin = || self.origin(kind, name);
-        let (text, entities) = mention::collecting(|| hb.render_with_context(name, &data.0));
-        let text = text.map_err(|e| RenderError::Template {
-            origin: match e.line_no {
-                Some(line) => format!("{}:{line}", origin()),
-                None => origin(),
-            },
-            message: e.reason().to_string(),
-        })?;
+        let (written, entities) = mention::collecting(|| {
+            let mut out = Capped(Vec::new());
+            hb.render_with_context_to_write(name, &data.0, &mut out)
+                .map(|()| out.0)
+        });
+        let text = written
+            .map_err(|e| {
+                let template = e.template_name.clone();
+                let at = template.as_deref().unwrap_or(name);
+                let message = if e.reason().to_string().contains(CAPPED) {
+                    format!(
+                        "the output is over {} MiB: does the template repeat itself?",
+                        MAX_OUTPUT >> 20
+                    )
+                } else {
+                    e.reason().to_string()
+                };
+                RenderError::Template {
+                    origin: match e.line_no {
+                        Some(line) => format!("{}:{line}", self.origin(kind, at)),
+                        None => self.origin(kind, at),
+                    },
+                    message,
+                    template,
+                    line: e.line_no,
+                    column: e.column_no,
+                }
+            })
+            .and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|_| RenderError::Template {
+                    origin: origin(),
+                    message: "the output is not UTF-8".into(),
+                    template: Some(name.to_string()),
+                    line: None,
+                    column: None,
+                })
+            })?;
         if !kind.is_json() {
             return Ok(Body::Text(text.trim_end().to_string()));
         }
@@ -316,6 +497,13 @@ impl Renderer {
             serde_json::from_str(&text).map_err(|e| RenderError::InvalidJson {
                 origin: origin(),
                 message: e.to_string(),
+                near: text
+                    .lines()
+                    .nth(e.line().saturating_sub(1))
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect(),
             })?;
         if kind == TemplateKind::Teams {
             mention::add_entities(&mut value, entities);

@@ -1,7 +1,7 @@
 //! The operator's part of the store: the `deliveries` commands, pruning, the queue gauges and
 //! the readiness probe.
 
-use super::{Attempt, Delivery, DeliveryState, StoreError};
+use super::{Attempt, Delivery, DeliveryState, StoreError, StoredEvent};
 use async_trait::async_trait;
 
 /// Which deliveries `retry` re-queues.
@@ -47,6 +47,9 @@ pub trait Operations {
         state: Option<DeliveryState>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The last `limit` events stored, newest first (the template studio's samples).
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// One delivery and its attempts.
     async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError>;

@@ -669,6 +669,9 @@ impl MessageIds for FaultyStore {
 
 #[async_trait::async_trait]
 impl Operations for FaultyStore {
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.recent_events(limit).await
+    }
     async fn retry(&self, s: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.fault()?;
         self.inner.retry(s, now).await

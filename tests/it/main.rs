@@ -22,4 +22,6 @@ mod secrets;
 mod storage_faults;
 mod store_contract;
 mod store_copy;
+mod studio;
+mod studio_browser;
 mod webhooks;

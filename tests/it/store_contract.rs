@@ -53,7 +53,30 @@ contract!(
     concurrent_builds_of_one_branch_are_counted_one_after_the_other,
     a_build_message_is_only_moved_forward,
     a_released_lease_hands_on_its_pace_and_pause,
+    recent_events_come_newest_first,
 );
+
+/// The template studio's samples: the last events stored, newest first, at most `limit`.
+async fn recent_events_come_newest_first(store: Arc<dyn Store>) {
+    assert!(store.recent_events(5).await.unwrap().is_empty());
+    let t = now_ms();
+    let mut stored = Vec::new();
+    for n in 0..4 {
+        let accepted = store
+            .accept(event(&format!("{{\"n\":{n}}}"), t + n), fixed(vec![]), None)
+            .await
+            .unwrap();
+        let Accepted::New { event_id, .. } = accepted else {
+            panic!("{accepted:?}")
+        };
+        stored.push(event_id);
+    }
+    let recent = store.recent_events(3).await.unwrap();
+    let ids: Vec<i64> = recent.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [stored[3], stored[2], stored[1]]);
+    assert_eq!(&recent[0].body[..], b"{\"n\":3}");
+    assert_eq!(recent[0].name, "build.finished");
+}
 
 fn event(body: &str, at: i64) -> NewEvent {
     NewEvent {

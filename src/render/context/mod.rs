@@ -95,6 +95,13 @@ pub fn template_data(event: &Event, now: DateTime<Utc>) -> Value {
     data
 }
 
+/// The payload as templates see it: without `webhook_url`, at any depth.
+pub fn without_secrets(payload: &Value) -> Value {
+    let mut copy = payload.clone();
+    redact(&mut copy);
+    copy
+}
+
 /// Removes every `webhook_url` (Buildkite's secret build-trigger URL) at any depth.
 fn redact(v: &mut Value) {
     match v {

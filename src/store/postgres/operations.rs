@@ -1,15 +1,29 @@
 //! What operators and the service's upkeep do on PostgreSQL: retries, listings, pruning,
 //! queue depths and the readiness probe.
 
-use super::queue::{DELIVERY_COLUMNS, delivery};
+use super::queue::{DELIVERY_COLUMNS, EVENT_COLUMNS, delivery, stored_event};
 use super::{CHANNEL, PgStore, timed};
 use crate::store::{
-    Attempt, Delivery, DeliveryState, Operations, QueueStat, RetrySelector, StoreError,
+    Attempt, Delivery, DeliveryState, Operations, QueueStat, RetrySelector, StoreError, StoredEvent,
 };
 use async_trait::async_trait;
 
 #[async_trait]
 impl Operations for PgStore {
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        timed(async {
+            let client = self.bookkeeping().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e ORDER BY e.id DESC LIMIT $1"
+                ))
+                .await?;
+            let rows = client.query(&stmt, &[&(limit as i64)]).await?;
+            Ok(rows.iter().map(stored_event).collect())
+        })
+        .await
+    }
+
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
         timed(async {
             let mut client = self.client().await?;

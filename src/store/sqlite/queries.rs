@@ -267,6 +267,17 @@ impl MessageIds for SqliteStore {
 
 #[async_trait]
 impl Operations for SqliteStore {
+    async fn recent_events(&self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map(params![limit as i64], stored_event)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn retry(&self, selector: RetrySelector, now: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
             // `updated_at` always grows: an attempt in flight must see that its delivery changed.
