@@ -9,7 +9,7 @@
 use chrono::Utc;
 use kitebridge::auth::{AuthError, AuthMode, Credentials, SignatureHeader, sign};
 use kitebridge::config::Config;
-use kitebridge::destination::{DestinationKind, Rendered, slack::limits, teams};
+use kitebridge::destination::{DestinationKind, Rendered, console, slack::limits, teams};
 use kitebridge::event::{Event, EventError, VerifiedBody};
 use kitebridge::render::{Body, Renderer, TemplateData, TemplateKind, samples};
 use kitebridge::routing::{Condition, PatternList, Route, Router, Test};
@@ -962,7 +962,7 @@ fn check_body(
             );
         }
         (TemplateKind::Console, Body::Text(t)) => {
-            prop_assert!(t.chars().count() <= 16_000);
+            prop_assert!(t.chars().count() <= console::MAX_CHARS);
             prop_assert!(
                 !t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
                 "{} console/{}: control character in {:?}",

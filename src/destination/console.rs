@@ -55,6 +55,7 @@ impl Kind for ConsoleKind {
     fn build(&self, config: &DestinationConfig, _: &BuildEnv) -> Option<Arc<dyn Destination>> {
         Some(Arc::new(Console {
             name: config.name.clone(),
+            kind: config.kind,
         }))
     }
 }
@@ -63,6 +64,7 @@ impl Kind for ConsoleKind {
 #[derive(Debug)]
 struct Console {
     name: String,
+    kind: DestinationKind,
 }
 
 impl Destination for Console {
@@ -71,7 +73,7 @@ impl Destination for Console {
     }
 
     fn kind(&self) -> DestinationKind {
-        DestinationKind::parse("console").expect("registered")
+        self.kind
     }
 
     fn send<'a>(&'a self, body: &'a Body, _: &'a Context) -> SendFuture<'a> {

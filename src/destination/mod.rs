@@ -9,7 +9,7 @@
 //!
 //! A new kind is one module here and one line in [`KINDS`].
 
-mod console;
+pub mod console;
 mod http;
 pub mod slack;
 mod slack_app;
@@ -18,9 +18,9 @@ pub mod teams;
 mod webhook;
 
 pub use http::{client, host_allowed};
-pub use slack_app::{build_event_for, is_slack_id};
+pub use slack_app::is_slack_id;
 pub use table::{Entry, Problem, Reported, Table, Value};
-pub use webhook::{sign as sign_webhook, webhook_id};
+pub use webhook::webhook_id;
 
 use crate::event::Event;
 use crate::render::{Body, RenderError, Renderer, TemplateData, TemplateKind};

@@ -104,6 +104,7 @@ impl Kind for SlackAppKind {
         let options = config.options.get::<AppOptions>()?;
         Some(Arc::new(SlackApp {
             name: config.name.clone(),
+            kind: config.kind,
             api: config.url.clone()?,
             token: options.token.clone()?,
             channel: options.channel.clone(),
@@ -129,6 +130,7 @@ pub fn is_slack_id(id: &str, first: &[char]) -> bool {
 #[derive(Debug)]
 struct SlackApp {
     name: String,
+    kind: DestinationKind,
     /// The Web API base URL.
     api: Secret,
     token: Secret,
@@ -357,7 +359,7 @@ impl Destination for SlackApp {
     }
 
     fn kind(&self) -> DestinationKind {
-        DestinationKind::parse("slack_app").expect("registered")
+        self.kind
     }
 
     /// A job's message is a reply under its build's: the build's message, rendered from the
@@ -394,7 +396,7 @@ impl Destination for SlackApp {
 
 /// The build event whose message a build in `state` shows: a job's reply needs its build's
 /// message, and a job event carries only the build's state.
-pub fn build_event_for(state: Option<&str>) -> &'static str {
+fn build_event_for(state: Option<&str>) -> &'static str {
     match state {
         Some("scheduled") => "build.scheduled",
         Some("failing") => "build.failing",

@@ -7,8 +7,7 @@
 
 use super::http::{Answer, IncomingWebhook, classify_common, judge_2xx};
 use super::{BuildEnv, Destination, DestinationConfig, Kind, Limits, Outcome};
-use crate::render::TemplateKind;
-use crate::render::{Body, truncate};
+use crate::render::{Body, TemplateKind, truncate};
 use serde_json::Value;
 use std::sync::Arc;
 use thiserror::Error;

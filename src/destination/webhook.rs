@@ -59,8 +59,9 @@ impl fmt::Debug for SigningKey {
 #[derive(Debug, Clone, PartialEq)]
 struct HookOptions {
     method: reqwest::Method,
-    /// Names and values; the values are secrets.
-    headers: Vec<(HeaderName, Secret)>,
+    /// Every header sent besides the signature's: the configured ones (their values marked
+    /// sensitive, so they never print) and `Content-Type`.
+    headers: HeaderMap,
     /// The current secret first, then the previous ones; empty: unsigned.
     keys: Vec<SigningKey>,
     max_body_bytes: usize,
@@ -170,18 +171,12 @@ impl Kind for WebhookKind {
 
     fn build(&self, config: &DestinationConfig, env: &BuildEnv) -> Option<Arc<dyn Destination>> {
         let options = config.options.get::<HookOptions>()?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &options.headers {
-            let mut value = HeaderValue::from_str(value.expose()).ok()?;
-            value.set_sensitive(true);
-            headers.append(name.clone(), value);
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Some(Arc::new(Webhook {
             name: config.name.clone(),
+            kind: config.kind,
             url: config.url.clone()?,
             method: options.method.clone(),
-            headers,
+            headers: options.headers.clone(),
             keys: options.keys.clone(),
             max_body_bytes: options.max_body_bytes,
             timeout: config.timeout,
@@ -191,10 +186,10 @@ impl Kind for WebhookKind {
 }
 
 /// `headers = { Name = "value" }`: valid names, none that kitebridge sets, values that can be
-/// sent (never quoted back: they are secrets).
-fn headers(table: &mut Table) -> Result<Vec<(HeaderName, Secret)>, Reported> {
+/// sent (never quoted back: they are secrets); with `Content-Type` added.
+fn headers(table: &mut Table) -> Result<HeaderMap, Reported> {
     let span = table.entry("headers").map(|e| e.span.clone());
-    let mut out = Vec::new();
+    let mut out = HeaderMap::new();
     for (name, value) in table.text_map("headers")? {
         let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
             return Err(table.problem(span, format!("headers: {name:?} is not a header name")));
@@ -205,14 +200,16 @@ fn headers(table: &mut Table) -> Result<Vec<(HeaderName, Secret)>, Reported> {
                 format!("headers: {name} is set by kitebridge and cannot be replaced"),
             ));
         }
-        if HeaderValue::from_str(&value).is_err() {
+        let Ok(mut value) = HeaderValue::from_str(&value) else {
             return Err(table.problem(
                 span,
                 format!("headers: the value of {name} holds characters a header cannot carry"),
             ));
-        }
-        out.push((header, Secret::new(value)));
+        };
+        value.set_sensitive(true);
+        out.append(header, value);
     }
+    out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(out)
 }
 
@@ -256,6 +253,7 @@ pub fn sign(id: &str, timestamp: i64, body: &[u8], keys: &[&[u8]]) -> String {
 #[derive(Debug)]
 struct Webhook {
     name: String,
+    kind: DestinationKind,
     url: Secret,
     method: reqwest::Method,
     headers: HeaderMap,
@@ -271,7 +269,7 @@ impl Destination for Webhook {
     }
 
     fn kind(&self) -> DestinationKind {
-        DestinationKind::parse("webhook").expect("registered")
+        self.kind
     }
 
     fn send<'a>(&'a self, body: &'a Body, context: &'a Context) -> SendFuture<'a> {

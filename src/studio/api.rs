@@ -2,7 +2,7 @@
 //! a template that does not compile or render is a `200` with problems, bad requests are
 //! `4xx` with `{"error": …}` and a log line, never a `5xx`.
 
-use super::guard::{self, Refusal};
+use super::guard;
 use super::problems::{self, Problem};
 use super::samples::{self, Sample};
 use super::{STORE_SAMPLES, State};
@@ -47,7 +47,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-type Shared_ = Shared<Arc<State>>;
+type AppState = Shared<Arc<State>>;
 
 /// The routes, behind the guard.
 pub(super) fn router(state: Arc<State>) -> Routes {
@@ -100,19 +100,10 @@ fn unprocessable(problems: Value) -> Response {
 }
 
 /// The guard, and headers every answer carries.
-async fn check(Shared(state): Shared_, request: Request, next: Next) -> Response {
+async fn check(Shared(state): AppState, request: Request, next: Next) -> Response {
     let writes = request.uri().path() == "/api/send" || request.method() == Method::PUT;
-    if let Err(refusal) = guard::check(
-        request.headers(),
-        request.method(),
-        writes,
-        &state.hosts,
-        &state.token,
-    ) {
-        let status = match refusal {
-            Refusal::Host | Refusal::Origin | Refusal::Token => StatusCode::FORBIDDEN,
-        };
-        return error(status, refusal.message()).into_response();
+    if let Err(refusal) = guard::check(request.headers(), writes, &state.hosts, &state.token) {
+        return error(StatusCode::FORBIDDEN, refusal.message()).into_response();
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -133,7 +124,7 @@ async fn check(Shared(state): Shared_, request: Request, next: Next) -> Response
     response
 }
 
-async fn index(Shared(state): Shared_) -> Response {
+async fn index(Shared(state): AppState) -> Response {
     let page = INDEX.replace("__KB_TOKEN__", &state.token);
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
@@ -145,7 +136,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-async fn info(Shared(state): Shared_) -> Json<Value> {
+async fn info(Shared(state): AppState) -> Json<Value> {
     let config = &state.config;
     let destinations: Vec<Value> = config
         .destinations
@@ -165,7 +156,7 @@ async fn info(Shared(state): Shared_) -> Json<Value> {
     }))
 }
 
-async fn templates(Shared(state): Shared_) -> Json<Value> {
+async fn templates(Shared(state): AppState) -> Json<Value> {
     let list: Vec<Value> = state
         .renderer
         .load()
@@ -207,11 +198,11 @@ async fn find_sample(state: &State, id: &str) -> Option<Sample> {
         .cloned()
 }
 
-async fn list_samples(Shared(state): Shared_) -> Json<Value> {
+async fn list_samples(Shared(state): AppState) -> Json<Value> {
     Json(json!(all_samples(&state).await))
 }
 
-async fn one_sample(Shared(state): Shared_, Path(id): Path<String>) -> Response {
+async fn one_sample(Shared(state): AppState, Path(id): Path<String>) -> Response {
     match find_sample(&state, &id).await {
         Some(s) => {
             Json(json!({"id": s.id, "event": s.event, "payload": s.payload})).into_response()
@@ -467,7 +458,7 @@ fn valid_name(name: &str) -> Result<&str, ApiError> {
 }
 
 async fn render(
-    Shared(state): Shared_,
+    Shared(state): AppState,
     body: Result<Json<RenderRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(body)?;
@@ -479,7 +470,7 @@ async fn render(
 }
 
 async fn explain(
-    Shared(state): Shared_,
+    Shared(state): AppState,
     body: Result<Json<EventChoice>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let choice = json_body(body)?;
@@ -510,7 +501,7 @@ async fn explain(
 }
 
 async fn save(
-    Shared(state): Shared_,
+    Shared(state): AppState,
     Path((kind, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -613,7 +604,7 @@ struct SendRequest {
 }
 
 async fn send(
-    Shared(state): Shared_,
+    Shared(state): AppState,
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     if !state.allow_send {

@@ -381,11 +381,23 @@ async fn hostile_templates_and_requests_get_clear_answers() {
     .await;
     assert_eq!(status, 200, "{itself}");
     assert!(!itself["problems"].as_array().unwrap().is_empty());
-    // A template that multiplies itself: every job of every build of … is bounded.
-    let (status, _) = render(json!({"kind": "console", "name": "build",
-        "source": "{{#each build}}{{#each ../build}}{{#each ../../build}}{{#each ../../../build}}x{{/each}}{{/each}}{{/each}}{{/each}}",
-        "sample": sample})).await;
+    // A template that multiplies itself (the build's ~30 fields, four deep, a KiB each: some
+    // 800 MB) stops at the output cap, as a problem.
+    let source = format!(
+        "{{{{#each build}}}}{{{{#each ../build}}}}{{{{#each ../../build}}}}{{{{#each ../../../build}}}}{}{{{{/each}}}}{{{{/each}}}}{{{{/each}}}}{{{{/each}}}}",
+        "x".repeat(1024)
+    );
+    let (status, bomb) =
+        render(json!({"kind": "console", "name": "build", "source": source, "sample": sample}))
+            .await;
     assert_eq!(status, 200);
+    assert!(
+        bomb["body"].is_null() && bomb["text"] == "",
+        "{:.300}",
+        bomb.to_string()
+    );
+    let said = bomb["problems"][0]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("repeat itself"), "{said}");
 
     for (body, want) in [
         (
