@@ -20,12 +20,15 @@
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
 //! [`condition`] (Buildkite's `if:` expression language: parse, check, evaluate),
 //! [`cli`] (the `serve`, `check`, `render`, `send-test`, `deliveries` and `studio` commands),
-//! [`studio`] (the template studio: a local page and its JSON API), [`server`] (start-up and
+//! [`studio`] (the template studio: a local page and its JSON API), [`actions`] (buttons that
+//! act: signed tokens, policies, the Buildkite, Slack and sign-in clients), [`press`] (answering
+//! the presses from Slack and the Teams confirm pages), [`server`] (start-up and
 //! graceful shutdown), [`secret`] (values that never print) and [`crypto`] (the rustls provider).
 //!
 //! The module graph is acyclic (`tests/architecture.rs` checks it): config sits above
 //! destination, which sits above render and store, which sit above event.
 
+pub mod actions;
 pub mod auth;
 pub mod cli;
 pub mod condition;
@@ -37,6 +40,7 @@ pub mod ingress;
 pub mod memory;
 pub mod metrics;
 pub mod mute;
+pub mod press;
 pub mod queue;
 pub mod reload;
 pub mod render;

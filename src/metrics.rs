@@ -43,6 +43,9 @@ pub struct Metrics {
     pub destination_held: IntGaugeVec,
     /// Replicas sharing the store, as last seen (1 for a store of its own).
     pub replicas: IntGauge,
+    /// Button presses by action and outcome (done, denied, duplicate, expired, forged,
+    /// failed, unavailable, bad_signature).
+    pub actions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,11 @@ impl Metrics {
                 "kitebridge_events_received_total",
                 "Webhook requests received, by event and verdict.",
                 &["event", "verdict"],
+            ),
+            actions: counter(
+                "kitebridge_actions_total",
+                "Button presses, by action and outcome.",
+                &["action", "outcome"],
             ),
             routes: counter(
                 "kitebridge_routes_matched_total",

@@ -64,6 +64,16 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("storage", storage);
     keep!("buildkite.allowed_ips \"buildkite\"", allow_buildkite_ips);
     keep!("buildkite.meta_url", meta_url);
+    // The interactions path is routed at start; the handler reads everything else live.
+    let path = |c: &Config| {
+        c.actions
+            .as_ref()
+            .and_then(|a| a.slack.as_ref())
+            .map(|s| s.path.clone())
+    };
+    if path(old) != path(new) {
+        kept.push("actions.slack.path");
+    }
     kept
 }
 

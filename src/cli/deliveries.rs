@@ -206,3 +206,45 @@ pub fn retry(config: &Config, selector: RetrySelector) -> ExitCode {
         Err(e) => fail(e),
     }
 }
+
+/// `actions list`.
+pub fn presses(config: &Config, limit: usize) -> ExitCode {
+    let rt = super::runtime();
+    let store = match open(&rt, config) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let rows = match rt.block_on(store.presses(limit)) {
+        Ok(rows) => rows,
+        Err(e) => return fail(e),
+    };
+    if rows.is_empty() {
+        println!("no button presses");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<23}  {:<12}  {:<11}  {:<32}  {:<28}  {:<7}  detail",
+        "at", "action", "outcome", "target", "by", "from"
+    );
+    for p in rows {
+        let by = match &p.presser_name {
+            Some(name) if name != &p.presser => format!("{name} ({})", p.presser),
+            _ => p.presser.clone(),
+        };
+        let mut detail = p.detail.clone().unwrap_or_default();
+        if !p.route.is_empty() {
+            detail = format!("route {} → {}; {detail}", p.route, p.destination);
+        }
+        println!(
+            "{:<23}  {:<12}  {:<11}  {:<32}  {:<28}  {:<7}  {detail} [{}]",
+            time(p.at),
+            p.action,
+            p.outcome,
+            p.target,
+            by,
+            p.channel,
+            p.source
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -92,6 +92,19 @@ pub enum DeliveriesCommand {
     },
 }
 
+/// `actions` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// List button presses, newest first: who pressed what, where, and what came of it.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
 /// `store` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
@@ -158,6 +171,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// The audit of button presses.
+    Actions {
+        #[command(subcommand)]
+        command: ActionsCommand,
+    },
     /// Move between stores.
     Store {
         #[command(subcommand)]
@@ -200,6 +218,12 @@ pub fn main() -> ExitCode {
             sample,
         } => send_test::run(&config.config, &destination, sample.as_deref()),
         Command::Deliveries { command } => run_deliveries(command),
+        Command::Actions {
+            command: ActionsCommand::List { config, limit },
+        } => match load(&config.config) {
+            Some(config) => deliveries::presses(&config, limit),
+            None => ExitCode::FAILURE,
+        },
         Command::Studio {
             config,
             listen,

@@ -74,9 +74,22 @@ pub fn run(
         let dest = config
             .destination(&p.destination)
             .expect("planned destinations exist");
+        // The buttons as the service would show them (with a random nonce: nothing is stored).
+        let buttons = config
+            .queue
+            .buttons
+            .for_event(&event, &p.route, &p.destination);
+        let mut with_buttons;
+        let data = if buttons.is_empty() {
+            &data
+        } else {
+            with_buttons = TemplateData::new(&event, now);
+            with_buttons.set_actions(&buttons);
+            &with_buttons
+        };
         match dest
             .kind
-            .render_event(&renderer, p.template.as_deref(), &event, &data)
+            .render_event(&renderer, p.template.as_deref(), &event, data)
         {
             Ok(r) => out.push((p, dest.kind, r.template, r.body)),
             Err(e) => {

@@ -29,7 +29,7 @@ fn count(n: u64, one: &str, many: &str) -> String {
 /// The summary line.
 fn summary(c: &Copied) -> String {
     format!(
-        "copied {}, {}, {} ({}), {}, {}, {}",
+        "copied {}, {}, {} ({}), {}, {}, {}, {}, {}",
         count(c.pending, "pending delivery", "pending deliveries"),
         count(c.dead, "dead letter", "dead letters"),
         count(c.digests, "open digest", "open digests"),
@@ -37,6 +37,8 @@ fn summary(c: &Copied) -> String {
         count(c.build_states, "branch history", "branch histories"),
         count(c.message_refs, "message id", "message ids"),
         count(c.dedupe_keys, "duplicate key", "duplicate keys"),
+        count(c.claims, "button claim", "button claims"),
+        count(c.presses, "button press", "button presses"),
     )
 }
 

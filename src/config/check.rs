@@ -163,6 +163,16 @@ impl Check<'_> {
         let people = self.people(&raw);
         let mutes = self.mutes(&raw);
         let routes = self.routes(&raw.routes, &names, &mutes);
+        let actions = self.actions(&raw);
+        self.route_buttons(&raw, &routes, &destinations, actions.as_deref());
+        let buttons = crate::actions::Buttons::new(
+            actions.clone(),
+            routes
+                .iter()
+                .filter(|r| !r.buttons.is_empty())
+                .map(|r| (r.name.clone(), r.buttons.clone()))
+                .collect(),
+        );
         Some(Config {
             path: PathBuf::from(&self.file),
             server: server?,
@@ -176,12 +186,14 @@ impl Check<'_> {
                 policy,
                 dedupe_window,
                 retention,
+                buttons: std::sync::Arc::new(buttons),
             },
             shutdown_deadline,
             allowed_hosts: allowed_hosts.clone(),
             templates_dir,
             destinations,
             routes,
+            actions,
             people: std::sync::Arc::new(people),
             warnings: std::mem::take(&mut self.warnings),
         })

@@ -5,6 +5,7 @@
 //! durations, addresses and URLs parsed, names cross-checked. Problems are collected, not
 //! stopped at, and each names the file and line. After this, nothing re-validates.
 
+mod actions;
 mod check;
 mod destinations;
 pub mod interpolate;
@@ -107,6 +108,8 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     /// Routes in file order.
     pub routes: Vec<Route>,
+    /// `[actions]`: buttons that act; `None` when off.
+    pub actions: Option<Arc<crate::actions::ActionsConfig>>,
     /// `[[people]]`: who `mention` can mention.
     pub people: Arc<People>,
     /// What is allowed but surely not meant (`file:line: warning: …`): shown by `check`,

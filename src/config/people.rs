@@ -58,10 +58,12 @@ impl Check<'_> {
                     ),
                 );
             }
-            if slack.is_none() && teams.is_none() {
+            let buildkite_id =
+                self.optional(p.buildkite_id.as_ref(), &format!("{what} buildkite_id"));
+            if slack.is_none() && teams.is_none() && buildkite_id.is_none() {
                 self.problem(
                     Some(spanned.span()),
-                    format!("{what}: give slack, teams or both"),
+                    format!("{what}: give slack, teams, buildkite_id or several"),
                 );
                 continue;
             }
@@ -69,6 +71,7 @@ impl Check<'_> {
                 name: self.optional(p.name.as_ref(), &format!("{what} name")),
                 slack,
                 teams,
+                buildkite_id,
             };
             if let Err(taken) = people.add(&keys, person) {
                 self.problem(

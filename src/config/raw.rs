@@ -31,6 +31,72 @@ pub struct RawConfig {
     pub people: RawPeople,
     #[serde(default)]
     pub mute: Vec<Spanned<RawMute>>,
+    pub actions: Option<Spanned<RawActions>>,
+}
+
+/// `[actions]`: buttons that act.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    pub signing_key: Text,
+    #[serde(default)]
+    pub previous_signing_keys: Vec<Text>,
+    pub ttl: Option<Text>,
+    pub public_url: Option<Text>,
+    pub buildkite: Option<Spanned<RawActionsBuildkite>>,
+    pub slack: Option<Spanned<RawActionsSlack>>,
+    pub oidc: Option<Spanned<RawOidc>>,
+    #[serde(default)]
+    pub policies: Vec<Spanned<RawPolicy>>,
+}
+
+/// `[actions.buildkite]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActionsBuildkite {
+    pub org: Text,
+    pub token: Text,
+    pub api_url: Option<Text>,
+    pub unblock_fields: Option<BTreeMap<Text, Text>>,
+}
+
+/// `[actions.slack]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActionsSlack {
+    pub signing_secret: Text,
+    pub token: Text,
+    pub path: Option<Text>,
+    pub api_url: Option<Text>,
+}
+
+/// `[actions.oidc]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub issuer: Text,
+    pub client_id: Text,
+    pub client_secret: Text,
+}
+
+/// `[[actions.policies]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub pipelines: Vec<Text>,
+    #[serde(default)]
+    pub branches: Vec<Text>,
+    #[serde(default)]
+    pub allow: Vec<Text>,
+    #[serde(default)]
+    pub slack_users: Vec<Text>,
+    #[serde(default)]
+    pub slack_usergroups: Vec<Text>,
+    #[serde(default)]
+    pub emails: Vec<Text>,
+    #[serde(default)]
+    pub email_domains: Vec<Text>,
 }
 
 /// Who can be mentioned, written either way: `[[people]]` entries that each list the emails and
@@ -77,6 +143,7 @@ impl<'de> Deserialize<'de> for RawPeople {
                             buildkite: Vec::new(),
                             slack: e.slack,
                             teams: e.teams,
+                            buildkite_id: e.buildkite_id,
                         },
                     ));
                 }
@@ -94,6 +161,7 @@ pub struct RawPersonEntry {
     pub name: Option<Text>,
     pub slack: Option<Text>,
     pub teams: Option<Text>,
+    pub buildkite_id: Option<Text>,
 }
 
 /// `[[people]]`.
@@ -110,6 +178,8 @@ pub struct RawPerson {
     pub buildkite: Vec<Text>,
     pub slack: Option<Text>,
     pub teams: Option<Text>,
+    /// Their Buildkite user id (a UUID): the unblocker when they unblock from a button.
+    pub buildkite_id: Option<Text>,
 }
 
 /// `[[mute]]`.
@@ -235,6 +305,9 @@ pub struct RawRoute {
     /// A condition in Buildkite's language; never interpolated (`$` means something there).
     #[serde(rename = "if")]
     pub condition: Option<Text>,
+    /// Action buttons the route's messages show, where they fit the event.
+    #[serde(default)]
+    pub buttons: Vec<Text>,
 }
 
 /// `[[routes.when]]`.

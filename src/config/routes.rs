@@ -181,6 +181,23 @@ impl Check<'_> {
                     )
                 })
         });
+        let mut buttons = Vec::new();
+        for t in &r.buttons {
+            match crate::actions::Action::parse(t.get_ref()) {
+                Some(a) if !buttons.contains(&a) => buttons.push(a),
+                Some(_) => self.problem(
+                    Some(t.span()),
+                    format!("route {name:?} buttons: {:?} listed twice", t.get_ref()),
+                ),
+                None => self.problem(
+                    Some(t.span()),
+                    format!(
+                        "route {name:?} buttons: unknown action {:?} (known: retry_failed, rebuild, unblock, cancel)",
+                        t.get_ref()
+                    ),
+                ),
+            }
+        }
         let route = Route {
             name: name.to_string(),
             events: events?,
@@ -195,8 +212,10 @@ impl Check<'_> {
             continue_matching: r.continue_matching,
             group: group?,
             mute,
+            buttons,
         };
         let complete = route.to.len() == r.to.len()
+            && route.buttons.len() == r.buttons.len()
             && route.when.len() == r.when.len()
             && route.mute.len() == r.mute.len()
             && !r.to.is_empty();

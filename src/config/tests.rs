@@ -427,7 +427,7 @@ fn alert_mistakes_are_named_with_their_line() {
         ),
         (
             "[[people]]\nemails = [\"a@x\"]\n",
-            "people #1: give slack, teams or both",
+            "people #1: give slack, teams, buildkite_id or several",
         ),
         (
             "[[people]]\nemails = [\"a@x\"]\nslack = \"U1234\"\n[[people]]\nemails = [\"A@x\"]\nslack = \"U5678\"\n",
@@ -756,4 +756,109 @@ fn the_documented_webhook_destination_is_valid_config() {
     let config = Config::parse(Path::new("docs/destinations.md"), &text, env)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(config.destination("warehouse").unwrap().enabled());
+}
+
+const ACTIONS: &str = r#"
+[buildkite]
+token = "${TOKEN}"
+
+[destinations.chat]
+kind = "slack"
+url = "${SLACK_URL}"
+
+[[routes]]
+name = "failures"
+to = ["chat"]
+buttons = ["rebuild", "cancel"]
+
+[actions]
+signing_key = "0123456789abcdef0123456789abcdef"
+[actions.buildkite]
+org = "acme"
+token = "bk"
+[actions.slack]
+signing_secret = "s"
+token = "xoxb-1"
+[[actions.policies]]
+pipelines = ["web-*"]
+allow = ["rebuild"]
+email_domains = ["@ACME.example"]
+"#;
+
+#[test]
+fn actions_are_read_with_their_policies_and_route_buttons() {
+    let c = parse(ACTIONS).unwrap();
+    let a = c.actions.as_ref().unwrap();
+    assert_eq!(a.ttl, Duration::from_secs(86_400));
+    assert_eq!(a.buildkite.api_url, "https://api.buildkite.com/v2");
+    assert_eq!(a.slack.as_ref().unwrap().path, "/slack/interactions");
+    assert_eq!(a.policies[0].email_domains, ["acme.example"]);
+    assert_eq!(a.policies[0].at, "dir/kitebridge.toml:22");
+    use crate::actions::Action;
+    assert_eq!(c.routes[0].buttons, [Action::Rebuild, Action::Cancel]);
+}
+
+#[test]
+fn action_mistakes_name_their_line() {
+    let cases = [
+        (
+            "buttons = [\"rebuild\", \"cancel\"]",
+            "buttons = [\"deploy\"]",
+            "dir/kitebridge.toml:12: route \"failures\" buttons: unknown action \"deploy\"",
+        ),
+        (
+            "signing_key = \"0123456789abcdef0123456789abcdef\"",
+            "signing_key = \"short\"",
+            "dir/kitebridge.toml:15: actions signing key: at least 32 bytes",
+        ),
+        (
+            "allow = [\"rebuild\"]",
+            "allow = [\"reboot\"]",
+            "dir/kitebridge.toml:24: policy at dir/kitebridge.toml:22 allow: unknown action \"reboot\"",
+        ),
+        (
+            "[actions.slack]\nsigning_secret = \"s\"\ntoken = \"xoxb-1\"\n",
+            "",
+            "dir/kitebridge.toml:12: route \"failures\" buttons: destination \"chat\" (slack) needs [actions.slack]",
+        ),
+        (
+            "[actions.buildkite]\norg = \"acme\"\ntoken = \"bk\"\n",
+            "",
+            "dir/kitebridge.toml:14: [actions] needs [actions.buildkite]",
+        ),
+        (
+            "pipelines = [\"web-*\"]",
+            "pipelines = [\"web-[\"]",
+            "dir/kitebridge.toml:23: policy at dir/kitebridge.toml:22 pipelines: \"web-[\" is not a glob",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let text = ACTIONS.replace(from, to);
+        let found = problems(&text);
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{expected:?} not in {found:#?}"
+        );
+    }
+    let without = ACTIONS.split("[actions]").next().unwrap();
+    assert!(
+        problems(without)
+            .iter()
+            .any(|p| p.contains("needs an [actions] section"))
+    );
+}
+
+#[test]
+fn an_empty_signing_key_turns_buttons_off_with_a_warning() {
+    let text = ACTIONS.replace(
+        "signing_key = \"0123456789abcdef0123456789abcdef\"",
+        "signing_key = \"${NO_SUCH_KEY:-}\"",
+    );
+    let c = parse(&text).unwrap();
+    assert!(c.actions.is_none());
+    assert!(
+        c.warnings.iter().any(|w| w.contains("buttons are off")),
+        "{:?}",
+        c.warnings
+    );
 }

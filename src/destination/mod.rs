@@ -12,12 +12,12 @@
 pub mod console;
 mod http;
 pub mod slack;
-mod slack_app;
+pub mod slack_app;
 mod table;
 pub mod teams;
 mod webhook;
 
-pub use http::{client, host_allowed};
+pub use http::{client, host_allowed, post_json};
 pub use slack_app::is_slack_id;
 pub use table::{Entry, Problem, Reported, Table, Value};
 pub use webhook::webhook_id;

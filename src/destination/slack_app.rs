@@ -28,6 +28,13 @@ pub const DEFAULT_API: &str = "https://slack.com/api";
 #[derive(Debug)]
 pub struct SlackAppKind;
 
+/// A Slack app destination's Web API base URL and bot token, so a press on one of its
+/// messages can update it with `chat.update`; `None` for other kinds or an empty token.
+pub fn web_api(config: &DestinationConfig) -> Option<(Secret, Secret)> {
+    let options = config.options.get::<AppOptions>()?;
+    Some((config.url.clone()?, options.token.clone()?))
+}
+
 /// What a Slack app destination keeps besides its URL.
 #[derive(Debug, Clone, PartialEq)]
 struct AppOptions {

@@ -4,6 +4,7 @@
 use super::cluster::Hold;
 use super::compose::{ComposeError, compose};
 use super::policy::{RetryPolicy, Verdict};
+use crate::actions::Buttons;
 use crate::destination::{Context, Destination, Outcome, webhook_id};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -52,6 +53,8 @@ pub struct Sender {
     pub store: Arc<dyn Store>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
+    /// The buttons each route shows, swapped whole on reload.
+    pub buttons: Arc<ArcSwap<Buttons>>,
     /// Retry rules.
     pub policy: RetryPolicy,
     /// Where attempts are counted.
@@ -66,9 +69,11 @@ impl Sender {
         let started = Instant::now();
         let dest = self.destination.name();
         let renderer = self.renderer.load_full();
+        let buttons = self.buttons.load_full();
         let ready = compose(
             self.store.as_ref(),
             &renderer,
+            &buttons,
             self.destination.as_ref(),
             &row,
         )

@@ -2,6 +2,7 @@
 //! rendering of its event (or of all a digest's events), with the message its destination
 //! needs first (a Slack app's build message), ready to send.
 
+use crate::actions::Buttons;
 use crate::destination::{Destination, Parent};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData};
@@ -36,6 +37,7 @@ pub enum ComposeError {
 pub async fn compose(
     store: &dyn Store,
     renderer: &Renderer,
+    buttons: &Buttons,
     destination: &dyn Destination,
     row: &Delivery,
 ) -> Result<Option<Message>, ComposeError> {
@@ -75,7 +77,11 @@ pub async fn compose(
     let rendered = if row.grouped {
         kind.render_group(renderer, row.template.as_deref(), &events, now)
     } else {
-        let data = TemplateData::new(&events[0], now);
+        let mut data = TemplateData::new(&events[0], now);
+        let shown = buttons.for_event(&events[0], &row.route, destination.name());
+        if !shown.is_empty() {
+            data.set_actions(&shown);
+        }
         kind.render_event(renderer, row.template.as_deref(), &events[0], &data)
     }
     .map_err(|e| ComposeError::Render(e.to_string()))?;

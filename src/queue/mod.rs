@@ -43,6 +43,8 @@ pub struct Settings {
     pub dedupe_window: Option<Duration>,
     /// Sent deliveries older than this are pruned.
     pub retention: Duration,
+    /// The action buttons each route's messages show.
+    pub buttons: Arc<crate::actions::Buttons>,
 }
 
 /// What `accept` did with an event.
@@ -67,6 +69,7 @@ struct Inner {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     renderer: Arc<ArcSwap<Renderer>>,
+    buttons: Arc<ArcSwap<crate::actions::Buttons>>,
     settings: ArcSwap<Settings>,
     /// Wakes each enabled destination's worker; swapped whole on reload.
     bells: ArcSwap<HashMap<String, Arc<Notify>>>,
@@ -107,6 +110,7 @@ impl Queue {
                 client: destination::client(),
                 metrics,
                 renderer: Arc::new(ArcSwap::from_pointee(renderer)),
+                buttons: Arc::new(ArcSwap::new(settings.buttons.clone())),
                 settings: ArcSwap::from_pointee(settings),
                 bells: ArcSwap::from_pointee(HashMap::new()),
                 workers: tokio::sync::Mutex::new(HashMap::new()),
@@ -151,6 +155,7 @@ impl Queue {
         settings: Settings,
     ) {
         self.inner.renderer.store(Arc::new(renderer));
+        self.inner.buttons.store(settings.buttons.clone());
         // Workers hold the retry policy; dedupe and retention are read where they are used.
         let policy_changed = self.inner.settings.load().policy != settings.policy;
         self.inner.settings.store(Arc::new(settings));
@@ -198,6 +203,7 @@ impl Queue {
                 client: inner.client.clone(),
                 store: inner.store.clone(),
                 renderer: inner.renderer.clone(),
+                buttons: inner.buttons.clone(),
                 policy: settings.policy.clone(),
                 notify: bell.clone(),
                 cancel: cancel.clone(),

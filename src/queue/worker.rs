@@ -12,6 +12,7 @@ use super::attempt::{Done, Record, Sender};
 use super::cluster::{Drained, Hold, Report};
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
+use crate::actions::Buttons;
 use crate::destination::{BuildEnv, DestinationConfig};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -45,6 +46,8 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
+    /// The buttons each route shows, swapped whole on reload.
+    pub buttons: Arc<ArcSwap<Buttons>>,
     /// Retry rules.
     pub policy: RetryPolicy,
     /// Rung when new messages for this destination are stored.
@@ -147,6 +150,7 @@ impl Worker {
                 hold,
                 store: self.store.clone(),
                 renderer: self.renderer.clone(),
+                buttons: self.buttons.clone(),
                 policy: self.policy.clone(),
                 metrics: self.metrics.clone(),
             }),

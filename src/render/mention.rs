@@ -21,6 +21,8 @@ pub struct Person {
     pub slack: Option<String>,
     /// Teams user principal name (usually their email).
     pub teams: Option<String>,
+    /// Buildkite user id: who unblocks when they press an unblock button.
+    pub buildkite_id: Option<String>,
 }
 
 /// Everyone in `[[people]]`, found by email or Buildkite user name (case-insensitive).
@@ -198,6 +200,7 @@ mod tests {
                 name: Some("Maria López".into()),
                 slack: Some("U024BE7LH".into()),
                 teams: Some("maria.lopez@acme.example".into()),
+                buildkite_id: None,
             },
         )
         .unwrap();

@@ -157,6 +157,19 @@ impl TemplateData {
         )))
     }
 
+    /// Adds `kb.actions`: the buttons the message shows (see `crate::actions::Buttons`).
+    pub fn set_actions<T: serde::Serialize>(&mut self, buttons: &[T]) {
+        let buttons = serde_json::to_value(buttons).unwrap_or_default();
+        if let Some(kb) = self
+            .0
+            .data_mut()
+            .get_mut("kb")
+            .and_then(Value::as_object_mut)
+        {
+            kb.insert("actions".into(), buttons);
+        }
+    }
+
     /// The data for a digest of `events` (at least one): the first event's data, plus
     /// `kb.group` with the count, a title and every event's own data.
     pub fn group(events: &[Event], now: DateTime<Utc>) -> Self {

@@ -54,6 +54,8 @@ pub struct Route {
     pub group: Option<Grouping>,
     /// Mute windows that apply to this route's messages.
     pub mute: Vec<Arc<MuteWindow>>,
+    /// Action buttons its messages show, where they fit the event.
+    pub buttons: Vec<crate::actions::Action>,
 }
 
 impl Route {
@@ -73,6 +75,7 @@ impl Route {
             continue_matching: false,
             group: None,
             mute: Vec::new(),
+            buttons: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::destination;
 use crate::ingress::{self, AppState};
 use crate::metrics::Metrics;
+use crate::press::{self, PressDesk};
 use crate::queue::Queue;
 use crate::reload::{Live, Reloader};
 use crate::store::{Schema, Store, StoreError};
@@ -173,7 +174,13 @@ impl Service {
             read_timeout: config.server.read_timeout,
             tls,
         };
-        http::serve(listener, ingress::router(self.state.clone()), serving, stop).await;
+        let desk = Arc::new(PressDesk::new(
+            self.state.live.clone(),
+            self.state.queue.store().clone(),
+            self.state.metrics.clone(),
+        ));
+        let app = ingress::router(self.state.clone()).merge(press::router(desk));
+        http::serve(listener, app, serving, stop).await;
         self.stop().await;
         Ok(())
     }

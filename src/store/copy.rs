@@ -1,13 +1,14 @@
 //! What `kitebridge store copy` moves from an embedded store into a shared one, as plain rows:
 //! [`sqlite::Snapshot`](super::sqlite::Snapshot) reads them, in batches and in an order that
 //! keeps every reference valid (events, then the deliveries that name them, then their
-//! attempts and digest links, then the tables that stand alone);
+//! attempts and digest links, then the tables that stand alone, the action buttons' claims and
+//! audit trail last);
 //! [`PgStore::import`](super::PgStore::import) writes them.
 //!
 //! Rows carry the ids they had in the embedded store; the writer moves them past the shared
 //! store's own ids ([`Extent`] says how far the source's go).
 
-use super::StoreError;
+use super::{Press, StoreError};
 use thiserror::Error;
 
 /// An event: one a copied delivery or digest needs, or one inside the duplicate window.
@@ -143,6 +144,20 @@ pub struct DedupeKeyRow {
     pub received_at: i64,
 }
 
+/// A button's nonce, claimed: copied so a button pressed before the copy cannot be pressed
+/// again after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    /// The button's single-use nonce.
+    pub nonce: String,
+    /// Who claimed it, as shown.
+    pub claimed_by: String,
+    /// When (ms).
+    pub claimed_at: i64,
+    /// When the button expires, and the claim may go (ms).
+    pub expires_at: i64,
+}
+
 /// Rows of one kind, at most a batch's worth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Batch {
@@ -160,6 +175,11 @@ pub enum Batch {
     MessageRefs(Vec<MessageRefRow>),
     /// Duplicate keys.
     DedupeKeys(Vec<DedupeKeyRow>),
+    /// Claimed button nonces.
+    Claims(Vec<ClaimRow>),
+    /// The presses' audit trail, as recorded; ids are the embedded store's, and the shared
+    /// store gives them its own.
+    Presses(Vec<Press>),
 }
 
 /// How far the embedded store's ids go (the highest ever given, copied or not), so the
@@ -195,6 +215,10 @@ pub struct Copied {
     pub message_refs: u64,
     /// Duplicate keys written (likewise).
     pub dedupe_keys: u64,
+    /// Button nonce claims written (those the shared store already has are kept).
+    pub claims: u64,
+    /// Presses of the audit trail.
+    pub presses: u64,
 }
 
 /// Why a copy did not happen. Nothing is written unless all of it is.

@@ -4,8 +4,9 @@
 //! The boundary is split by who uses it, one trait each: [`Intake`] (the webhook handler
 //! storing an event with its deliveries), [`DeliveryQueue`] (the workers taking and recording
 //! deliveries), [`MessageIds`] (the Slack app's message per build), [`Operations`] (the
-//! operator's commands, metrics and probes) and [`Leases`] (which replica sends each
-//! destination). [`Store`] is all of them. Two implementations sit behind it:
+//! operator's commands, metrics and probes), [`Leases`] (which replica sends each
+//! destination) and [`Presses`] (the action buttons' single-use nonces and audit trail).
+//! [`Store`] is all of them. Two implementations sit behind it:
 //! [`sqlite::SqliteStore`], the embedded default (WAL mode, group commit), and
 //! [`postgres::PgStore`], which replicas share. [`copy`] is what `kitebridge store copy`
 //! carries from the first to the second.
@@ -16,6 +17,7 @@ mod lease;
 mod messages;
 mod operations;
 pub mod postgres;
+mod presses;
 mod queue;
 pub mod sqlite;
 
@@ -24,6 +26,7 @@ pub use lease::{Carry, Leases, Left, LocalLeases, Pace, Ring, Taken};
 pub use messages::{MessageIds, MessageRef, Progress};
 pub use operations::{Operations, QueueStat, RetrySelector};
 pub use postgres::PgStore;
+pub use presses::{Claim, Press, Presses};
 pub use queue::{Attempt, Delivery, DeliveryQueue, DeliveryState, Resolution, StoredEvent};
 pub use sqlite::SqliteStore;
 
@@ -124,11 +127,19 @@ impl From<rusqlite::Error> for StoreError {
 
 /// The whole store: every part of the boundary.
 pub trait Store:
-    Intake + DeliveryQueue + MessageIds + Operations + Leases + Send + Sync + std::fmt::Debug
+    Intake + DeliveryQueue + MessageIds + Operations + Leases + Presses + Send + Sync + std::fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: Intake + DeliveryQueue + MessageIds + Operations + Leases + Send + Sync + std::fmt::Debug
+    T: Intake
+        + DeliveryQueue
+        + MessageIds
+        + Operations
+        + Leases
+        + Presses
+        + Send
+        + Sync
+        + std::fmt::Debug
 {
 }

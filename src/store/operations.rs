@@ -55,9 +55,13 @@ pub trait Operations {
     async fn show(&self, id: i64) -> Result<(Delivery, Vec<Attempt>), StoreError>;
 
     /// Deletes up to `limit` sent deliveries last changed before `before` (with their
-    /// attempts), up to `limit` events older than `before` that no delivery needs any more, and
-    /// up to `limit` Slack message ids not updated since. Returns the largest of those counts;
-    /// call again while it returns `limit`, so no single write holds the store long.
+    /// attempts), up to `limit` events older than `before` that no delivery needs any more, up
+    /// to `limit` Slack message ids not updated since, and up to `limit` button presses of the
+    /// audit trail pressed before `before`. Also deletes up to `limit` nonce claims whose
+    /// button has expired (`expires_at` before now, by the store's [`now_ms`](super::now_ms),
+    /// not `before`): a claim must outlive its button whatever the retention, and is of no use
+    /// after it. Returns the largest of those counts; call again while it returns `limit`, so
+    /// no single write holds the store long.
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError>;
 
     /// Pending and dead counts per destination.

@@ -699,6 +699,32 @@ impl Operations for FaultyStore {
     }
 }
 
+/// Claims and the audit trail are writes like any other: refused when every write is.
+#[async_trait::async_trait]
+impl kitebridge::store::Presses for FaultyStore {
+    async fn claim_nonce(
+        &self,
+        nonce: &str,
+        by: &str,
+        at: i64,
+        expires_at: i64,
+    ) -> Result<Option<kitebridge::store::Claim>, StoreError> {
+        self.fault()?;
+        self.inner.claim_nonce(nonce, by, at, expires_at).await
+    }
+    async fn release_nonce(&self, nonce: &str, by: &str) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.release_nonce(nonce, by).await
+    }
+    async fn record_press(&self, p: kitebridge::store::Press) -> Result<i64, StoreError> {
+        self.fault()?;
+        self.inner.record_press(p).await
+    }
+    async fn presses(&self, limit: usize) -> Result<Vec<kitebridge::store::Press>, StoreError> {
+        self.inner.presses(limit).await
+    }
+}
+
 /// Leases are the inner store's: faults here are about storing, not about who sends.
 #[async_trait::async_trait]
 impl Leases for FaultyStore {

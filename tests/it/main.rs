@@ -1,12 +1,17 @@
 //! Integration tests: the real service on 127.0.0.1, a recording server for Slack and Teams,
 //! and the real binary for the command line.
 
+mod action_clients;
+mod actions;
 mod alerts;
 mod answers;
 mod balancer;
 mod cli;
 mod crash;
 mod delivery;
+mod fake_buildkite;
+mod fake_oidc;
+mod fake_slack;
 mod helpers;
 mod hostile;
 mod hostile_requests;

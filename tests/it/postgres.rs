@@ -21,7 +21,7 @@ async fn replicas_starting_together_migrate_the_schema_once() {
     while let Some(r) = starting.join_next().await {
         r.unwrap().unwrap();
     }
-    assert_eq!(db.count("SELECT COUNT(*) FROM kitebridge_schema").await, 1);
+    assert_eq!(db.count("SELECT COUNT(*) FROM kitebridge_schema").await, 2);
     // The operator's commands use it as it is.
     PgStore::connect(db.options(Duration::from_secs(2)), Schema::Check)
         .await
@@ -48,7 +48,7 @@ async fn a_binary_older_than_the_schema_refuses_it_and_commands_never_migrate() 
         .unwrap_err();
     assert!(
         e.to_string()
-            .contains("schema version 99, newer than this kitebridge knows (1)"),
+            .contains("schema version 99, newer than this kitebridge knows (2)"),
         "{e}"
     );
 }

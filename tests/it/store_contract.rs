@@ -2,8 +2,8 @@
 //! and against PostgreSQL (a fresh database each).
 
 use kitebridge::store::{
-    Accepted, Attempt, Carry, DeliveryState, Group, Left, MessageRef, NewDelivery, NewEvent, Pace,
-    Planner, Progress, Resolution, RetrySelector, Store, now_ms,
+    Accepted, Attempt, Carry, Claim, DeliveryState, Group, Left, MessageRef, NewDelivery, NewEvent,
+    Pace, Planner, Press, Progress, Resolution, RetrySelector, Store, now_ms,
 };
 use kitebridge::transition::{BuildOutcome, TransitionKind};
 use std::sync::Arc;
@@ -54,6 +54,11 @@ contract!(
     a_build_message_is_only_moved_forward,
     a_released_lease_hands_on_its_pace_and_pause,
     recent_events_come_newest_first,
+    a_button_nonce_is_won_by_the_first_claim_only,
+    many_presses_of_one_button_at_once_have_one_winner,
+    only_the_holder_gives_a_nonce_back,
+    presses_are_listed_newest_first_with_every_field,
+    pruning_drops_expired_claims_and_old_presses,
 );
 
 /// The template studio's samples: the last events stored, newest first, at most `limit`.
@@ -706,4 +711,234 @@ async fn a_released_lease_hands_on_its_pace_and_pause(store: Arc<dyn Store>) {
         a
     );
     assert!(store.heartbeat().await.unwrap() >= 1);
+}
+
+/// A press as the actions code records one, at `at`.
+fn press(at: i64, outcome: &str) -> Press {
+    Press {
+        id: 0,
+        at,
+        action: "rebuild".into(),
+        target: "acme/web-app#1842".into(),
+        route: "main failures".into(),
+        destination: "ci-slack".into(),
+        channel: "slack".into(),
+        presser: "U024BE7LH".into(),
+        presser_name: None,
+        source: "T0001/C0002".into(),
+        outcome: outcome.into(),
+        detail: None,
+    }
+}
+
+async fn a_button_nonce_is_won_by_the_first_claim_only(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let expires = t + 600_000;
+    assert_eq!(
+        store.claim_nonce("n-1", "maria", t, expires).await.unwrap(),
+        None,
+        "the first claim wins"
+    );
+    let first = Some(Claim {
+        by: "maria".into(),
+        at: t,
+    });
+    assert_eq!(
+        store
+            .claim_nonce("n-1", "jonas", t + 5, expires)
+            .await
+            .unwrap(),
+        first,
+        "a later claim learns who pressed first, and when"
+    );
+    assert_eq!(
+        store
+            .claim_nonce("n-1", "maria", t + 9, expires)
+            .await
+            .unwrap(),
+        first,
+        "not even the winner wins twice"
+    );
+    assert_eq!(
+        store
+            .claim_nonce("n-2", "jonas", t + 5, expires)
+            .await
+            .unwrap(),
+        None,
+        "another button is claimed apart"
+    );
+}
+
+async fn many_presses_of_one_button_at_once_have_one_winner(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let by = format!("presser-{i}");
+            let claim = store
+                .claim_nonce("same", &by, t + i, t + 600_000)
+                .await
+                .unwrap();
+            (by, t + i, claim)
+        });
+    }
+    let (mut winners, mut losers) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (by, at, None) => winners.push(Claim { by, at }),
+            (_, _, Some(claim)) => losers.push(claim),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one winner: {winners:?}");
+    assert_eq!(losers.len(), 19);
+    assert!(
+        losers.iter().all(|c| *c == winners[0]),
+        "each loser is told the winner: {losers:?}"
+    );
+}
+
+async fn only_the_holder_gives_a_nonce_back(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let expires = t + 600_000;
+    assert_eq!(
+        store.claim_nonce("n", "maria", t, expires).await.unwrap(),
+        None
+    );
+    store.release_nonce("n", "jonas").await.unwrap();
+    assert_eq!(
+        store
+            .claim_nonce("n", "jonas", t + 1, expires)
+            .await
+            .unwrap(),
+        Some(Claim {
+            by: "maria".into(),
+            at: t
+        }),
+        "a release by someone else leaves the claim"
+    );
+    store.release_nonce("n", "maria").await.unwrap();
+    assert_eq!(
+        store
+            .claim_nonce("n", "jonas", t + 2, expires)
+            .await
+            .unwrap(),
+        None,
+        "released by its holder, the button can be pressed again"
+    );
+    assert_eq!(
+        store
+            .claim_nonce("n", "maria", t + 3, expires)
+            .await
+            .unwrap(),
+        Some(Claim {
+            by: "jonas".into(),
+            at: t + 2
+        })
+    );
+    // Giving back what nobody holds is no error.
+    store.release_nonce("never-claimed", "maria").await.unwrap();
+}
+
+async fn presses_are_listed_newest_first_with_every_field(store: Arc<dyn Store>) {
+    assert!(store.presses(10).await.unwrap().is_empty());
+    let t = now_ms();
+    let full = Press {
+        action: "retry_failed".into(),
+        target: "acme/web-app#1842 job 0190a2b3-c4d5".into(),
+        channel: "teams".into(),
+        presser: "maria@example.com".into(),
+        presser_name: Some("María López".into()),
+        source: "203.0.113.9".into(),
+        detail: Some("HTTP 422: job cannot be retried".into()),
+        ..press(t + 20, "failed")
+    };
+    let unknown = Press {
+        action: "unknown".into(),
+        target: String::new(),
+        route: String::new(),
+        destination: String::new(),
+        ..press(t + 10, "forged")
+    };
+    // Recorded out of order: the list goes by when each was pressed.
+    let mut recorded = Vec::new();
+    for p in [press(t, "done"), full, unknown] {
+        let id = store.record_press(p.clone()).await.unwrap();
+        assert!(id > 0);
+        recorded.push(Press { id, ..p });
+    }
+    let ids: std::collections::HashSet<i64> = recorded.iter().map(|p| p.id).collect();
+    assert_eq!(ids.len(), 3, "each press has its own id");
+    let listed = store.presses(10).await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            recorded[1].clone(),
+            recorded[2].clone(),
+            recorded[0].clone()
+        ],
+        "every field comes back, newest first"
+    );
+    assert_eq!(
+        store.presses(2).await.unwrap(),
+        [recorded[1].clone(), recorded[2].clone()],
+        "at most `limit`"
+    );
+}
+
+async fn pruning_drops_expired_claims_and_old_presses(store: Arc<dyn Store>) {
+    let t = now_ms();
+    // A claim lives as long as its button, whatever the retention.
+    assert_eq!(
+        store
+            .claim_nonce("expired", "maria", t - 120_000, t - 1_000)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .claim_nonce("live", "maria", t - 120_000, t + 600_000)
+            .await
+            .unwrap(),
+        None
+    );
+    for at in [t - 300_000, t - 200_000, t - 100_000] {
+        store.record_press(press(at, "done")).await.unwrap();
+    }
+    let kept = store.record_press(press(t, "done")).await.unwrap();
+
+    let before = t - 50_000;
+    // In batches of at most `limit`: two old presses, then the last one with the claim.
+    assert_eq!(store.prune(before, 2).await.unwrap(), 2);
+    assert_eq!(store.prune(before, 2).await.unwrap(), 1);
+    assert_eq!(store.prune(before, 2).await.unwrap(), 0);
+
+    let left: Vec<i64> = store
+        .presses(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(left, [kept], "only the press inside the retention stays");
+    assert_eq!(
+        store
+            .claim_nonce("expired", "jonas", t, t + 600_000)
+            .await
+            .unwrap(),
+        None,
+        "the expired claim is gone"
+    );
+    assert_eq!(
+        store
+            .claim_nonce("live", "jonas", t, t + 600_000)
+            .await
+            .unwrap(),
+        Some(Claim {
+            by: "maria".into(),
+            at: t - 120_000
+        }),
+        "the claim of a button still pressable stays, though older than the retention"
+    );
 }

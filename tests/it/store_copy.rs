@@ -174,7 +174,7 @@ async fn wait_count(db: &TestDb, sql: &str, n: i64) -> i64 {
     }
 }
 
-const SUMMARY: &str = "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 3 branch histories, 3 message ids, 7 duplicate keys";
+const SUMMARY: &str = "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 3 branch histories, 3 message ids, 7 duplicate keys, 0 button claims, 0 button presses";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_copied_row_arrives_as_it_was_and_the_old_store_is_only_read() {
@@ -320,7 +320,7 @@ async fn a_second_copy_needs_force_and_then_goes_in_beside_the_first_with_ids_of
     // The same rows again, under new ids.
     assert_eq!(
         copied(&cfg, &old_db, &["--force"]).await,
-        "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 1 branch history, 2 message ids, 1 duplicate key"
+        "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 1 branch history, 2 message ids, 1 duplicate key, 0 button claims, 0 button presses"
     );
     let numbers =
         "SELECT string_agg(branch || '#' || number, ' ' ORDER BY branch) FROM build_states";
@@ -365,7 +365,7 @@ async fn with_the_duplicate_window_off_only_the_events_messages_need_are_copied(
     let cfg = pg_config(dir.path(), &storage, &rec);
     assert_eq!(
         copied(&cfg, &old_db, &[]).await,
-        "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 3 branch histories, 3 message ids, 0 duplicate keys"
+        "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 3 branch histories, 3 message ids, 0 duplicate keys, 0 button claims, 0 button presses"
     );
     assert_eq!(db.count(&rows("events")).await, 6, "not the agent event");
     assert_eq!(db.count(&rows("dedupe_keys")).await, 0);
@@ -394,7 +394,7 @@ async fn a_store_of_schema_version_1_is_copied_too() {
     let cfg = pg_config(dir.path(), &db.storage_toml(), &rec);
     assert_eq!(
         copied(&cfg, &old, &[]).await,
-        "copied 1 pending delivery, 0 dead letters, 0 open digests (0 events), 0 branch histories, 0 message ids, 0 duplicate keys"
+        "copied 1 pending delivery, 0 dead letters, 0 open digests (0 events), 0 branch histories, 0 message ids, 0 duplicate keys, 0 button claims, 0 button presses"
     );
     let shown = show(&cfg, 9).await;
     assert!(shown.contains("event        ping (#5)"), "{shown}");
@@ -442,7 +442,7 @@ async fn store_copy_refuses_with_one_line_naming_the_file_or_the_store() {
     let conn = rusqlite::Connection::open(&newer).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     let want = format!(
-        "{}: the store has schema version 99, newer than this kitebridge knows (3)",
+        "{}: the store has schema version 99, newer than this kitebridge knows (4)",
         newer.display()
     );
     starts(refuse(&newer).await, want);

@@ -6,11 +6,12 @@
 //! (`setval` is not undone by a rollback, so replicas writing meanwhile get ids after the
 //! copied range, and a failed copy only leaves a gap). Into an empty store the ids stay as
 //! they were. Branch histories, Slack message ids and duplicate keys the store already holds
-//! are only replaced by newer ones.
+//! are only replaced by newer ones; a button claim it already holds is kept. Copied presses
+//! get the shared store's own ids (nothing refers to them).
 
 use super::{CHANNEL, PgStore, lock_key, timed};
-use crate::store::StoreError;
 use crate::store::copy::{Batch, Copied, CopyError, DeliveryRow, Extent};
+use crate::store::{Press, StoreError};
 use deadpool_postgres::Transaction;
 use futures_util::{Stream, StreamExt};
 use std::collections::{BTreeSet, HashSet};
@@ -225,6 +226,51 @@ impl Writer<'_> {
                     )
                     .await?;
                 self.copied.dedupe_keys += n;
+            }
+            Batch::Claims(rows) => {
+                let nonces: Vec<&str> = rows.iter().map(|r| r.nonce.as_str()).collect();
+                let by: Vec<&str> = rows.iter().map(|r| r.claimed_by.as_str()).collect();
+                let at: Vec<i64> = rows.iter().map(|r| r.claimed_at).collect();
+                let expires: Vec<i64> = rows.iter().map(|r| r.expires_at).collect();
+                // Either way the button has been pressed; the claim already there came first.
+                let n = tx
+                    .execute(
+                        "INSERT INTO press_claims (nonce, claimed_by, claimed_at, expires_at) \
+                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+                         ON CONFLICT (nonce) DO NOTHING",
+                        &[&nonces, &by, &at, &expires],
+                    )
+                    .await?;
+                self.copied.claims += n;
+            }
+            Batch::Presses(rows) => {
+                let text = |f: fn(&Press) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+                let opt_text = |f: fn(&Press) -> Option<&str>| {
+                    rows.iter().map(f).collect::<Vec<Option<&str>>>()
+                };
+                let at: Vec<i64> = rows.iter().map(|r| r.at).collect();
+                let n = tx
+                    .execute(
+                        "INSERT INTO presses (at, action, target, route, destination, channel, presser, \
+                         presser_name, source, outcome, detail) \
+                         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])",
+                        &[
+                            &at,
+                            &text(|r| &r.action),
+                            &text(|r| &r.target),
+                            &text(|r| &r.route),
+                            &text(|r| &r.destination),
+                            &text(|r| &r.channel),
+                            &text(|r| &r.presser),
+                            &opt_text(|r| r.presser_name.as_deref()),
+                            &text(|r| &r.source),
+                            &text(|r| &r.outcome),
+                            &opt_text(|r| r.detail.as_deref()),
+                        ],
+                    )
+                    .await?;
+                self.copied.presses += n;
             }
         }
         Ok(())

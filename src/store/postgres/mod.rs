@@ -16,6 +16,7 @@ mod lease;
 mod messages;
 mod operations;
 pub mod options;
+mod presses;
 mod queue;
 mod tls;
 
@@ -30,7 +31,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The schema, one step per version.
-const MIGRATIONS: [&str; 1] = [include_str!("schema/v1.sql")];
+const MIGRATIONS: [&str; 2] = [include_str!("schema/v1.sql"), include_str!("schema/v2.sql")];
 
 /// The session lock held while migrating (any fixed number; "kitebridge" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6b69_7465_6272_6964;

@@ -117,6 +117,7 @@ impl Operations for PgStore {
     }
 
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        let now = crate::store::now_ms();
         timed(async {
             let mut client = self.bookkeeping().await?;
             let tx = client.transaction().await?;
@@ -166,13 +167,29 @@ impl Operations for PgStore {
                     &[&before, &limit],
                 )
                 .await?;
+            // Claims go by their button's expiry, not by the retention: until then a claim
+            // must stay (however short the retention), and after it the button can no longer
+            // be pressed, so nothing needs to remember that it was.
+            let claims = tx
+                .execute(
+                    "DELETE FROM press_claims WHERE nonce IN \
+                     (SELECT nonce FROM press_claims WHERE expires_at < $1 LIMIT $2)",
+                    &[&now, &limit],
+                )
+                .await?;
+            let presses = tx
+                .execute(
+                    "DELETE FROM presses WHERE id IN (SELECT id FROM presses WHERE at < $1 LIMIT $2)",
+                    &[&before, &limit],
+                )
+                .await?;
             tx.execute(
                 "DELETE FROM replicas WHERE seen_at < now() - interval '1 day'",
                 &[],
             )
             .await?;
             tx.commit().await?;
-            Ok(deliveries.max(events).max(keys).max(refs) as usize)
+            Ok(deliveries.max(events).max(keys).max(refs).max(claims).max(presses) as usize)
         })
         .await
     }

@@ -1,13 +1,15 @@
 //! Reading an embedded store for `kitebridge store copy`: the file opened read-only (never
 //! created or migrated), one read transaction for the whole copy, and only what a shared store
 //! needs to carry on ([`crate::store::copy`]): pending deliveries and dead letters with their
-//! events, attempts and digest links, branch histories, Slack message ids, and the events (with
-//! their keys) still inside the duplicate window. Sent deliveries stay behind.
+//! events, attempts and digest links, branch histories, Slack message ids, the events (with
+//! their keys) still inside the duplicate window, and the action buttons' claims and audit
+//! trail. Sent deliveries stay behind.
 
 use super::MIGRATIONS;
+use crate::store::Press;
 use crate::store::copy::{
-    AttemptRow, Batch, BuildStateRow, CopyError, DedupeKeyRow, DeliveryRow, EventRow, Extent,
-    LinkRow, MessageRefRow,
+    AttemptRow, Batch, BuildStateRow, ClaimRow, CopyError, DedupeKeyRow, DeliveryRow, EventRow,
+    Extent, LinkRow, MessageRefRow,
 };
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OpenFlags, Row};
@@ -23,9 +25,11 @@ enum Part {
     BuildStates,
     MessageRefs,
     DedupeKeys,
+    Claims,
+    Presses,
 }
 
-const PARTS: [Part; 7] = [
+const PARTS: [Part; 9] = [
     Part::Events,
     Part::Deliveries,
     Part::Attempts,
@@ -33,13 +37,16 @@ const PARTS: [Part; 7] = [
     Part::BuildStates,
     Part::MessageRefs,
     Part::DedupeKeys,
+    Part::Claims,
+    Part::Presses,
 ];
 
 /// An embedded store as it was at one moment, open for reading.
 #[derive(Debug)]
 pub struct Snapshot {
     conn: Connection,
-    /// Its schema version (1 has no digests, transitions or message ids).
+    /// Its schema version (1 has no digests, transitions or message ids; before 4 there are no
+    /// action buttons).
     version: usize,
     /// Events received at or after this (ms) are inside the duplicate window.
     dedupe_since: Option<i64>,
@@ -127,6 +134,9 @@ impl Snapshot {
         if !v2 && matches!(part, Part::Links | Part::BuildStates | Part::MessageRefs) {
             return Ok(None); // schema 1 has no such tables
         }
+        if self.version < 4 && matches!(part, Part::Claims | Part::Presses) {
+            return Ok(None); // no action buttons before schema 4
+        }
         if part == Part::DedupeKeys && self.dedupe_since.is_none() {
             return Ok(None);
         }
@@ -155,6 +165,8 @@ impl Snapshot {
             Part::BuildStates => collect!(BuildStates, build_state),
             Part::MessageRefs => collect!(MessageRefs, message_ref),
             Part::DedupeKeys => collect!(DedupeKeys, dedupe_key),
+            Part::Claims => collect!(Claims, claim),
+            Part::Presses => collect!(Presses, press),
         })
     }
 }
@@ -251,6 +263,13 @@ fn sql(part: Part, v2: bool) -> String {
         Part::DedupeKeys => "SELECT MAX(id), body_hash, received_at FROM events \
              WHERE received_at >= ?3 AND id > ?1 GROUP BY body_hash ORDER BY MAX(id) LIMIT ?2"
             .into(),
+        // Expired ones too: the shared store prunes them as it would its own.
+        Part::Claims => "SELECT rowid, nonce, claimed_by, claimed_at, expires_at \
+             FROM press_claims WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            .into(),
+        Part::Presses => "SELECT id, at, action, target, route, destination, channel, presser, \
+             presser_name, source, outcome, detail FROM presses WHERE id > ?1 ORDER BY id LIMIT ?2"
+            .into(),
     }
 }
 
@@ -335,5 +354,31 @@ fn dedupe_key(r: &Row<'_>) -> rusqlite::Result<DedupeKeyRow> {
         event_id: r.get(0)?,
         body_hash: r.get(1)?,
         received_at: r.get(2)?,
+    })
+}
+
+fn claim(r: &Row<'_>) -> rusqlite::Result<ClaimRow> {
+    Ok(ClaimRow {
+        nonce: r.get(1)?,
+        claimed_by: r.get(2)?,
+        claimed_at: r.get(3)?,
+        expires_at: r.get(4)?,
+    })
+}
+
+fn press(r: &Row<'_>) -> rusqlite::Result<Press> {
+    Ok(Press {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        action: r.get(2)?,
+        target: r.get(3)?,
+        route: r.get(4)?,
+        destination: r.get(5)?,
+        channel: r.get(6)?,
+        presser: r.get(7)?,
+        presser_name: r.get(8)?,
+        source: r.get(9)?,
+        outcome: r.get(10)?,
+        detail: r.get(11)?,
     })
 }

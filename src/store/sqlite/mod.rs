@@ -8,6 +8,7 @@
 
 mod export;
 mod intake;
+mod presses;
 mod queries;
 
 pub use export::{Batches, Snapshot};
@@ -206,10 +207,11 @@ impl SqliteStore {
 }
 
 /// The schema, one step per version; `PRAGMA user_version` records how far a database is.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../schema/v1.sql"),
     include_str!("../schema/v2.sql"),
     include_str!("../schema/v3.sql"),
+    include_str!("../schema/v4.sql"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

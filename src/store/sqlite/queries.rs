@@ -348,6 +348,7 @@ impl Operations for SqliteStore {
     }
 
     async fn prune(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        let now = crate::store::now_ms();
         self.write(move |conn| {
             let limit = limit as i64;
             // One choice of deliveries, so their attempts and event links go with them.
@@ -377,7 +378,18 @@ impl Operations for SqliteStore {
                 "DELETE FROM message_refs WHERE rowid IN (SELECT rowid FROM message_refs WHERE updated_at < ?1 LIMIT ?2)",
                 params![before, limit],
             )?;
-            Ok(deliveries.max(events).max(refs))
+            // Claims go by their button's expiry, not by the retention: until then a claim
+            // must stay (however short the retention), and after it the button can no longer
+            // be pressed, so nothing needs to remember that it was.
+            let claims = conn.execute(
+                "DELETE FROM press_claims WHERE rowid IN (SELECT rowid FROM press_claims WHERE expires_at < ?1 LIMIT ?2)",
+                params![now, limit],
+            )?;
+            let presses = conn.execute(
+                "DELETE FROM presses WHERE id IN (SELECT id FROM presses WHERE at < ?1 LIMIT ?2)",
+                params![before, limit],
+            )?;
+            Ok(deliveries.max(events).max(refs).max(claims).max(presses))
         })
         .await
     }

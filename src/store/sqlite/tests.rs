@@ -232,3 +232,46 @@ async fn the_probe_needs_as_much_room_in_the_log_as_storing_an_event() {
         "the probe wrote {probe} pages, an event up to {most}: {event_pages:?}"
     );
 }
+
+/// `store copy` carries the buttons' claims and the audit trail, the latter as recorded.
+#[tokio::test]
+async fn a_snapshot_reads_claims_and_presses() {
+    use crate::store::copy::{Batch, ClaimRow};
+    use crate::store::{Press, Presses};
+    let (dir, store) = store();
+    assert_eq!(store.claim_nonce("n", "maria", 5, 50).await.unwrap(), None);
+    let press = |at: i64| Press {
+        id: 0,
+        at,
+        action: "rebuild".into(),
+        target: "acme/web-app#1".into(),
+        route: "r".into(),
+        destination: "a".into(),
+        channel: "slack".into(),
+        presser: "U1".into(),
+        presser_name: Some("María".into()),
+        source: "T1/C1".into(),
+        outcome: "done".into(),
+        detail: None,
+    };
+    let first = store.record_press(press(20)).await.unwrap();
+    let second = store.record_press(press(10)).await.unwrap();
+    let snapshot = Snapshot::open(&dir.path().join("k.db"), None).unwrap();
+    let batches: Vec<Batch> = snapshot.batches(10).map(Result::unwrap).collect();
+    assert!(batches.contains(&Batch::Claims(vec![ClaimRow {
+        nonce: "n".into(),
+        claimed_by: "maria".into(),
+        claimed_at: 5,
+        expires_at: 50,
+    }])));
+    assert!(batches.contains(&Batch::Presses(vec![
+        Press {
+            id: first,
+            ..press(20)
+        },
+        Press {
+            id: second,
+            ..press(10)
+        },
+    ])));
+}
