@@ -46,6 +46,11 @@ fn user(id: &str, name: &str, email: &str) -> Value {
 }
 
 async fn world() -> World {
+    world_to(r#"["slack", "teams"]"#).await
+}
+
+/// A world whose route sends to `to` (`slack`, `teams`, or `live`: a Slack app on the fake).
+async fn world_to(to: &str) -> World {
     let rec = Recorder::start().await;
     let bk = FakeBuildkite::start().await;
     let slack = FakeSlack::start().await;
@@ -76,10 +81,16 @@ kind = "teams"
 url = "{teams_url}"
 rate = 0
 
+[destinations.live]
+kind = "slack_app"
+url = "{slack_api}"
+token = "xoxb-live-app-token"
+channel = "C0ALERTS"
+
 [[routes]]
 name = "failures"
 events = ["build.*", "job.finished"]
-to = ["slack", "teams"]
+to = {to}
 buttons = ["retry_failed", "rebuild", "unblock", "cancel"]
 
 [actions]
@@ -806,4 +817,38 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("is not allowed"));
     assert!(w.bk.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_slack_app_message_is_updated_in_place() {
+    let w = world_to(r#"["live"]"#).await;
+    let (status, _) = w.app.post_signed(&fixture("build.finished")).await;
+    assert_eq!(status, 202);
+    let posted = eventually(|| w.slack.calls("chat.postMessage").into_iter().next()).await;
+    let message = posted.json();
+    let rebuild = button(&message, "kb:rebuild");
+    assert!(!rebuild.is_empty(), "{message}");
+    let (body, url) = interaction(&w, MARIA, &message, "kb:rebuild", &rebuild);
+    assert_eq!(press(&w, &body, SLACK_SECRET, now()).await.0, 200);
+    let update = eventually(|| w.slack.calls("chat.update").into_iter().next()).await;
+    assert_eq!(
+        update.header("authorization").as_deref(),
+        Some("Bearer xoxb-live-app-token")
+    );
+    let sent = update.json();
+    assert_eq!(
+        (sent["channel"].as_str(), sent["ts"].as_str()),
+        (Some("C0ALERTS"), Some("1700000000.000100"))
+    );
+    let text = sent.to_string();
+    assert!(text.contains("Rebuilt by Maria López"), "{text}");
+    assert!(
+        !text.contains("kb:rebuild") && text.contains("kb:retry_failed"),
+        "{text}"
+    );
+    assert!(
+        answers(&w, &url).is_empty(),
+        "updated through the API, not the response_url"
+    );
+    assert_eq!(w.bk.puts("/rebuild"), 1);
 }

@@ -216,6 +216,13 @@ async fn api(
             Some(users) => json!({"ok": true, "users": users}),
             None => json!({"ok": false, "error": "no_such_subteam"}),
         },
+        "chat.postMessage" => {
+            let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            match asked["channel"].as_str() {
+                Some(channel) => json!({"ok": true, "channel": channel, "ts": "1700000000.000100"}),
+                None => json!({"ok": false, "error": "channel_not_found"}),
+            }
+        }
         "chat.update" => {
             let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match (asked["channel"].as_str(), asked["ts"].as_str()) {
