@@ -31,6 +31,10 @@ const GET_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_m
 /// The most of an answer read; a build with hundreds of jobs is a few hundred KiB.
 const ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
+/// The answers to a write that say Buildkite did nothing: a bad request, no access, no such
+/// build or job, or "cannot be done" (422). Only these give a button back to be pressed again.
+const SURE_REFUSALS: [u16; 5] = [400, 401, 403, 404, 422];
+
 /// Job states that a "retry failed jobs" press retries.
 const RETRIABLE_STATES: [&str; 2] = ["failed", "timed_out"];
 
@@ -312,12 +316,17 @@ impl Buildkite {
                             let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             return Ok((status, value));
                         }
-                        Ok(body) if status < 500 => {
+                        Ok(body)
+                            if status < 500
+                                && (!write.is_put() || SURE_REFUSALS.contains(&status)) =>
+                        {
                             return Err(BuildkiteError::Refused {
                                 status,
                                 message: refusal_message(status, &body),
                             });
                         }
+                        // Any other answer to a write (a proxy's 408 or 409, a 5xx) does not say
+                        // nothing was done.
                         Ok(_) => format!("Buildkite answered {status}"),
                         Err(e) if (200..300).contains(&status) && write.is_put() => {
                             tracing::warn!(status, path, "Buildkite's answer was cut off: {e}");

@@ -47,8 +47,15 @@ impl Buttons {
         self.config.as_ref()
     }
 
-    /// The buttons a message of `route` to `destination` shows for `event`.
-    pub fn for_event(&self, event: &Event, route: &str, destination: &str) -> Vec<Button> {
+    /// The buttons a message of `route` to `destination` shows for `event`; `links` gives
+    /// each the confirm page's link (Teams, whose cards cannot call back).
+    pub fn for_event(
+        &self,
+        event: &Event,
+        route: &str,
+        destination: &str,
+        links: bool,
+    ) -> Vec<Button> {
         let (Some(config), Some(wanted)) = (&self.config, self.routes.get(route)) else {
             return Vec::new();
         };
@@ -73,7 +80,7 @@ impl Buttons {
                     route: route.to_string(),
                     destination: destination.to_string(),
                     expires,
-                    nonce: token::nonce(config.signing_key(), event.id(), action),
+                    nonce: token::nonce(event.id(), action),
                 };
                 let value = token::sign(&grant, config.signing_key());
                 Button {
@@ -81,7 +88,7 @@ impl Buttons {
                     action_id: format!("kb:{action}"),
                     label: action.label(),
                     style: action.style(),
-                    url: config.link(&value),
+                    url: links.then(|| config.link(&value)).flatten(),
                     value,
                 }
             })
@@ -199,7 +206,7 @@ mod tests {
 
     fn shown(event: &str) -> Vec<&'static str> {
         buttons("acme")
-            .for_event(&fixture(event), "r", "d")
+            .for_event(&fixture(event), "r", "d", true)
             .into_iter()
             .map(|b| b.action)
             .collect()
@@ -219,8 +226,12 @@ mod tests {
 
     #[test]
     fn a_blocked_build_shows_unblock() {
-        let b =
-            buttons("fluid-project").for_event(&fixture("build.finished.blocked.json"), "r", "d");
+        let b = buttons("fluid-project").for_event(
+            &fixture("build.finished.blocked.json"),
+            "r",
+            "d",
+            true,
+        );
         assert_eq!(b.iter().map(|b| b.action).collect::<Vec<_>>(), ["unblock"]);
     }
 
@@ -228,7 +239,7 @@ mod tests {
     fn builds_of_another_organization_show_none() {
         assert!(
             buttons("other")
-                .for_event(&fixture("build.finished.json"), "r", "d")
+                .for_event(&fixture("build.finished.json"), "r", "d", true)
                 .is_empty()
         );
     }
@@ -237,7 +248,7 @@ mod tests {
     fn routes_without_buttons_show_none() {
         assert!(
             buttons("acme")
-                .for_event(&fixture("build.finished.json"), "x", "d")
+                .for_event(&fixture("build.finished.json"), "x", "d", true)
                 .is_empty()
         );
     }
@@ -246,7 +257,7 @@ mod tests {
     fn a_button_carries_a_verifiable_grant_and_a_link() {
         let b = buttons("acme");
         let event = fixture("job.finished.json");
-        let retry = &b.for_event(&event, "r", "d")[0];
+        let retry = &b.for_event(&event, "r", "d", true)[0];
         assert_eq!(retry.action_id, "kb:retry_failed");
         let keys = &b.config().unwrap().keys;
         let grant = token::verify(&retry.value, keys, Utc::now().timestamp()).unwrap();

@@ -39,6 +39,9 @@ const LEEWAY_SECS: i64 = 60;
 /// The most of an answer read; a discovery document or key set is a few KiB.
 const ANSWER_BYTES: usize = 1024 * 1024;
 
+/// The most often an unknown key id makes the key set be fetched again.
+const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(60);
+
 /// Random bytes in each `state`, `nonce` and verifier (43 characters once encoded, the
 /// shortest PKCE verifier RFC 7636 allows, with 256 bits of entropy).
 const RANDOM_BYTES: usize = 32;
@@ -54,6 +57,8 @@ pub struct Oidc {
     timeout: Duration,
     discovery: Mutex<Option<(Instant, Arc<Discovery>)>>,
     jwks: Mutex<Option<(Instant, String, Arc<Jwks>)>>,
+    /// When a fetch of the key set was last forced by an unknown key.
+    forced: Mutex<Option<Instant>>,
 }
 
 /// Where to send the browser, and the values to keep (in a signed cookie, say) until the
@@ -76,8 +81,8 @@ pub struct Login {
 pub struct Identity {
     /// The provider's stable id for the person (`sub`).
     pub subject: String,
-    /// The `email` claim (unless the provider says it is unverified), else `preferred_username`
-    /// or `upn` when it looks like an address.
+    /// The `email` claim, when the provider says it is verified (`email_verified`, or Entra's
+    /// `xms_edov`).
     pub email: Option<String>,
     /// The `name` claim.
     pub name: Option<String>,
@@ -249,6 +254,7 @@ impl Oidc {
             timeout: TIMEOUT,
             discovery: Mutex::new(None),
             jwks: Mutex::new(None),
+            forced: Mutex::new(None),
         }
     }
 
@@ -344,8 +350,15 @@ impl Oidc {
 
     /// The key set at `uri`, from the cache unless `refresh` (or it is old or from another URI).
     async fn jwks(&self, uri: &str, refresh: bool) -> Result<Arc<Jwks>, OidcError> {
-        if !refresh && let Some(jwks) = self.cached_jwks(uri) {
-            return Ok(jwks);
+        if let Some(jwks) = self.cached_jwks(uri) {
+            // A token naming an unknown key forces a fetch, but only once a minute: anyone
+            // can send such a token, and each would otherwise cost a request to the provider.
+            let mut forced = lock(&self.forced);
+            let throttled = forced.is_some_and(|at| at.elapsed() < FORCED_REFRESH_EVERY);
+            if !refresh || throttled {
+                return Ok(jwks);
+            }
+            *forced = Some(Instant::now());
         }
         let jwks = Arc::new(Jwks::parse(&self.get(uri).await?)?);
         *lock(&self.jwks) = Some((Instant::now(), uri.to_string(), jwks.clone()));
@@ -545,11 +558,15 @@ pub fn verify_id_token(
         expires,
         issued,
         email: text("email"),
-        email_verified: payload.get("email_verified").and_then(|v| match v {
-            Value::Bool(b) => Some(*b),
-            // Some providers send the boolean as a string.
-            Value::String(s) => s.parse().ok(),
-            _ => None,
+        // Entra ID sends no `email_verified`; its optional claim `xms_edov` ("email domain
+        // owner verified") says the same.
+        email_verified: ["email_verified", "xms_edov"].iter().find_map(|k| {
+            payload.get(*k).and_then(|v| match v {
+                Value::Bool(b) => Some(*b),
+                // Some providers send the boolean as a string.
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
         }),
         preferred_username: text("preferred_username"),
         upn: text("upn"),
@@ -635,16 +652,14 @@ fn verify_signature(key: &Jwk, alg: Alg, signed: &[u8], sig: &[u8]) -> Result<()
     verified.map_err(|_| OidcError::Signature)
 }
 
-/// Who the claims describe; the `email` claim is skipped when the provider says it is not
-/// verified.
+/// Who the claims describe. Policies decide by email, so only an email the provider says it
+/// verified counts: `preferred_username` and `upn` can be changed by their owner (and an
+/// unverified `email` can be anything), so neither stands in for one.
 fn identity(claims: Claims) -> Identity {
-    let address = |s: &Option<String>| s.clone().filter(|s| s.contains('@'));
     let email = claims
         .email
         .clone()
-        .filter(|_| claims.email_verified != Some(false))
-        .or_else(|| address(&claims.preferred_username))
-        .or_else(|| address(&claims.upn));
+        .filter(|e| claims.email_verified == Some(true) && e.contains('@') && !e.contains('#'));
     Identity {
         subject: claims.subject,
         email,
@@ -1054,7 +1069,7 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_prefers_a_verified_email_then_address_like_usernames() {
+    fn the_identity_takes_only_a_verified_email() {
         let base = Claims {
             issuer: ISSUER.into(),
             subject: "s".into(),
@@ -1062,7 +1077,7 @@ mod tests {
             expires: 0,
             issued: 0,
             email: Some("a@x.com".into()),
-            email_verified: None,
+            email_verified: Some(true),
             preferred_username: Some("b@x.com".into()),
             upn: Some("c@x.com".into()),
             name: Some("A".into()),
@@ -1072,13 +1087,17 @@ mod tests {
             email_verified: Some(false),
             ..base.clone()
         };
-        assert_eq!(identity(unverified).email.as_deref(), Some("b@x.com"));
-        let upn = Claims {
-            email: None,
-            preferred_username: Some("not-an-address".into()),
+        assert_eq!(identity(unverified).email, None);
+        let unsaid = Claims {
+            email_verified: None,
             ..base.clone()
         };
-        assert_eq!(identity(upn).email.as_deref(), Some("c@x.com"));
+        assert_eq!(identity(unsaid).email, None, "usernames never stand in");
+        let guest = Claims {
+            email: Some("x_y#EXT#@tenant.onmicrosoft.com".into()),
+            ..base.clone()
+        };
+        assert_eq!(identity(guest).email, None);
         let none = Claims {
             email: None,
             preferred_username: None,

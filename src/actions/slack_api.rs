@@ -3,7 +3,7 @@
 //! answering through an interaction's `response_url`.
 //!
 //! Slack answers API errors with HTTP 200 and `{"ok": false, "error": "…"}`, so every answer
-//! is read as JSON and its `ok` checked. Lookups are cached for ten minutes: one person
+//! is read as JSON and its `ok` checked. Lookups are cached for a minute (a deactivated account or a removed member acts at most that long): one person
 //! pressing several buttons, or many people in one group, should not cost a call each.
 
 use crate::secret::Secret;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a looked-up user or group stays cached.
-const CACHE_FOR: Duration = Duration::from_secs(10 * 60);
+const CACHE_FOR: Duration = Duration::from_secs(60);
 
 /// A cache holding more entries than this is emptied (bounded memory, whatever the callers).
 const CACHE_ENTRIES: usize = 10_000;
@@ -37,6 +37,26 @@ pub struct SlackApi {
     timeout: Duration,
     users: Cache<SlackUser>,
     groups: Cache<Vec<String>>,
+    home: Cache<Home>,
+}
+
+/// The workspace a bot token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// The workspace, `T…`.
+    pub team_id: String,
+    /// The Enterprise Grid organisation, `E…`, when there is one.
+    pub enterprise_id: Option<String>,
+}
+
+impl Home {
+    /// Whether `user` is one of this workspace's (or organisation's) own people.
+    pub fn admits(&self, user: &SlackUser) -> bool {
+        let grid = |id: &str| self.enterprise_id.as_deref() == Some(id);
+        user.team_id == self.team_id
+            || grid(&user.team_id)
+            || user.enterprise_id.as_deref().is_some_and(grid)
+    }
 }
 
 /// A Slack user, as `users.info` describes them.
@@ -58,6 +78,10 @@ pub struct SlackUser {
     pub is_ultra_restricted: bool,
     /// A deactivated account.
     pub deleted: bool,
+    /// A person from another organisation, seen through a shared (Slack Connect) channel.
+    pub is_stranger: bool,
+    /// Their Enterprise Grid organisation, when they belong to one.
+    pub enterprise_id: Option<String>,
     /// The user's time zone, like `Europe/Madrid`, for showing times in their terms.
     pub tz: Option<String>,
 }
@@ -89,6 +113,7 @@ impl SlackApi {
             timeout: TIMEOUT,
             users: Cache::default(),
             groups: Cache::default(),
+            home: Cache::default(),
         }
     }
 
@@ -98,7 +123,7 @@ impl SlackApi {
         self
     }
 
-    /// The user with id `id` (`users.info`), cached for ten minutes.
+    /// The user with id `id` (`users.info`), cached for a minute (a deactivated account or a removed member acts at most that long).
     pub async fn user(&self, id: &str) -> Result<SlackUser, SlackError> {
         if let Some(user) = self.users.get(id) {
             return Ok(user);
@@ -110,7 +135,32 @@ impl SlackApi {
         Ok(user)
     }
 
-    /// The member ids of user group `group` (`usergroups.users.list`), cached for ten minutes.
+    /// The workspace (and Enterprise Grid organisation) the bot token belongs to
+    /// (`auth.test`), learnt once.
+    pub async fn home(&self) -> Result<Home, SlackError> {
+        if let Some(home) = self.home.get("") {
+            return Ok(home);
+        }
+        let url = format!("{}/auth.test", self.api_url);
+        let answer = ok_or_error(&self.send(Post::Get(&url)).await?)?;
+        let text = |k: &str| {
+            answer
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let home = Home {
+            team_id: text("team_id").ok_or_else(|| {
+                SlackError::Unreachable("auth.test answered without a team".into())
+            })?,
+            enterprise_id: text("enterprise_id"),
+        };
+        self.home.put("", home.clone());
+        Ok(home)
+    }
+
+    /// The member ids of user group `group` (`usergroups.users.list`), cached for a minute (a deactivated account or a removed member acts at most that long).
     pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
         if let Some(members) = self.groups.get(group) {
             return Ok(members);
@@ -287,6 +337,11 @@ fn parse_user(user: &Value) -> Option<SlackUser> {
         is_restricted: flag("is_restricted"),
         is_ultra_restricted: flag("is_ultra_restricted"),
         deleted: flag("deleted"),
+        is_stranger: flag("is_stranger"),
+        enterprise_id: text(
+            user.get("enterprise_user")
+                .and_then(|e| e.get("enterprise_id")),
+        ),
         tz: text(user.get("tz")),
         id,
     })
@@ -385,6 +440,8 @@ mod tests {
                 is_restricted: true,
                 is_ultra_restricted: false,
                 deleted: false,
+                is_stranger: false,
+                enterprise_id: None,
                 tz: Some("Europe/Madrid".into()),
             }
         );

@@ -75,10 +75,11 @@ pub fn run(
             .destination(&p.destination)
             .expect("planned destinations exist");
         // The buttons as the service would show them (with a random nonce: nothing is stored).
+        let links = dest.kind.as_str() == "teams";
         let buttons = config
             .queue
             .buttons
-            .for_event(&event, &p.route, &p.destination);
+            .for_event(&event, &p.route, &p.destination, links);
         let mut with_buttons;
         let data = if buttons.is_empty() {
             &data

@@ -110,11 +110,13 @@ mod tests {
             build_states: 41,
             message_refs: 1,
             dedupe_keys: 230,
+            claims: 1,
+            presses: 3,
             ..Copied::default()
         };
         assert_eq!(
             summary(&c),
-            "copied 12 pending deliveries, 1 dead letter, 2 open digests (7 events), 41 branch histories, 1 message id, 230 duplicate keys"
+            "copied 12 pending deliveries, 1 dead letter, 2 open digests (7 events), 41 branch histories, 1 message id, 230 duplicate keys, 1 button claim, 3 button presses"
         );
     }
 }

@@ -49,7 +49,7 @@ impl Check<'_> {
         }
         let public_url = self
             .optional(a.public_url.as_ref(), "actions.public_url")
-            .and_then(|u| self.web_url(a.public_url.as_ref(), "actions.public_url", u, false));
+            .and_then(|u| self.web_url(a.public_url.as_ref(), "actions.public_url", u, true));
         let buildkite = self.actions_buildkite(a, span.clone());
         let slack = self.actions_slack(a, &raw.server.path.as_ref().map(|p| p.get_ref().clone()));
         let oidc = self.actions_oidc(a);

@@ -21,6 +21,13 @@ use arc_swap::ArcSwap;
 use axum::routing::{get, post};
 use std::sync::{Arc, Mutex};
 
+/// How long a claim outlives its button.
+const CLAIM_MARGIN_MS: i64 = 3_600_000;
+
+/// Presses answered at once; more get `503` straight away (each can cost calls to Slack,
+/// Buildkite or the sign-in provider, so a flood must not queue up).
+const MAX_CONCURRENT_PRESSES: usize = 64;
+
 /// What the press handlers share.
 #[derive(Debug)]
 pub struct PressDesk {
@@ -210,6 +217,9 @@ impl PressDesk {
     }
 
     async fn decide_and_act(&self, clients: &Clients, grant: &Grant, presser: &Presser) -> Verdict {
+        if let Err(why) = self.still_offered(grant, presser.channel) {
+            return Verdict::Denied(why);
+        }
         match policy::decide(&clients.config.policies, grant, &presser.person) {
             Decision::Allowed { .. } => {}
             Decision::NotCovered => {
@@ -231,7 +241,9 @@ impl PressDesk {
                 ));
             }
         }
-        let expires = grant.expires * 1000;
+        // Kept an hour past the button's expiry: replicas' clocks differ, and a claim must
+        // outlive every replica's idea of when the button stops acting.
+        let expires = grant.expires * 1000 + CLAIM_MARGIN_MS;
         match self
             .store
             .claim_nonce(&grant.nonce, &presser.name, now_ms(), expires)
@@ -270,6 +282,75 @@ impl PressDesk {
                 Verdict::Unavailable(why)
             }
         }
+    }
+
+    /// Whether the button is still one the config shows, where it was pressed: its
+    /// destination exists and is of the kind pressed from (a Slack button's token opened as a
+    /// Teams link would skip Slack's checks), and its route still shows this action (taking a
+    /// button off a route takes it away from messages already posted).
+    fn still_offered(&self, grant: &Grant, channel: &str) -> Result<(), String> {
+        let live = self.live.load();
+        let kinds: &[&str] = match channel {
+            "slack" => &["slack", "slack_app"],
+            _ => &["teams"],
+        };
+        let posted = live
+            .config
+            .destinations
+            .iter()
+            .any(|d| d.name == grant.destination && kinds.contains(&d.kind.as_str()));
+        if !posted {
+            return Err(format!(
+                "this button was not posted to a {channel} destination named {:?}",
+                grant.destination
+            ));
+        }
+        let shown = live
+            .config
+            .routes
+            .iter()
+            .any(|r| r.name == grant.route && r.buttons.contains(&grant.action));
+        if !shown {
+            return Err(format!(
+                "route {:?} no longer shows {} buttons",
+                grant.route, grant.action
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a refused request that carried a button (a form without its CSRF token, no
+    /// sign-in, a token that disagrees with its button): what it names, when it can be read.
+    pub async fn record_refusal(
+        &self,
+        clients: &Clients,
+        token: &str,
+        presser: &Presser,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let grant = token::verify(token, &clients.config.keys, now_secs()).ok();
+        let press = Press {
+            id: 0,
+            at: now_ms(),
+            action: grant
+                .as_ref()
+                .map_or("unknown", |g| g.action.as_str())
+                .into(),
+            target: grant.as_ref().map(Grant::target).unwrap_or_default(),
+            route: grant.as_ref().map(|g| g.route.clone()).unwrap_or_default(),
+            destination: grant
+                .as_ref()
+                .map(|g| g.destination.clone())
+                .unwrap_or_default(),
+            channel: presser.channel.into(),
+            presser: presser.id.clone(),
+            presser_name: Some(presser.name.clone()),
+            source: presser.source.clone(),
+            outcome: outcome.into(),
+            detail: Some(detail.into()),
+        };
+        audit(self.store.as_ref(), &self.metrics, press).await;
     }
 
     /// The presser's Buildkite user id, when `[[people]]` gives one for their email.
@@ -355,5 +436,30 @@ pub fn router(desk: Arc<PressDesk>) -> axum::Router {
     if let Some(path) = slack_path {
         router = router.route(&path, post(slack::interaction));
     }
-    router.with_state(desk)
+    let metrics = desk.metrics.clone();
+    router
+        .route_layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    move |_: tower::BoxError| {
+                        let metrics = metrics.clone();
+                        async move {
+                            metrics
+                                .actions
+                                .with_label_values(&["unknown", "overloaded"])
+                                .inc();
+                            tracing::warn!("button press refused: too many at once");
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "too many presses at once; try again",
+                            )
+                        }
+                    },
+                ))
+                .load_shed()
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    MAX_CONCURRENT_PRESSES,
+                )),
+        )
+        .with_state(desk)
 }

@@ -187,6 +187,9 @@ async fn handle(
         Err(e) => return tell(format!("⚠️ This button does not act: {e}.")).await,
     };
     if format!("kb:{}", grant.action) != action_id {
+        let why = "the button's action_id and its token disagree";
+        desk.record_refusal(&clients, &value, &presser, "action_mismatch", why)
+            .await;
         return tell("⚠️ This button does not act: its action and its token disagree.".into())
             .await;
     }
@@ -204,17 +207,22 @@ async fn handle(
     presser.name = user.name.clone();
     presser.person.email = user.email.clone();
     let tz = user.tz.clone();
+    // The workspace (or Enterprise Grid organisation) the bot token belongs to: the only one
+    // whose people may act. Slack Connect brings people of other workspaces into channels.
+    let home = match api.home().await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot learn the Slack app's own workspace (auth.test)");
+            None
+        }
+    };
     let refusal = if user.is_bot {
         Some("bots cannot press buttons")
     } else if user.is_restricted || user.is_ultra_restricted {
         Some("guests cannot press buttons")
     } else if user.deleted {
         Some("deactivated accounts cannot press buttons")
-    } else if user.team_id != team
-        || payload["user"]["team_id"]
-            .as_str()
-            .is_some_and(|t| t != team)
-    {
+    } else if user.is_stranger || !home.as_ref().is_some_and(|h| h.admits(&user)) {
         Some("people from other workspaces cannot press buttons")
     } else {
         None
@@ -326,14 +334,14 @@ async fn update(
     }
 }
 
-/// A `response_url` is only followed to Slack (`*.slack.com` over https), or to the host the
+/// A `response_url` is only followed to Slack (`hooks.slack.com` over https), or to the host the
 /// config names as Slack's Web API (a test's, or a proxy's).
 fn response_url_allowed(url: &str, config: &ActionsConfig) -> bool {
     let Ok(u) = reqwest::Url::parse(url) else {
         return false;
     };
     let host = u.host_str().unwrap_or_default();
-    let slack = u.scheme() == "https" && (host == "slack.com" || host.ends_with(".slack.com"));
+    let slack = u.scheme() == "https" && host == "hooks.slack.com";
     let configured = config
         .slack
         .as_ref()

@@ -272,30 +272,22 @@ pub async fn confirm(
         .map(|p| p.0.ip().to_canonical().to_string())
         .unwrap_or_default();
     let Some((s, raw)) = session(config, &headers) else {
-        tracing::warn!(source, "Teams press refused: not signed in");
-        desk.metrics
-            .actions
-            .with_label_values(&["unknown", "unauthenticated"])
-            .inc();
+        let anonymous = Presser {
+            id: "anonymous".into(),
+            name: "someone not signed in".into(),
+            channel: "teams",
+            source,
+            person: Person::default(),
+        };
+        let why = "a confirm form without a sign-in session";
+        desk.record_refusal(&clients, &button, &anonymous, "unauthenticated", why)
+            .await;
         return page(
             StatusCode::UNAUTHORIZED,
             "Sign in first",
             "<p>Open the button's link again and sign in.</p>",
         );
     };
-    let given = form.and_then(|f| f.csrf).unwrap_or_default();
-    if !csrf_ok(config, &raw, &button, &given) {
-        tracing::warn!(source, "Teams press refused: missing or wrong CSRF token");
-        desk.metrics
-            .actions
-            .with_label_values(&["unknown", "bad_csrf"])
-            .inc();
-        return page(
-            StatusCode::FORBIDDEN,
-            "Not done",
-            "<p>This form is not from this page. Open the button's link again.</p>",
-        );
-    }
     let presser = Presser {
         id: s.email.clone().unwrap_or(s.sub.clone()),
         name: s.name.clone().or(s.email.clone()).unwrap_or(s.sub.clone()),
@@ -307,6 +299,17 @@ pub async fn confirm(
             email: s.email.clone(),
         },
     };
+    let given = form.and_then(|f| f.csrf).unwrap_or_default();
+    if !csrf_ok(config, &raw, &button, &given) {
+        let why = "a confirm form without this page's CSRF token";
+        desk.record_refusal(&clients, &button, &presser, "bad_csrf", why)
+            .await;
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not done",
+            "<p>This form is not from this page. Open the button's link again.</p>",
+        );
+    }
     let grant = match desk.grant(&clients, &button, &presser).await {
         Ok(g) => g,
         Err(e) => return bad_token(e),
@@ -391,7 +394,7 @@ async fn follow_up(desk: &PressDesk, grant: &Grant, line: &str) {
                 "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
                 "type": "AdaptiveCard",
                 "version": "1.4",
-                "body": [{"type": "TextBlock", "text": line, "wrap": true}]
+                "body": [{"type": "TextBlock", "text": markdown_safe(line), "wrap": true}]
             }
         }]
     });
@@ -525,6 +528,12 @@ pub async fn callback(
     h.append(header::SET_COOKIE, set_cookie(config, LOGIN, "", 0));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Text an Adaptive Card shows without a link in it: square brackets (markdown's link text)
+/// become look-alikes, so a name or a job label cannot carry a link of its own.
+fn markdown_safe(s: &str) -> String {
+    s.replace('[', "［").replace(']', "］")
 }
 
 fn urlencode(s: &str) -> String {

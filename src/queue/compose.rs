@@ -78,7 +78,8 @@ pub async fn compose(
         kind.render_group(renderer, row.template.as_deref(), &events, now)
     } else {
         let mut data = TemplateData::new(&events[0], now);
-        let shown = buttons.for_event(&events[0], &row.route, destination.name());
+        let links = kind.as_str() == "teams";
+        let shown = buttons.for_event(&events[0], &row.route, destination.name(), links);
         if !shown.is_empty() {
             data.set_actions(&shown);
         }

@@ -736,18 +736,26 @@ async fn teams_links_confirm_sign_in_and_act_once() {
     assert_eq!(rows[0].presser, "dana@acme.example");
     assert_eq!(
         rows.iter().map(|p| p.outcome.as_str()).collect::<Vec<_>>(),
-        ["duplicate", "done"]
+        [
+            "duplicate",
+            "done",
+            "bad_csrf",
+            "bad_csrf",
+            "unauthenticated"
+        ]
     );
+    // Refusals are audited with what their button named.
+    assert_eq!(rows[2].action, "rebuild");
+    assert_eq!(rows[4].presser, "anonymous");
 }
 
 #[tokio::test]
 async fn teams_sign_in_from_outside_the_policy_is_refused() {
     let w = world().await;
     w.oidc.sign_in_as("eve@elsewhere.example", "Eve");
-    let t = token::sign(
-        &grant(Action::Rebuild, "web-app", now() + 600),
-        &Secret::new(KEY),
-    );
+    let mut for_teams = grant(Action::Rebuild, "web-app", now() + 600);
+    for_teams.destination = "teams".into();
+    let t = token::sign(&for_teams, &Secret::new(KEY));
     let path = format!("/actions/{t}");
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -816,6 +824,70 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("is not allowed"));
+
+    // A Slack button's token opened as a Teams link does not act, even for someone allowed.
+    w.oidc.sign_in_as("dana@acme.example", "Dana Ops");
+    let slack_token = token::sign(
+        &grant(Action::Rebuild, "web-app", now() + 600),
+        &Secret::new(KEY),
+    );
+    let slack_path = format!("/actions/{slack_token}");
+    let login = browser
+        .get(w.app.url(&format!("/actions/login?next={slack_path}")))
+        .send()
+        .await
+        .unwrap();
+    let pending = set_cookie(&login, "kb_login").unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let code = w.oidc.authorize(&authorize).await;
+    let state = reqwest::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let back = browser
+        .get(
+            w.app
+                .url(&format!("/actions/callback?code={code}&state={state}")),
+        )
+        .header("cookie", format!("kb_login={pending}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = format!("kb_session={}", set_cookie(&back, "kb_session").unwrap());
+    let html = browser
+        .get(w.app.url(&slack_path))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = html
+        .split("name=csrf value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = browser
+        .post(w.app.url(&slack_path))
+        .header("cookie", &cookie)
+        .form_body(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("not posted to a teams destination")
+    );
     assert!(w.bk.requests().is_empty());
 }
 

@@ -345,6 +345,7 @@ fn token(state: &OidcState, headers: &HeaderMap, form: &HashMap<String, String>)
         "iat": now,
         "nbf": now,
         "email": grant.email,
+        "email_verified": true,
         "preferred_username": grant.email,
         "name": grant.name,
         "tid": "tenant-1",

@@ -216,6 +216,9 @@ async fn api(
             Some(users) => json!({"ok": true, "users": users}),
             None => json!({"ok": false, "error": "no_such_subteam"}),
         },
+        "auth.test" => {
+            json!({"ok": true, "team_id": "T0ACME", "team": "Acme", "user_id": "U0KBBOT"})
+        }
         "chat.postMessage" => {
             let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match asked["channel"].as_str() {
