@@ -309,7 +309,7 @@ impl Buildkite {
                         waited += wait;
                         continue;
                     }
-                    match read_capped(response).await {
+                    match super::transport::read_capped(response, ANSWER_BYTES).await {
                         Ok(body) if (200..300).contains(&status) => {
                             // A write that was answered 2xx happened, even if the answer cannot
                             // be read: give back what there is rather than an error.
@@ -410,19 +410,6 @@ fn rate_limit_wait(headers: &HeaderMap) -> Duration {
         .min(MAX_RATE_LIMIT_WAIT)
 }
 
-/// Reads at most [`ANSWER_BYTES`] of the answer.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = ANSWER_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(body)
-}
-
 /// Buildkite's `message` from an error answer, else the status text.
 fn refusal_message(status: u16, body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
@@ -438,23 +425,9 @@ fn refusal_message(status: u16, body: &[u8]) -> String {
         })
 }
 
-/// A transport failure in words, with the cause chain ("connection refused") but no token
-/// (the token travels in a header, which reqwest never prints).
+/// A transport failure in words.
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!(
-            "no answer from Buildkite within {} s",
-            timeout.as_secs_f32()
-        );
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text.chars().take(300).collect()
+    super::transport::describe(e, timeout, "Buildkite")
 }
 
 /// The ids of the jobs a "retry failed" press retries.

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod settings;
 pub mod slack_api;
 pub mod token;
+mod transport;
 
 pub use action::Action;
 pub use buttons::{Button, Buttons};

@@ -428,7 +428,7 @@ impl Oidc {
             .await
             .map_err(|e| unreachable(&e, self.timeout))?;
         let status = response.status().as_u16();
-        let body = read_capped(response)
+        let body = super::transport::read_capped(response, ANSWER_BYTES)
             .await
             .map_err(|e| unreachable(&e, self.timeout))?;
         let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -468,7 +468,7 @@ impl Oidc {
                 status_text(status)
             )));
         }
-        read_capped(response)
+        super::transport::read_capped(response, ANSWER_BYTES)
             .await
             .map_err(|e| unreachable(&e, self.timeout))
     }
@@ -749,32 +749,13 @@ fn status_text(status: u16) -> String {
         .to_string()
 }
 
-/// Reads at most [`ANSWER_BYTES`] of the answer.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = ANSWER_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// A transport failure in words (the URLs here are public; the secret travels in the body).
+/// A transport failure in words.
 fn unreachable(e: &reqwest::Error, timeout: Duration) -> OidcError {
-    if e.is_timeout() {
-        return OidcError::Unreachable(format!("no answer within {} s", timeout.as_secs_f32()));
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    OidcError::Unreachable(text.chars().take(300).collect())
+    OidcError::Unreachable(super::transport::describe(
+        e,
+        timeout,
+        "the sign-in provider",
+    ))
 }
 
 #[cfg(test)]

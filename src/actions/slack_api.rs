@@ -276,7 +276,7 @@ impl SlackApi {
             if !(200..300).contains(&status) {
                 return Err(SlackError::Http(status));
             }
-            let body = read_capped(response)
+            let body = super::transport::read_capped(response, ANSWER_BYTES)
                 .await
                 .map_err(|e| unreachable(&e, self.timeout))?;
             return Ok(serde_json::from_slice(&body).ok());
@@ -351,35 +351,9 @@ fn to_json(value: &Value) -> Result<Vec<u8>, SlackError> {
     serde_json::to_vec(value).map_err(|e| SlackError::Api(format!("cannot be sent: {e}")))
 }
 
-/// Reads at most [`ANSWER_BYTES`] of the answer.
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = ANSWER_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// A transport failure in words. The URL is left out: a `response_url` is a credential.
+/// A transport failure in words (never with its URL: a `response_url` is a credential).
 fn unreachable(e: &reqwest::Error, timeout: Duration) -> SlackError {
-    if e.is_timeout() {
-        return SlackError::Unreachable(format!("no answer within {} s", timeout.as_secs_f32()));
-    }
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "[url]");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    SlackError::Unreachable(text.chars().take(300).collect())
+    SlackError::Unreachable(super::transport::describe(e, timeout, "Slack"))
 }
 
 /// A small time-limited cache, emptied whole when it grows past [`CACHE_ENTRIES`].

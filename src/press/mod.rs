@@ -176,20 +176,7 @@ impl PressDesk {
                 TokenError::Forged => "forged",
                 TokenError::Malformed => "malformed",
             };
-            let press = Press {
-                id: 0,
-                at: now_ms(),
-                action: "unknown".into(),
-                target: String::new(),
-                route: String::new(),
-                destination: String::new(),
-                channel: presser.channel.into(),
-                presser: presser.id.clone(),
-                presser_name: Some(presser.name.clone()),
-                source: presser.source.clone(),
-                outcome: outcome.into(),
-                detail: Some(e.to_string()),
-            };
+            let press = row(None, presser, outcome, Some(e.to_string()));
             let (store, metrics) = (self.store.clone(), self.metrics.clone());
             tokio::spawn(async move { audit(store.as_ref(), &metrics, press).await });
         })
@@ -198,20 +185,7 @@ impl PressDesk {
     /// Decides, claims and acts on `grant` for `presser`, and records it.
     pub async fn carry_out(&self, clients: &Clients, grant: &Grant, presser: &Presser) -> Verdict {
         let verdict = self.decide_and_act(clients, grant, presser).await;
-        let press = Press {
-            id: 0,
-            at: now_ms(),
-            action: grant.action.as_str().into(),
-            target: grant.target(),
-            route: grant.route.clone(),
-            destination: grant.destination.clone(),
-            channel: presser.channel.into(),
-            presser: presser.id.clone(),
-            presser_name: Some(presser.name.clone()),
-            source: presser.source.clone(),
-            outcome: verdict.outcome().into(),
-            detail: verdict.detail(),
-        };
+        let press = row(Some(grant), presser, verdict.outcome(), verdict.detail());
         audit(self.store.as_ref(), &self.metrics, press).await;
         verdict
     }
@@ -330,26 +304,7 @@ impl PressDesk {
         detail: &str,
     ) {
         let grant = token::verify(token, &clients.config.keys, now_secs()).ok();
-        let press = Press {
-            id: 0,
-            at: now_ms(),
-            action: grant
-                .as_ref()
-                .map_or("unknown", |g| g.action.as_str())
-                .into(),
-            target: grant.as_ref().map(Grant::target).unwrap_or_default(),
-            route: grant.as_ref().map(|g| g.route.clone()).unwrap_or_default(),
-            destination: grant
-                .as_ref()
-                .map(|g| g.destination.clone())
-                .unwrap_or_default(),
-            channel: presser.channel.into(),
-            presser: presser.id.clone(),
-            presser_name: Some(presser.name.clone()),
-            source: presser.source.clone(),
-            outcome: outcome.into(),
-            detail: Some(detail.into()),
-        };
+        let press = row(grant.as_ref(), presser, outcome, Some(detail.into()));
         audit(self.store.as_ref(), &self.metrics, press).await;
     }
 
@@ -374,21 +329,26 @@ impl PressDesk {
     /// Records a press that ended before the policy was asked (who pressed could not be
     /// told, or may never act).
     pub async fn record_only(&self, grant: &Grant, presser: &Presser, verdict: &Verdict) {
-        let press = Press {
-            id: 0,
-            at: now_ms(),
-            action: grant.action.as_str().into(),
-            target: grant.target(),
-            route: grant.route.clone(),
-            destination: grant.destination.clone(),
-            channel: presser.channel.into(),
-            presser: presser.id.clone(),
-            presser_name: Some(presser.name.clone()),
-            source: presser.source.clone(),
-            outcome: verdict.outcome().into(),
-            detail: verdict.detail(),
-        };
+        let press = row(Some(grant), presser, verdict.outcome(), verdict.detail());
         audit(self.store.as_ref(), &self.metrics, press).await;
+    }
+}
+
+/// The audit row of a press of `grant` (unknown when its token could not be read).
+fn row(grant: Option<&Grant>, presser: &Presser, outcome: &str, detail: Option<String>) -> Press {
+    Press {
+        id: 0,
+        at: now_ms(),
+        action: grant.map_or("unknown", |g| g.action.as_str()).into(),
+        target: grant.map(Grant::target).unwrap_or_default(),
+        route: grant.map(|g| g.route.clone()).unwrap_or_default(),
+        destination: grant.map(|g| g.destination.clone()).unwrap_or_default(),
+        channel: presser.channel.into(),
+        presser: presser.id.clone(),
+        presser_name: Some(presser.name.clone()),
+        source: presser.source.clone(),
+        outcome: outcome.into(),
+        detail,
     }
 }
 

@@ -588,6 +588,65 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Starts a sign-in for the button page `path`: the login cookie, the provider's authorize
+/// URL and its `state`.
+async fn start_sign_in(
+    w: &World,
+    browser: &reqwest::Client,
+    path: &str,
+) -> (String, String, String) {
+    let login = browser
+        .get(w.app.url(&format!("/actions/login?next={path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let pending = set_cookie(&login, "kb_login").expect("a login cookie");
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let state = reqwest::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    (pending, authorize, state)
+}
+
+/// Plays the provider and comes back to the callback: the session cookie, after a redirect
+/// back to `path`.
+async fn finish_sign_in(
+    w: &World,
+    browser: &reqwest::Client,
+    path: &str,
+    pending: &str,
+    authorize: &str,
+) -> String {
+    let code = w.oidc.authorize(authorize).await;
+    let state = reqwest::Url::parse(authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let back = browser
+        .get(
+            w.app
+                .url(&format!("/actions/callback?code={code}&state={state}")),
+        )
+        .header("cookie", format!("kb_login={pending}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 303, "{:?}", back.text().await);
+    assert_eq!(back.headers()["location"], path);
+    format!(
+        "kb_session={}",
+        set_cookie(&back, "kb_session").expect("a session cookie")
+    )
+}
+
 #[tokio::test]
 async fn teams_links_confirm_sign_in_and_act_once() {
     let w = world().await;
@@ -637,35 +696,8 @@ async fn teams_links_confirm_sign_in_and_act_once() {
     assert_eq!(anon.status(), 401);
 
     // Sign in: our login → the provider → our callback.
-    let login = browser
-        .get(w.app.url(&format!("/actions/login?next={path}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let pending = set_cookie(&login, "kb_login").expect("a login cookie");
-    let authorize = login.headers()["location"].to_str().unwrap().to_string();
-    let code = w.oidc.authorize(&authorize).await;
-    let state = reqwest::Url::parse(&authorize)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
-    let back = browser
-        .get(
-            w.app
-                .url(&format!("/actions/callback?code={code}&state={state}")),
-        )
-        .header("cookie", format!("kb_login={pending}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(back.status(), 303, "{:?}", back.text().await);
-    assert_eq!(back.headers()["location"], path.as_str());
-    let session = set_cookie(&back, "kb_session").expect("a session cookie");
-    let cookie = format!("kb_session={session}");
+    let (pending, authorize, _) = start_sign_in(&w, &browser, &path).await;
+    let cookie = finish_sign_in(&w, &browser, &path, &pending, &authorize).await;
 
     // Signed in, the GET shows a confirm form, and still changes nothing.
     let html = browser
@@ -761,21 +793,8 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let login = browser
-        .get(w.app.url(&format!("/actions/login?next={path}")))
-        .send()
-        .await
-        .unwrap();
-    let pending = set_cookie(&login, "kb_login").unwrap();
-    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let (pending, authorize, _) = start_sign_in(&w, &browser, &path).await;
     let code = w.oidc.authorize(&authorize).await;
-    let state = reqwest::Url::parse(&authorize)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
     // A callback whose state is not the one started here is refused.
     let wrong = browser
         .get(
@@ -787,17 +806,7 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 403);
-    let code = w.oidc.authorize(&authorize).await;
-    let back = browser
-        .get(
-            w.app
-                .url(&format!("/actions/callback?code={code}&state={state}")),
-        )
-        .header("cookie", format!("kb_login={pending}"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = format!("kb_session={}", set_cookie(&back, "kb_session").unwrap());
+    let cookie = finish_sign_in(&w, &browser, &path, &pending, &authorize).await;
     let html = browser
         .get(w.app.url(&path))
         .header("cookie", &cookie)
@@ -832,31 +841,8 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         &Secret::new(KEY),
     );
     let slack_path = format!("/actions/{slack_token}");
-    let login = browser
-        .get(w.app.url(&format!("/actions/login?next={slack_path}")))
-        .send()
-        .await
-        .unwrap();
-    let pending = set_cookie(&login, "kb_login").unwrap();
-    let authorize = login.headers()["location"].to_str().unwrap().to_string();
-    let code = w.oidc.authorize(&authorize).await;
-    let state = reqwest::Url::parse(&authorize)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
-    let back = browser
-        .get(
-            w.app
-                .url(&format!("/actions/callback?code={code}&state={state}")),
-        )
-        .header("cookie", format!("kb_login={pending}"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = format!("kb_session={}", set_cookie(&back, "kb_session").unwrap());
+    let (pending, authorize, _) = start_sign_in(&w, &browser, &slack_path).await;
+    let cookie = finish_sign_in(&w, &browser, &slack_path, &pending, &authorize).await;
     let html = browser
         .get(w.app.url(&slack_path))
         .header("cookie", &cookie)
