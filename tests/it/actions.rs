@@ -588,6 +588,39 @@ fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Opens the button page signed in, and sends its confirm form back as it is.
+async fn confirm_on_page(
+    w: &World,
+    browser: &reqwest::Client,
+    path: &str,
+    cookie: &str,
+) -> reqwest::Response {
+    let html = browser
+        .get(w.app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = html
+        .split("name=csrf value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no confirm form in {html}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    browser
+        .post(w.app.url(path))
+        .header("cookie", cookie)
+        .form_body(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Starts a sign-in for the button page `path`: the login cookie, the provider's authorize
 /// URL and its `state`.
 async fn start_sign_in(
@@ -807,30 +840,7 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         .unwrap();
     assert_eq!(wrong.status(), 403);
     let cookie = finish_sign_in(&w, &browser, &path, &pending, &authorize).await;
-    let html = browser
-        .get(w.app.url(&path))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = html
-        .split("name=csrf value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let r = browser
-        .post(w.app.url(&path))
-        .header("cookie", &cookie)
-        .form_body(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = confirm_on_page(&w, &browser, &path, &cookie).await;
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("is not allowed"));
 
@@ -843,30 +853,7 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
     let slack_path = format!("/actions/{slack_token}");
     let (pending, authorize, _) = start_sign_in(&w, &browser, &slack_path).await;
     let cookie = finish_sign_in(&w, &browser, &slack_path, &pending, &authorize).await;
-    let html = browser
-        .get(w.app.url(&slack_path))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = html
-        .split("name=csrf value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let r = browser
-        .post(w.app.url(&slack_path))
-        .header("cookie", &cookie)
-        .form_body(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let r = confirm_on_page(&w, &browser, &slack_path, &cookie).await;
     assert_eq!(r.status(), 403);
     assert!(
         r.text()

@@ -6,7 +6,7 @@
 //! trail. Sent deliveries stay behind.
 
 use super::MIGRATIONS;
-use crate::store::Press;
+use super::presses::press;
 use crate::store::copy::{
     AttemptRow, Batch, BuildStateRow, ClaimRow, CopyError, DedupeKeyRow, DeliveryRow, EventRow,
     Extent, LinkRow, MessageRefRow,
@@ -363,22 +363,5 @@ fn claim(r: &Row<'_>) -> rusqlite::Result<ClaimRow> {
         claimed_by: r.get(2)?,
         claimed_at: r.get(3)?,
         expires_at: r.get(4)?,
-    })
-}
-
-fn press(r: &Row<'_>) -> rusqlite::Result<Press> {
-    Ok(Press {
-        id: r.get(0)?,
-        at: r.get(1)?,
-        action: r.get(2)?,
-        target: r.get(3)?,
-        route: r.get(4)?,
-        destination: r.get(5)?,
-        channel: r.get(6)?,
-        presser: r.get(7)?,
-        presser_name: r.get(8)?,
-        source: r.get(9)?,
-        outcome: r.get(10)?,
-        detail: r.get(11)?,
     })
 }

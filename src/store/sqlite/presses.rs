@@ -8,7 +8,8 @@ use rusqlite::{OptionalExtension, Row, params};
 const PRESS_COLUMNS: &str = "id, at, action, target, route, destination, channel, presser, \
      presser_name, source, outcome, detail";
 
-fn press(r: &Row<'_>) -> rusqlite::Result<Press> {
+/// One `presses` row, read in [`PRESS_COLUMNS`] order (also by the export).
+pub(super) fn press(r: &Row<'_>) -> rusqlite::Result<Press> {
     Ok(Press {
         id: r.get(0)?,
         at: r.get(1)?,
