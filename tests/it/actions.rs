@@ -897,3 +897,52 @@ async fn a_slack_app_message_is_updated_in_place() {
     );
     assert_eq!(w.bk.puts("/rebuild"), 1);
 }
+
+#[tokio::test]
+async fn a_failed_job_is_retried_and_a_running_build_canceled_through_rate_limits() {
+    let w = world_to(r#"["slack"]"#).await;
+    let job = "0190e2f4-2222-7000-8000-000000000042";
+    let mut build = crate::fake_buildkite::default_build("acme", "web-app", 1842);
+    build["jobs"][0]["id"] = json!(job);
+    w.bk.set_build("web-app", 1842, build);
+    w.bk.script(
+        "/retry",
+        BkReply::TooMany {
+            retry_after_secs: 1,
+        },
+    );
+    let (status, _) = w.app.post_signed(&fixture("job.finished")).await;
+    assert_eq!(status, 202);
+    let job_message: Value =
+        serde_json::from_slice(&w.rec.wait_for("slack", 1).await[0].body).unwrap();
+    let retry = button(&job_message, "kb:retry_failed");
+    let (body, url) = interaction(&w, MARIA, &job_message, "kb:retry_failed", &retry);
+    assert_eq!(press(&w, &body, SLACK_SECRET, now()).await.0, 200);
+    let update = eventually(|| answers(&w, &url).into_iter().next()).await;
+    assert!(
+        update.to_string().contains("Retried by Maria López"),
+        "{update}"
+    );
+    let retries = w.bk.put_requests(&format!("/jobs/{job}/retry"));
+    assert_eq!(
+        retries.len(),
+        2,
+        "the 429 was waited out and the retry sent once more"
+    );
+
+    let (status, _) = w.app.post_signed(&fixture("build.running")).await;
+    assert_eq!(status, 202);
+    let running: Value = serde_json::from_slice(&w.rec.wait_for("slack", 2).await[1].body).unwrap();
+    assert!(
+        button(&running, "kb:retry_failed").is_empty() && button(&running, "kb:rebuild").is_empty()
+    );
+    let cancel = button(&running, "kb:cancel");
+    let (body, url) = interaction(&w, MARIA, &running, "kb:cancel", &cancel);
+    assert_eq!(press(&w, &body, SLACK_SECRET, now()).await.0, 200);
+    let update = eventually(|| answers(&w, &url).into_iter().next()).await;
+    assert!(
+        update.to_string().contains("Canceled by Maria López"),
+        "{update}"
+    );
+    assert_eq!(w.bk.puts("/builds/1842/cancel"), 1);
+}
