@@ -37,6 +37,8 @@ struct World {
     slack: FakeSlack,
     oidc: FakeOidc,
     app: TestApp,
+    /// The config, for a second replica.
+    toml: String,
 }
 
 fn user(id: &str, name: &str, email: &str) -> Value {
@@ -51,6 +53,12 @@ async fn world() -> World {
 
 /// A world whose route sends to `to` (`slack`, `teams`, or `live`: a Slack app on the fake).
 async fn world_to(to: &str) -> World {
+    world_on(to, "").await
+}
+
+/// A world whose config ends with `storage` (a `[storage]` table, or nothing for a
+/// temporary SQLite store).
+async fn world_on(to: &str, storage: &str) -> World {
     let rec = Recorder::start().await;
     let bk = FakeBuildkite::start().await;
     let slack = FakeSlack::start().await;
@@ -129,6 +137,7 @@ email_domains = ["acme.example"]
         issuer = oidc.issuer(),
         oidc_secret = oidc.secret(),
     );
+    let toml = format!("{toml}\n{storage}\n");
     let app = TestApp::spawn(&toml).await;
     World {
         rec,
@@ -136,6 +145,7 @@ email_domains = ["acme.example"]
         slack,
         oidc,
         app,
+        toml,
     }
 }
 
@@ -945,4 +955,53 @@ async fn a_failed_job_is_retried_and_a_running_build_canceled_through_rate_limit
         "{update}"
     );
     assert_eq!(w.bk.puts("/builds/1842/cancel"), 1);
+}
+
+#[tokio::test]
+async fn two_replicas_pressed_at_once_act_once() {
+    let db = crate::pg::TestDb::new().await;
+    let storage = format!("[storage]\nurl = \"{}\"\nlease = \"2s\"\n", db.url);
+    let w = world_on(r#"["slack"]"#, &storage).await;
+    let other = TestApp::spawn(&w.toml).await;
+    let message = slack_message(&w).await;
+    let rebuild = button(&message, "kb:rebuild");
+    let (a, url_a) = interaction(&w, MARIA, &message, "kb:rebuild", &rebuild);
+    let (b, url_b) = interaction(&w, "U0GROUP", &message, "kb:rebuild", &rebuild);
+    let ts = now();
+    let sign = |body: &str| slack_signature(SLACK_SECRET, ts, body);
+    let post = |app: &TestApp, body: String| {
+        app.client
+            .post(app.url("/slack/interactions"))
+            .header("x-slack-request-timestamp", ts.to_string())
+            .header("x-slack-signature", sign(&body))
+            .body(body)
+            .send()
+    };
+    let (ra, rb) = tokio::join!(post(&w.app, a), post(&other, b));
+    assert_eq!(
+        (ra.unwrap().status().as_u16(), rb.unwrap().status().as_u16()),
+        (200, 200)
+    );
+    let first = eventually(|| answers(&w, &url_a).into_iter().next()).await;
+    let second = eventually(|| answers(&w, &url_b).into_iter().next()).await;
+    assert_eq!(w.bk.puts("/rebuild"), 1, "one rebuild across replicas");
+    let texts = [first.to_string(), second.to_string()];
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("Already rebuilt by"))
+            .count(),
+        1,
+        "{texts:?}"
+    );
+    // Both replicas' presses are in the one audit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rows = Vec::new();
+    while rows.len() < 2 && Instant::now() < deadline {
+        rows = db.store().await.presses(10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut outcomes: Vec<&str> = rows.iter().map(|p| p.outcome.as_str()).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["done", "duplicate"]);
 }
