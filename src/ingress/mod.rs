@@ -11,7 +11,7 @@ mod client;
 mod error;
 mod ops;
 
-use client::client_ip;
+pub use client::client_ip;
 pub use error::IngressError;
 
 use crate::auth;

@@ -268,8 +268,10 @@ pub async fn confirm(
         return off();
     };
     let config = &clients.config;
-    let source = peer
-        .map(|p| p.0.ip().to_canonical().to_string())
+    // Who is behind the browser, as the webhook endpoint would see them (`trusted_proxies`).
+    let trusted = desk.live().config.server.trusted_proxies.clone();
+    let source = crate::ingress::client_ip(peer.map(|p| p.0.ip()), &headers, &trusted)
+        .map(|ip| ip.to_string())
         .unwrap_or_default();
     let Some((s, raw)) = session(config, &headers) else {
         let anonymous = Presser {

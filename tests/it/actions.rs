@@ -822,6 +822,7 @@ async fn teams_links_confirm_sign_in_and_act_once() {
     // Refusals are audited with what their button named.
     assert_eq!(rows[2].action, "rebuild");
     assert_eq!(rows[4].presser, "anonymous");
+    assert_eq!(rows[1].source, "127.0.0.1", "the browser's address");
 }
 
 #[tokio::test]
