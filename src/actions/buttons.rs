@@ -70,6 +70,7 @@ impl Buttons {
                 let job = (action == Action::RetryFailed && event.family() == "job")
                     .then(|| target.job.clone())
                     .flatten();
+                let one_job = job.is_some();
                 let grant = Grant {
                     action,
                     org: config.buildkite.org.clone(),
@@ -86,7 +87,11 @@ impl Buttons {
                 Button {
                     action: action.as_str(),
                     action_id: format!("kb:{action}"),
-                    label: action.label(),
+                    // On a job's message the retry is of that job.
+                    label: match (action, one_job) {
+                        (Action::RetryFailed, true) => "Retry job",
+                        _ => action.label(),
+                    },
                     style: action.style(),
                     url: links.then(|| config.link(&value)).flatten(),
                     value,
@@ -259,6 +264,10 @@ mod tests {
         let event = fixture("job.finished.json");
         let retry = &b.for_event(&event, "r", "d", true)[0];
         assert_eq!(retry.action_id, "kb:retry_failed");
+        assert_eq!(
+            retry.label, "Retry job",
+            "on a job's message it retries that job"
+        );
         let keys = &b.config().unwrap().keys;
         let grant = token::verify(&retry.value, keys, Utc::now().timestamp()).unwrap();
         assert_eq!(grant.action, Action::RetryFailed);
