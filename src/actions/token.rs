@@ -3,16 +3,18 @@
 //! Teams link's path, so everything the press acts on comes from here, never from what the
 //! chat service sends along.
 //!
-//! Form: `kb1.<base64url JSON>.<base64url HMAC-SHA256>`. The MAC is keyed by a key derived from
-//! `[actions] signing_key` for this purpose alone, so the same key can sign cookies without one
-//! ever standing for the other. Verification tries the current key and then each of
-//! `previous_signing_keys`, so keys rotate without breaking the buttons already posted.
+//! Form: `kb1.<base64url JSON>.<base64url HMAC-SHA256>`. The same sealing ([`seal`], [`open`])
+//! keeps the Teams sign-in cookies, each purpose with a MAC key derived from `[actions]
+//! signing_key` for it alone, so a cookie can never stand for a button. Verification tries the
+//! current key and then each of `previous_signing_keys`, so keys rotate without breaking what
+//! was signed before.
 
 use super::action::Action;
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use thiserror::Error;
@@ -96,7 +98,7 @@ pub enum TokenError {
 
 /// A key derived from `key` for one `purpose`, so one configured secret serves several uses
 /// that can never be mistaken for each other.
-pub fn subkey(key: &Secret, purpose: &str) -> [u8; 32] {
+fn subkey(key: &Secret, purpose: &str) -> [u8; 32] {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key");
     mac.update(b"kitebridge:");
@@ -104,40 +106,67 @@ pub fn subkey(key: &Secret, purpose: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn mac(key: &Secret, signed: &str) -> Hmac<Sha256> {
+fn mac(key: &Secret, purpose: &str, data: &str) -> Hmac<Sha256> {
     let mut mac =
-        Hmac::<Sha256>::new_from_slice(&subkey(key, "button")).expect("HMAC takes any key");
-    mac.update(signed.as_bytes());
+        Hmac::<Sha256>::new_from_slice(&subkey(key, purpose)).expect("HMAC takes any key");
+    mac.update(data.as_bytes());
     mac
+}
+
+/// The MAC of `data` for `purpose` with `key` (the first of the configured keys), base64url.
+pub fn tag(key: &Secret, purpose: &str, data: &str) -> String {
+    B64.encode(mac(key, purpose, data).finalize().into_bytes())
+}
+
+/// Whether `given` is the MAC of `data` for `purpose` by one of `keys` (compared in constant
+/// time).
+pub fn tag_ok(keys: &[Secret], purpose: &str, data: &str, given: &str) -> bool {
+    let Ok(given) = B64.decode(given.trim()) else {
+        return false;
+    };
+    keys.iter()
+        .any(|k| mac(k, purpose, data).verify_slice(&given).is_ok())
+}
+
+/// `value` as base64url JSON and its MAC for `purpose`: `<data>.<tag>`.
+pub fn seal<T: Serialize>(key: &Secret, purpose: &str, value: &T) -> String {
+    let data = B64.encode(serde_json::to_vec(value).expect("sealed values serialise"));
+    let tag = tag(key, purpose, &data);
+    format!("{data}.{tag}")
+}
+
+/// The value in `text` if one of `keys` sealed it for `purpose`. The MAC is checked (in
+/// constant time) before anything inside is read.
+pub fn open<T: DeserializeOwned>(
+    keys: &[Secret],
+    purpose: &str,
+    text: &str,
+) -> Result<T, TokenError> {
+    let (data, given) = text.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let given = B64.decode(given).map_err(|_| TokenError::Malformed)?;
+    if !keys
+        .iter()
+        .any(|k| mac(k, purpose, data).verify_slice(&given).is_ok())
+    {
+        return Err(TokenError::Forged);
+    }
+    let json = B64.decode(data).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
 }
 
 /// The token for `grant`, signed with `key`.
 pub fn sign(grant: &Grant, key: &Secret) -> String {
-    let json = serde_json::to_vec(grant).expect("a grant serialises");
-    let signed = format!("{PREFIX}{}", B64.encode(json));
-    let tag = mac(key, &signed).finalize().into_bytes();
-    format!("{signed}.{}", B64.encode(tag))
+    format!("{PREFIX}{}", seal(key, "button", grant))
 }
 
 /// The grant in `token` if one of `keys` signed it and it has not expired at `now` (seconds).
-/// The signature is checked (in constant time) before anything inside is read.
 pub fn verify(token: &str, keys: &[Secret], now: i64) -> Result<Grant, TokenError> {
     let token = token.trim();
-    if !token.starts_with(PREFIX) || token.len() > 4096 {
-        return Err(TokenError::Malformed);
-    }
-    let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-    let tag = B64.decode(tag).map_err(|_| TokenError::Malformed)?;
-    if !keys
-        .iter()
-        .any(|key| mac(key, signed).verify_slice(&tag).is_ok())
-    {
-        return Err(TokenError::Forged);
-    }
-    let json = B64
-        .decode(&signed[PREFIX.len()..])
-        .map_err(|_| TokenError::Malformed)?;
-    let grant: Grant = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+    let sealed = token
+        .strip_prefix(PREFIX)
+        .filter(|_| token.len() <= 4096)
+        .ok_or(TokenError::Malformed)?;
+    let grant: Grant = open(keys, "button", sealed)?;
     if grant.expires <= now {
         return Err(TokenError::Expired);
     }

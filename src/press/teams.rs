@@ -12,18 +12,13 @@
 
 use super::{PressDesk, Presser, Verdict};
 use crate::actions::policy::Person;
-use crate::actions::token::{self, Grant, subkey};
+use crate::actions::token::{self, Grant};
 use crate::actions::{ActionsConfig, oidc::Identity};
-use crate::secret::Secret;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,39 +49,6 @@ struct Pending {
     exp: i64,
 }
 
-fn mac(config: &ActionsConfig, key: &Secret, purpose: &str, data: &str) -> Hmac<Sha256> {
-    let _ = config;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&subkey(key, purpose)).expect("any key");
-    mac.update(data.as_bytes());
-    mac
-}
-
-/// `value` as JSON, base64, and a MAC for `purpose`.
-fn seal<T: Serialize>(config: &ActionsConfig, purpose: &str, value: &T) -> String {
-    let data = B64.encode(serde_json::to_vec(value).expect("serialises"));
-    let tag = mac(config, config.signing_key(), purpose, &data)
-        .finalize()
-        .into_bytes();
-    format!("{data}.{}", B64.encode(tag))
-}
-
-/// The value sealed in `text` by one of the configured keys for `purpose`.
-fn open<T: for<'de> Deserialize<'de>>(
-    config: &ActionsConfig,
-    purpose: &str,
-    text: &str,
-) -> Option<T> {
-    let (data, tag) = text.split_once('.')?;
-    let tag = B64.decode(tag).ok()?;
-    config
-        .keys
-        .iter()
-        .any(|k| mac(config, k, purpose, data).verify_slice(&tag).is_ok())
-        .then(|| B64.decode(data).ok())
-        .flatten()
-        .and_then(|json| serde_json::from_slice(&json).ok())
-}
-
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -112,32 +74,17 @@ fn set_cookie(config: &ActionsConfig, name: &str, value: &str, max_age: i64) -> 
 
 fn session(config: &ActionsConfig, headers: &HeaderMap) -> Option<(Session, String)> {
     let raw = cookie(headers, SESSION)?;
-    let s: Session = open(config, "session", raw)?;
+    let s: Session = token::open(&config.keys, "session", raw).ok()?;
     (s.exp > super::now_secs()).then(|| (s, raw.to_string()))
 }
 
 /// The form's CSRF token: bound to this session and this button.
 fn csrf(config: &ActionsConfig, session: &str, button: &str) -> String {
-    let tag = mac(
-        config,
-        config.signing_key(),
-        "csrf",
-        &format!("{session}|{button}"),
-    )
-    .finalize()
-    .into_bytes();
-    B64.encode(tag)
+    token::tag(config.signing_key(), "csrf", &format!("{session}|{button}"))
 }
 
 fn csrf_ok(config: &ActionsConfig, session: &str, button: &str, given: &str) -> bool {
-    let Ok(given) = B64.decode(given.trim()) else {
-        return false;
-    };
-    config.keys.iter().any(|k| {
-        mac(config, k, "csrf", &format!("{session}|{button}"))
-            .verify_slice(&given)
-            .is_ok()
-    })
+    token::tag_ok(&config.keys, "csrf", &format!("{session}|{button}"), given)
 }
 
 /// A small page, never cached, never framed, sending no referrer (the path holds a token).
@@ -216,7 +163,8 @@ pub async fn confirm_page(
     };
     let Some((s, raw)) = session(config, &headers) else {
         let next = format!("/actions/{button}");
-        let login = format!("/actions/login?next={}", urlencode(&next));
+        let query = serde_urlencoded::to_string([("next", next.as_str())]).unwrap_or_default();
+        let login = format!("/actions/login?{query}");
         return page(
             StatusCode::OK,
             &what(&grant),
@@ -451,7 +399,7 @@ pub async fn login(
         next,
         exp: super::now_secs() + LOGIN_SECS,
     };
-    let sealed = seal(&clients.config, "login", &pending);
+    let sealed = token::seal(clients.config.signing_key(), "login", &pending);
     let mut response = StatusCode::SEE_OTHER.into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&started.url) {
@@ -489,7 +437,8 @@ pub async fn callback(
     if let Some(e) = query.get("error") {
         return refused(&format!("the provider said {e}"));
     }
-    let Some(pending) = cookie(&headers, LOGIN).and_then(|c| open::<Pending>(config, "login", c))
+    let Some(pending) =
+        cookie(&headers, LOGIN).and_then(|c| token::open::<Pending>(&config.keys, "login", c).ok())
     else {
         return refused(
             "the sign-in was not started here, or took too long; open the button's link again",
@@ -517,7 +466,7 @@ pub async fn callback(
         name: identity.name,
         exp: super::now_secs() + SESSION_SECS,
     };
-    let sealed = seal(config, "session", &session);
+    let sealed = token::seal(config.signing_key(), "session", &session);
     let mut response = StatusCode::SEE_OTHER.into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&pending.next) {
@@ -538,21 +487,11 @@ fn markdown_safe(s: &str) -> String {
     s.replace('[', "［").replace(']', "］")
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::actions::BuildkiteSettings;
+    use crate::secret::Secret;
     use std::time::Duration;
 
     fn config() -> ActionsConfig {
@@ -581,11 +520,21 @@ mod tests {
             name: None,
             exp: 9,
         };
-        let sealed = seal(&c, "session", &s);
-        assert_eq!(open::<Session>(&c, "session", &sealed), Some(s));
-        assert_eq!(open::<Session>(&c, "login", &sealed), None);
-        let tampered = sealed.replacen('e', "f", 1);
-        assert!(tampered == sealed || open::<Session>(&c, "session", &tampered).is_none());
+        let open = |purpose: &str, text: &str| token::open::<Session>(&c.keys, purpose, text).ok();
+        let sealed = token::seal(c.signing_key(), "session", &s);
+        assert_eq!(open("session", &sealed), Some(s.clone()));
+        assert_eq!(open("login", &sealed), None);
+        // One character of the sealed data changed: the MAC no longer matches.
+        let first = sealed.chars().next().unwrap();
+        let other = if first == 'e' { 'f' } else { 'e' };
+        let tampered = format!("{other}{}", &sealed[1..]);
+        assert_ne!(tampered, sealed);
+        assert!(open("session", &tampered).is_none());
+        // Sealed with the previous key, it still opens (rotation).
+        assert_eq!(
+            open("session", &token::seal(&c.keys[1], "session", &s)),
+            Some(s)
+        );
     }
 
     #[test]
