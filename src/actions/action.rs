@@ -59,6 +59,16 @@ impl Action {
         }
     }
 
+    /// The verb: "Buildkite refused to retry".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::RetryFailed => "retry",
+            Self::Rebuild => "rebuild",
+            Self::Unblock => "unblock",
+            Self::Cancel => "cancel",
+        }
+    }
+
     /// The past tense: "Retried by Maria López".
     pub fn done(self) -> &'static str {
         match self {

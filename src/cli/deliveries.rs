@@ -227,11 +227,14 @@ pub fn presses(config: &Config, limit: usize) -> ExitCode {
         "at", "action", "outcome", "target", "by", "from"
     );
     for p in rows {
+        // Names and answers come from Slack, the sign-in provider and Buildkite: nothing in
+        // them may steer the operator's terminal.
+        let clean = crate::render::console_text;
         let by = match &p.presser_name {
-            Some(name) if name != &p.presser => format!("{name} ({})", p.presser),
-            _ => p.presser.clone(),
+            Some(name) if name != &p.presser => format!("{} ({})", clean(name), clean(&p.presser)),
+            _ => clean(&p.presser),
         };
-        let mut detail = p.detail.clone().unwrap_or_default();
+        let mut detail = clean(p.detail.as_deref().unwrap_or_default());
         if !p.route.is_empty() {
             detail = format!("route {} → {}; {detail}", p.route, p.destination);
         }

@@ -12,8 +12,9 @@ use super::{Clients, PressDesk, Presser, Verdict};
 use crate::actions::policy::{self, Person};
 use crate::actions::slack_api::SlackApi;
 use crate::actions::token::Grant;
-use crate::actions::{Action, ActionsConfig};
+use crate::actions::ActionsConfig;
 use crate::destination::slack_app;
+use crate::render::slack_text;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -240,9 +241,9 @@ async fn handle(
                 "{} {} by {} at {} · {}",
                 grant.action.emoji(),
                 grant.action.done(),
-                mrkdwn(&presser.name),
+                slack_text(&presser.name),
                 clock(super::now_secs(), tz.as_deref()),
-                mrkdwn(&summary)
+                slack_text(&summary)
             );
             let original = &payload["message"];
             let updated = acted_message(original, &action_id, &line);
@@ -253,19 +254,19 @@ async fn handle(
                 "{} Already {} by {} at {}.",
                 grant.action.emoji(),
                 grant.action.done().to_lowercase(),
-                mrkdwn(&by),
+                slack_text(&by),
                 clock(at / 1000, tz.as_deref())
             ))
             .await
         }
-        Verdict::Denied(why) => tell(format!("🚫 Not allowed: {}.", mrkdwn(&why))).await,
+        Verdict::Denied(why) => tell(format!("🚫 Not allowed: {}.", slack_text(&why))).await,
         Verdict::Failed(why) => {
-            tell(format!("⚠️ Buildkite refused to {}: {}", verb(grant.action), mrkdwn(&why))).await
+            tell(format!("⚠️ Buildkite refused to {}: {}", grant.action.verb(), slack_text(&why))).await
         }
         Verdict::Unavailable(why) => {
             tell(format!(
                 "⚠️ Buildkite did not answer ({}); the {} may or may not have happened: check the build before pressing again.",
-                mrkdwn(&why),
+                slack_text(&why),
                 grant.action.label().to_lowercase()
             ))
             .await
@@ -413,22 +414,6 @@ fn clock(secs: i64, tz: Option<&str>) -> String {
         Some(zone) => at.with_timezone(&zone).format("%H:%M").to_string(),
         None => at.format("%H:%M UTC").to_string(),
     }
-}
-
-fn verb(action: Action) -> &'static str {
-    match action {
-        Action::RetryFailed => "retry",
-        Action::Rebuild => "rebuild",
-        Action::Unblock => "unblock",
-        Action::Cancel => "cancel",
-    }
-}
-
-/// Text safe inside mrkdwn: Slack's three control characters escaped.
-fn mrkdwn(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

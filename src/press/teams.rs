@@ -14,6 +14,7 @@ use super::{PressDesk, Presser, Verdict};
 use crate::actions::policy::Person;
 use crate::actions::token::{self, Grant};
 use crate::actions::{ActionsConfig, oidc::Identity};
+use crate::render::teams_text;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -344,7 +345,7 @@ async fn follow_up(desk: &PressDesk, grant: &Grant, line: &str) {
                 "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
                 "type": "AdaptiveCard",
                 "version": "1.4",
-                "body": [{"type": "TextBlock", "text": markdown_safe(line), "wrap": true}]
+                "body": [{"type": "TextBlock", "text": teams_text(line), "wrap": true}]
             }
         }]
     });
@@ -479,12 +480,6 @@ pub async fn callback(
     h.append(header::SET_COOKIE, set_cookie(config, LOGIN, "", 0));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Text an Adaptive Card shows without a link in it: square brackets (markdown's link text)
-/// become look-alikes, so a name or a job label cannot carry a link of its own.
-fn markdown_safe(s: &str) -> String {
-    s.replace('[', "［").replace(']', "］")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod shorten;
 mod templates;
 
 pub use context::without_secrets;
+pub use escape::{console_text, slack_text, teams_text};
 pub use mention::{People, Person};
 pub use shorten::{truncate, truncate_markup};
 
