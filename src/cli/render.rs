@@ -75,7 +75,7 @@ pub fn run(
             .destination(&p.destination)
             .expect("planned destinations exist");
         // The buttons as the service would show them (with a random nonce: nothing is stored).
-        let links = dest.kind.as_str() == "teams";
+        let links = dest.kind.template_kind() == crate::render::TemplateKind::Teams;
         let buttons = config
             .queue
             .buttons

@@ -5,6 +5,7 @@ use super::raw::{RawActions, RawConfig, RawPolicy, Text};
 use crate::actions::policy::{Globs, Policy};
 use crate::actions::{Action, ActionsConfig, BuildkiteSettings, OidcSettings, SlackSettings};
 use crate::destination::DestinationConfig;
+use crate::render::TemplateKind;
 use crate::routing::Route;
 use crate::secret::Secret;
 use std::ops::Range;
@@ -331,13 +332,17 @@ impl Check<'_> {
                 continue;
             };
             for d in destinations.iter().filter(|d| route.to.contains(&d.name)) {
-                let missing = match d.kind.as_str() {
-                    "slack" | "slack_app" if actions.slack.is_none() => {
+                let missing = match d.kind.template_kind() {
+                    TemplateKind::Slack if actions.slack.is_none() => {
                         Some("[actions.slack] (signing_secret, token)")
                     }
-                    "teams" if actions.public_url.is_none() || actions.oidc.is_none() => Some(
-                        "actions.public_url and [actions.oidc] (Teams buttons are links to a sign-in page)",
-                    ),
+                    TemplateKind::Teams
+                        if actions.public_url.is_none() || actions.oidc.is_none() =>
+                    {
+                        Some(
+                            "actions.public_url and [actions.oidc] (Teams buttons are links to a sign-in page)",
+                        )
+                    }
                     _ => None,
                 };
                 if let Some(missing) = missing {

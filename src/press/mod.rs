@@ -16,6 +16,7 @@ use crate::actions::slack_api::SlackApi;
 use crate::actions::token::{self, Grant, TokenError};
 use crate::metrics::Metrics;
 use crate::reload::Live;
+use crate::render::TemplateKind;
 use crate::store::{Press, Store, now_ms};
 use arc_swap::ArcSwap;
 use axum::routing::{get, post};
@@ -264,15 +265,15 @@ impl PressDesk {
     /// button off a route takes it away from messages already posted).
     fn still_offered(&self, grant: &Grant, channel: &str) -> Result<(), String> {
         let live = self.live.load();
-        let kinds: &[&str] = match channel {
-            "slack" => &["slack", "slack_app"],
-            _ => &["teams"],
+        let pressed_in = match channel {
+            "slack" => TemplateKind::Slack,
+            _ => TemplateKind::Teams,
         };
         let posted = live
             .config
             .destinations
             .iter()
-            .any(|d| d.name == grant.destination && kinds.contains(&d.kind.as_str()));
+            .any(|d| d.name == grant.destination && d.kind.template_kind() == pressed_in);
         if !posted {
             return Err(format!(
                 "this button was not posted to a {channel} destination named {:?}",

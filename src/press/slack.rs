@@ -9,10 +9,10 @@
 //! the presser alone is told why not).
 
 use super::{Clients, PressDesk, Presser, Verdict};
+use crate::actions::ActionsConfig;
 use crate::actions::policy::{self, Person};
 use crate::actions::slack_api::SlackApi;
 use crate::actions::token::Grant;
-use crate::actions::ActionsConfig;
 use crate::destination::slack_app;
 use crate::render::slack_text;
 use axum::body::Bytes;
