@@ -1,10 +1,10 @@
 //! One attempt at one delivery: make it ready ([`super::compose`]), send it under the
 //! destination's hold, judge the answer and record it.
 
+use super::Settings;
 use super::cluster::Hold;
 use super::compose::{ComposeError, compose};
 use super::policy::{RetryPolicy, Verdict};
-use crate::actions::Buttons;
 use crate::destination::{Context, Destination, Outcome, webhook_id};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -53,8 +53,8 @@ pub struct Sender {
     pub store: Arc<dyn Store>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
-    /// The buttons each route shows, swapped whole on reload.
-    pub buttons: Arc<ArcSwap<Buttons>>,
+    /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
+    pub settings: Arc<ArcSwap<Settings>>,
     /// Retry rules.
     pub policy: RetryPolicy,
     /// Where attempts are counted.
@@ -69,11 +69,11 @@ impl Sender {
         let started = Instant::now();
         let dest = self.destination.name();
         let renderer = self.renderer.load_full();
-        let buttons = self.buttons.load_full();
+        let settings = self.settings.load_full();
         let ready = compose(
             self.store.as_ref(),
             &renderer,
-            &buttons,
+            &settings.buttons,
             self.destination.as_ref(),
             &row,
         )

@@ -69,8 +69,8 @@ struct Inner {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     renderer: Arc<ArcSwap<Renderer>>,
-    buttons: Arc<ArcSwap<crate::actions::Buttons>>,
-    settings: ArcSwap<Settings>,
+    /// Shared with the workers, which read the buttons from it at each attempt.
+    settings: Arc<ArcSwap<Settings>>,
     /// Wakes each enabled destination's worker; swapped whole on reload.
     bells: ArcSwap<HashMap<String, Arc<Notify>>>,
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
@@ -110,8 +110,7 @@ impl Queue {
                 client: destination::client(),
                 metrics,
                 renderer: Arc::new(ArcSwap::from_pointee(renderer)),
-                buttons: Arc::new(ArcSwap::new(settings.buttons.clone())),
-                settings: ArcSwap::from_pointee(settings),
+                settings: Arc::new(ArcSwap::from_pointee(settings)),
                 bells: ArcSwap::from_pointee(HashMap::new()),
                 workers: tokio::sync::Mutex::new(HashMap::new()),
                 cluster,
@@ -155,7 +154,6 @@ impl Queue {
         settings: Settings,
     ) {
         self.inner.renderer.store(Arc::new(renderer));
-        self.inner.buttons.store(settings.buttons.clone());
         // Workers hold the retry policy; dedupe and retention are read where they are used.
         let policy_changed = self.inner.settings.load().policy != settings.policy;
         self.inner.settings.store(Arc::new(settings));
@@ -203,7 +201,7 @@ impl Queue {
                 client: inner.client.clone(),
                 store: inner.store.clone(),
                 renderer: inner.renderer.clone(),
-                buttons: inner.buttons.clone(),
+                settings: inner.settings.clone(),
                 policy: settings.policy.clone(),
                 notify: bell.clone(),
                 cancel: cancel.clone(),

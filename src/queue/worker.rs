@@ -8,11 +8,11 @@
 //! it is handed on), the worker finishes what it has in flight and leaves its pace and pause
 //! for the next holder.
 
+use super::Settings;
 use super::attempt::{Done, Record, Sender};
 use super::cluster::{Drained, Hold, Report};
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
-use crate::actions::Buttons;
 use crate::destination::{BuildEnv, DestinationConfig};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -46,8 +46,8 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
-    /// The buttons each route shows, swapped whole on reload.
-    pub buttons: Arc<ArcSwap<Buttons>>,
+    /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
+    pub settings: Arc<ArcSwap<Settings>>,
     /// Retry rules.
     pub policy: RetryPolicy,
     /// Rung when new messages for this destination are stored.
@@ -150,7 +150,7 @@ impl Worker {
                 hold,
                 store: self.store.clone(),
                 renderer: self.renderer.clone(),
-                buttons: self.buttons.clone(),
+                settings: self.settings.clone(),
                 policy: self.policy.clone(),
                 metrics: self.metrics.clone(),
             }),
