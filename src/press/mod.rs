@@ -170,17 +170,18 @@ impl PressDesk {
         token: &str,
         presser: &Presser,
     ) -> Result<Grant, TokenError> {
-        let now = now_ms() / 1000;
-        token::verify(token, &clients.config.keys, now).inspect_err(|e| {
-            let outcome = match e {
-                TokenError::Expired => "expired",
-                TokenError::Forged => "forged",
-                TokenError::Malformed => "malformed",
-            };
-            let press = row(None, presser, outcome, Some(e.to_string()));
-            let (store, metrics) = (self.store.clone(), self.metrics.clone());
-            tokio::spawn(async move { audit(store.as_ref(), &metrics, press).await });
-        })
+        let e = match token::verify(token, &clients.config.keys, now_secs()) {
+            Ok(grant) => return Ok(grant),
+            Err(e) => e,
+        };
+        let outcome = match e {
+            TokenError::Expired => "expired",
+            TokenError::Forged => "forged",
+            TokenError::Malformed => "malformed",
+        };
+        let press = row(None, presser, outcome, Some(e.to_string()));
+        audit(self.store.as_ref(), &self.metrics, press).await;
+        Err(e)
     }
 
     /// Decides, claims and acts on `grant` for `presser`, and records it.
@@ -309,6 +310,13 @@ impl PressDesk {
         audit(self.store.as_ref(), &self.metrics, press).await;
     }
 
+    /// Records a press that ended before the policy was asked (who pressed could not be
+    /// told, or may never act).
+    pub async fn record_only(&self, grant: &Grant, presser: &Presser, verdict: &Verdict) {
+        let press = row(Some(grant), presser, verdict.outcome(), verdict.detail());
+        audit(self.store.as_ref(), &self.metrics, press).await;
+    }
+
     /// The presser's Buildkite user id, when `[[people]]` gives one for their email.
     fn unblocker(&self, presser: &Presser) -> Option<String> {
         let email = presser.person.email.as_deref()?;
@@ -324,15 +332,6 @@ impl PressDesk {
 /// Seconds since the Unix epoch, now.
 pub(crate) fn now_secs() -> i64 {
     now_ms() / 1000
-}
-
-impl PressDesk {
-    /// Records a press that ended before the policy was asked (who pressed could not be
-    /// told, or may never act).
-    pub async fn record_only(&self, grant: &Grant, presser: &Presser, verdict: &Verdict) {
-        let press = row(Some(grant), presser, verdict.outcome(), verdict.detail());
-        audit(self.store.as_ref(), &self.metrics, press).await;
-    }
 }
 
 /// The audit row of a press of `grant` (unknown when its token could not be read).

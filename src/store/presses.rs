@@ -35,6 +35,10 @@ pub struct Press {
     pub detail: Option<String>,
 }
 
+/// The `presses` columns, in the order both stores read a [`Press`] from.
+pub(super) const PRESS_COLUMNS: &str = "id, at, action, target, route, destination, channel, presser, \
+     presser_name, source, outcome, detail";
+
 /// Who claimed a nonce first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

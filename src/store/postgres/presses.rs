@@ -2,11 +2,9 @@
 //! counts is decided by the claims table's primary key.
 
 use super::{PgStore, timed};
+use crate::store::presses::PRESS_COLUMNS;
 use crate::store::{Claim, Press, Presses, StoreError};
 use async_trait::async_trait;
-
-const PRESS_COLUMNS: &str = "id, at, action, target, route, destination, channel, presser, \
-     presser_name, source, outcome, detail";
 
 /// How often a claim is tried again when the claim it lost to was released before it could be
 /// read: each round needs the holder to claim and release again within one round trip.

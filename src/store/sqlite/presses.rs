@@ -1,12 +1,10 @@
 //! Button nonces and the presses' audit trail, as SQL.
 
 use super::SqliteStore;
+use crate::store::presses::PRESS_COLUMNS;
 use crate::store::{Claim, Press, Presses, StoreError};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
-
-const PRESS_COLUMNS: &str = "id, at, action, target, route, destination, channel, presser, \
-     presser_name, source, outcome, detail";
 
 /// One `presses` row, read in [`PRESS_COLUMNS`] order (also by the export).
 pub(super) fn press(r: &Row<'_>) -> rusqlite::Result<Press> {
