@@ -157,24 +157,20 @@ async fn slack_message(w: &World) -> Value {
     serde_json::from_slice(&got[0].body).unwrap()
 }
 
-fn button(message: &Value, action_id: &str) -> String {
-    strings_with(message, action_id)
-}
-
 /// The `value` of the element whose `action_id` is `id`, anywhere in `v`.
-fn strings_with(v: &Value, id: &str) -> String {
+fn button(v: &Value, id: &str) -> String {
     match v {
         Value::Object(m) if m.get("action_id").and_then(Value::as_str) == Some(id) => {
             m["value"].as_str().unwrap().to_string()
         }
         Value::Object(m) => m
             .values()
-            .map(|x| strings_with(x, id))
+            .map(|x| button(x, id))
             .find(|s| !s.is_empty())
             .unwrap_or_default(),
         Value::Array(a) => a
             .iter()
-            .map(|x| strings_with(x, id))
+            .map(|x| button(x, id))
             .find(|s| !s.is_empty())
             .unwrap_or_default(),
         _ => String::new(),
@@ -212,11 +208,16 @@ fn interaction(
 }
 
 async fn press(w: &World, body: &str, secret: &str, ts: i64) -> (u16, Duration) {
+    press_at(&w.app, body, secret, ts).await
+}
+
+/// Posts an interaction to one replica, signed with `secret` at `ts`; the answer's status and
+/// how long it took.
+async fn press_at(app: &TestApp, body: &str, secret: &str, ts: i64) -> (u16, Duration) {
     let started = Instant::now();
-    let resp = w
-        .app
+    let resp = app
         .client
-        .post(w.app.url("/slack/interactions"))
+        .post(app.url("/slack/interactions"))
         .header("content-type", "application/x-www-form-urlencoded")
         .header("x-slack-request-timestamp", ts.to_string())
         .header("x-slack-signature", slack_signature(secret, ts, body))
@@ -968,21 +969,11 @@ async fn two_replicas_pressed_at_once_act_once() {
     let rebuild = button(&message, "kb:rebuild");
     let (a, url_a) = interaction(&w, MARIA, &message, "kb:rebuild", &rebuild);
     let (b, url_b) = interaction(&w, "U0GROUP", &message, "kb:rebuild", &rebuild);
-    let ts = now();
-    let sign = |body: &str| slack_signature(SLACK_SECRET, ts, body);
-    let post = |app: &TestApp, body: String| {
-        app.client
-            .post(app.url("/slack/interactions"))
-            .header("x-slack-request-timestamp", ts.to_string())
-            .header("x-slack-signature", sign(&body))
-            .body(body)
-            .send()
-    };
-    let (ra, rb) = tokio::join!(post(&w.app, a), post(&other, b));
-    assert_eq!(
-        (ra.unwrap().status().as_u16(), rb.unwrap().status().as_u16()),
-        (200, 200)
+    let (ra, rb) = tokio::join!(
+        press_at(&w.app, &a, SLACK_SECRET, now()),
+        press_at(&other, &b, SLACK_SECRET, now())
     );
+    assert_eq!((ra.0, rb.0), (200, 200));
     let first = eventually(|| answers(&w, &url_a).into_iter().next()).await;
     let second = eventually(|| answers(&w, &url_b).into_iter().next()).await;
     assert_eq!(w.bk.puts("/rebuild"), 1, "one rebuild across replicas");
