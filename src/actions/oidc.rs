@@ -116,12 +116,8 @@ pub struct Claims {
     pub issued: i64,
     /// `email`.
     pub email: Option<String>,
-    /// `email_verified`, when present.
+    /// `email_verified` (or Entra's `xms_edov`), when present.
     pub email_verified: Option<bool>,
-    /// `preferred_username` (Entra: usually the sign-in address).
-    pub preferred_username: Option<String>,
-    /// `upn` (Entra v1 tokens).
-    pub upn: Option<String>,
     /// `name`.
     pub name: Option<String>,
 }
@@ -568,8 +564,6 @@ pub fn verify_id_token(
                 _ => None,
             })
         }),
-        preferred_username: text("preferred_username"),
-        upn: text("upn"),
         name: text("name"),
     })
 }
@@ -1059,8 +1053,6 @@ mod tests {
             issued: 0,
             email: Some("a@x.com".into()),
             email_verified: Some(true),
-            preferred_username: Some("b@x.com".into()),
-            upn: Some("c@x.com".into()),
             name: Some("A".into()),
         };
         assert_eq!(identity(base.clone()).email.as_deref(), Some("a@x.com"));
@@ -1081,8 +1073,6 @@ mod tests {
         assert_eq!(identity(guest).email, None);
         let none = Claims {
             email: None,
-            preferred_username: None,
-            upn: None,
             ..base
         };
         assert_eq!(identity(none).email, None);

@@ -1,10 +1,12 @@
 //! The few Slack Web API calls a button press needs: who pressed (`users.info`), whether they
-//! are in a user group (`usergroups.users.list`), rewriting the message (`chat.update`), and
-//! answering through an interaction's `response_url`.
+//! are in a user group (`usergroups.users.list`), the bot's own workspace (`auth.test`),
+//! rewriting the message (`chat.update`), and answering through an interaction's
+//! `response_url`.
 //!
 //! Slack answers API errors with HTTP 200 and `{"ok": false, "error": "…"}`, so every answer
-//! is read as JSON and its `ok` checked. Lookups are cached for a minute (a deactivated account or a removed member acts at most that long): one person
-//! pressing several buttons, or many people in one group, should not cost a call each.
+//! is read as JSON and its `ok` checked. Lookups are cached for a minute (so a deactivated
+//! account or a removed member acts at most that long): one person pressing several buttons,
+//! or many people in one group, should not cost a call each.
 
 use crate::secret::Secret;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -37,7 +39,8 @@ pub struct SlackApi {
     timeout: Duration,
     users: Cache<SlackUser>,
     groups: Cache<Vec<String>>,
-    home: Cache<Home>,
+    /// The bot token's workspace: it never changes, so it is asked once.
+    home: tokio::sync::OnceCell<Home>,
 }
 
 /// The workspace a bot token belongs to.
@@ -113,7 +116,7 @@ impl SlackApi {
             timeout: TIMEOUT,
             users: Cache::default(),
             groups: Cache::default(),
-            home: Cache::default(),
+            home: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -123,7 +126,7 @@ impl SlackApi {
         self
     }
 
-    /// The user with id `id` (`users.info`), cached for a minute (a deactivated account or a removed member acts at most that long).
+    /// The user with id `id` (`users.info`), cached for a minute.
     pub async fn user(&self, id: &str) -> Result<SlackUser, SlackError> {
         if let Some(user) = self.users.get(id) {
             return Ok(user);
@@ -138,9 +141,10 @@ impl SlackApi {
     /// The workspace (and Enterprise Grid organisation) the bot token belongs to
     /// (`auth.test`), learnt once.
     pub async fn home(&self) -> Result<Home, SlackError> {
-        if let Some(home) = self.home.get("") {
-            return Ok(home);
-        }
+        self.home.get_or_try_init(|| self.ask_home()).await.cloned()
+    }
+
+    async fn ask_home(&self) -> Result<Home, SlackError> {
         let url = format!("{}/auth.test", self.api_url);
         let answer = ok_or_error(&self.send(Post::Get(&url)).await?)?;
         let text = |k: &str| {
@@ -156,11 +160,11 @@ impl SlackApi {
             })?,
             enterprise_id: text("enterprise_id"),
         };
-        self.home.put("", home.clone());
         Ok(home)
     }
 
-    /// The member ids of user group `group` (`usergroups.users.list`), cached for a minute (a deactivated account or a removed member acts at most that long).
+    /// The member ids of user group `group` (`usergroups.users.list`), cached for a minute
+    /// (someone removed from the group acts at most that long).
     pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackError> {
         if let Some(members) = self.groups.get(group) {
             return Ok(members);
