@@ -21,7 +21,13 @@ const TAKEN: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/-/", "/actions/"]
 
 impl Check<'_> {
     /// `[actions]`; `None` when absent or switched off by an empty `signing_key`.
-    pub(super) fn actions(&mut self, raw: &RawConfig) -> Option<Arc<ActionsConfig>> {
+    /// `webhook_path` is the Buildkite webhook's path (`[server] path`), which the interactions
+    /// path must not take.
+    pub(super) fn actions(
+        &mut self,
+        raw: &RawConfig,
+        webhook_path: &str,
+    ) -> Option<Arc<ActionsConfig>> {
         let spanned = raw.actions.as_ref()?;
         let (span, a) = (spanned.span(), spanned.get_ref());
         let key = self.text(&a.signing_key, "actions.signing_key")?;
@@ -52,7 +58,7 @@ impl Check<'_> {
             .optional(a.public_url.as_ref(), "actions.public_url")
             .and_then(|u| self.web_url(a.public_url.as_ref(), "actions.public_url", u, true));
         let buildkite = self.actions_buildkite(a, span.clone());
-        let slack = self.actions_slack(a, &raw.server.path.as_ref().map(|p| p.get_ref().clone()));
+        let slack = self.actions_slack(a, webhook_path);
         let oidc = self.actions_oidc(a);
         if oidc.is_some() && public_url.is_none() {
             self.problem(
@@ -71,7 +77,8 @@ impl Check<'_> {
                 "[actions] has no [[actions.policies]]: every press will be refused",
             );
         }
-        let complete = self.problems.len() == problems && policies.len() == a.policies.len();
+        // Every entry that could not be read (a key, a policy…) left a problem.
+        let complete = self.problems.len() == problems;
         let config = ActionsConfig {
             keys,
             ttl,
@@ -164,11 +171,7 @@ impl Check<'_> {
         })
     }
 
-    fn actions_slack(
-        &mut self,
-        a: &RawActions,
-        webhook_path: &Option<String>,
-    ) -> Option<SlackSettings> {
+    fn actions_slack(&mut self, a: &RawActions, webhook_path: &str) -> Option<SlackSettings> {
         let s = a.slack.as_ref()?.get_ref();
         let secret = self.text(&s.signing_secret, "actions.slack.signing_secret")?;
         let token = self.text(&s.token, "actions.slack.token")?;
@@ -187,7 +190,7 @@ impl Check<'_> {
         let clash = TAKEN
             .iter()
             .any(|p| path.starts_with(p) || path == p.trim_end_matches('/'))
-            || webhook_path.as_deref().unwrap_or("/webhooks/buildkite") == path
+            || webhook_path == path
             || path.starts_with("/webhooks/test-engine/");
         if !path.starts_with('/') || path.contains(['{', '}', '*', '?', '#']) || clash {
             self.problem(

@@ -163,7 +163,10 @@ impl Check<'_> {
         let people = self.people(&raw);
         let mutes = self.mutes(&raw);
         let routes = self.routes(&raw.routes, &names, &mutes);
-        let actions = self.actions(&raw);
+        let webhook_path = server
+            .as_ref()
+            .map_or("/webhooks/buildkite", |s| s.path.as_str());
+        let actions = self.actions(&raw, webhook_path);
         self.route_buttons(&raw, &routes, &destinations, actions.as_deref());
         let buttons = crate::actions::Buttons::new(
             actions.clone(),

@@ -840,6 +840,18 @@ fn action_mistakes_name_their_line() {
             "{expected:?} not in {found:#?}"
         );
     }
+    // The interactions path may not take the webhook's (as `[server] path` sets it).
+    let clash = ACTIONS.replace(
+        "token = \"xoxb-1\"",
+        "token = \"xoxb-1\"\npath = \"/hooks/bk\"",
+    ) + "[server]\npath = \"/hooks/bk\"\n";
+    assert!(
+        problems(&clash).iter().any(|p| p.starts_with(
+            "dir/kitebridge.toml:22: actions.slack.path: \"/hooks/bk\" must be a plain path"
+        )),
+        "{:#?}",
+        problems(&clash)
+    );
     let without = ACTIONS.split("[actions]").next().unwrap();
     assert!(
         problems(without)
