@@ -7,6 +7,7 @@ use super::action::Action;
 use super::settings::ActionsConfig;
 use super::token::{self, Grant};
 use crate::event::Event;
+use crate::render::TemplateKind;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -42,15 +43,16 @@ impl Buttons {
         Self { config, routes }
     }
 
-    /// The buttons a message of `route` to `destination` shows for `event`; `links` gives
-    /// each the confirm page's link (Teams, whose cards cannot call back).
+    /// The buttons a message of `route` to `destination` (whose templates are of `kind`)
+    /// shows for `event`. Teams cards cannot call back, so theirs carry a confirm page's link.
     pub fn for_event(
         &self,
         event: &Event,
         route: &str,
         destination: &str,
-        links: bool,
+        kind: TemplateKind,
     ) -> Vec<Button> {
+        let links = kind == TemplateKind::Teams;
         let (Some(config), Some(wanted)) = (&self.config, self.routes.get(route)) else {
             return Vec::new();
         };
@@ -206,7 +208,7 @@ mod tests {
 
     fn shown(event: &str) -> Vec<&'static str> {
         buttons("acme")
-            .for_event(&fixture(event), "r", "d", true)
+            .for_event(&fixture(event), "r", "d", TemplateKind::Teams)
             .into_iter()
             .map(|b| b.action)
             .collect()
@@ -230,7 +232,7 @@ mod tests {
             &fixture("build.finished.blocked.json"),
             "r",
             "d",
-            true,
+            TemplateKind::Teams,
         );
         assert_eq!(b.iter().map(|b| b.action).collect::<Vec<_>>(), ["unblock"]);
     }
@@ -239,7 +241,12 @@ mod tests {
     fn builds_of_another_organization_show_none() {
         assert!(
             buttons("other")
-                .for_event(&fixture("build.finished.json"), "r", "d", true)
+                .for_event(
+                    &fixture("build.finished.json"),
+                    "r",
+                    "d",
+                    TemplateKind::Teams
+                )
                 .is_empty()
         );
     }
@@ -248,7 +255,12 @@ mod tests {
     fn routes_without_buttons_show_none() {
         assert!(
             buttons("acme")
-                .for_event(&fixture("build.finished.json"), "x", "d", true)
+                .for_event(
+                    &fixture("build.finished.json"),
+                    "x",
+                    "d",
+                    TemplateKind::Teams
+                )
                 .is_empty()
         );
     }
@@ -257,7 +269,7 @@ mod tests {
     fn a_button_carries_a_verifiable_grant_and_a_link() {
         let b = buttons("acme");
         let event = fixture("job.finished.json");
-        let retry = &b.for_event(&event, "r", "d", true)[0];
+        let retry = &b.for_event(&event, "r", "d", TemplateKind::Teams)[0];
         assert_eq!(retry.action_id, "kb:retry_failed");
         assert_eq!(
             retry.label, "Retry job",
@@ -277,6 +289,11 @@ mod tests {
         assert_eq!(
             (grant.route.as_str(), grant.destination.as_str()),
             ("r", "d")
+        );
+        let slack = b.for_event(&event, "r", "d", TemplateKind::Slack);
+        assert!(
+            slack[0].url.is_none(),
+            "Slack buttons call back; only Teams gets links"
         );
         assert_eq!(
             retry.url.as_deref(),

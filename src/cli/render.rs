@@ -67,7 +67,6 @@ pub fn run(
     let enabled = |name: &str| config.destination(name).is_some_and(|d| d.enabled());
     let planned = plan(&routes, &event, enabled);
     let disabled: Vec<NewDelivery> = plan(&routes, &event, |d| !enabled(d)).deliveries;
-    let data = TemplateData::new(&event, now);
     let mut failed = false;
     let mut out = Vec::new();
     for p in &planned.deliveries {
@@ -75,22 +74,16 @@ pub fn run(
             .destination(&p.destination)
             .expect("planned destinations exist");
         // The buttons as the service would show them (with a random nonce: nothing is stored).
-        let links = dest.kind.template_kind() == crate::render::TemplateKind::Teams;
-        let buttons = config
-            .queue
-            .buttons
-            .for_event(&event, &p.route, &p.destination, links);
-        let mut with_buttons;
-        let data = if buttons.is_empty() {
-            &data
-        } else {
-            with_buttons = TemplateData::new(&event, now);
-            with_buttons.set_actions(&buttons);
-            &with_buttons
-        };
+        let mut data = TemplateData::new(&event, now);
+        data.set_actions(&config.queue.buttons.for_event(
+            &event,
+            &p.route,
+            &p.destination,
+            dest.kind.template_kind(),
+        ));
         match dest
             .kind
-            .render_event(&renderer, p.template.as_deref(), &event, data)
+            .render_event(&renderer, p.template.as_deref(), &event, &data)
         {
             Ok(r) => out.push((p, dest.kind, r.template, r.body)),
             Err(e) => {

@@ -5,7 +5,7 @@
 use crate::actions::Buttons;
 use crate::destination::{Destination, Parent};
 use crate::event::{Event, VerifiedBody};
-use crate::render::{Body, Renderer, TemplateData, TemplateKind};
+use crate::render::{Body, Renderer, TemplateData};
 use crate::store::{Delivery, Store, StoreError, StoredEvent, now_ms};
 use chrono::{TimeZone, Utc};
 use thiserror::Error;
@@ -78,12 +78,12 @@ pub async fn compose(
         kind.render_group(renderer, row.template.as_deref(), &events, now)
     } else {
         let mut data = TemplateData::new(&events[0], now);
-        // Teams cards cannot call back: their buttons are links to a confirm page.
-        let links = kind.template_kind() == TemplateKind::Teams;
-        let shown = buttons.for_event(&events[0], &row.route, destination.name(), links);
-        if !shown.is_empty() {
-            data.set_actions(&shown);
-        }
+        data.set_actions(&buttons.for_event(
+            &events[0],
+            &row.route,
+            destination.name(),
+            kind.template_kind(),
+        ));
         kind.render_event(renderer, row.template.as_deref(), &events[0], &data)
     }
     .map_err(|e| ComposeError::Render(e.to_string()))?;

@@ -158,8 +158,12 @@ impl TemplateData {
         )))
     }
 
-    /// Adds `kb.actions`: the buttons the message shows (see `crate::actions::Buttons`).
+    /// Adds `kb.actions`: the buttons the message shows (see `crate::actions::Buttons`); none
+    /// leaves it absent.
     pub fn set_actions<T: serde::Serialize>(&mut self, buttons: &[T]) {
+        if buttons.is_empty() {
+            return;
+        }
         let buttons = serde_json::to_value(buttons).unwrap_or_default();
         if let Some(kb) = self
             .0
