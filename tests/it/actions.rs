@@ -632,13 +632,9 @@ async fn confirm_on_page(
         .unwrap()
 }
 
-/// Starts a sign-in for the button page `path`: the login cookie, the provider's authorize
-/// URL and its `state`.
-async fn start_sign_in(
-    w: &World,
-    browser: &reqwest::Client,
-    path: &str,
-) -> (String, String, String) {
+/// Starts a sign-in for the button page `path`: the login cookie and the provider's
+/// authorize URL.
+async fn start_sign_in(w: &World, browser: &reqwest::Client, path: &str) -> (String, String) {
     let login = browser
         .get(w.app.url(&format!("/actions/login?next={path}")))
         .send()
@@ -647,14 +643,7 @@ async fn start_sign_in(
     assert_eq!(login.status(), 303);
     let pending = set_cookie(&login, "kb_login").expect("a login cookie");
     let authorize = login.headers()["location"].to_str().unwrap().to_string();
-    let state = reqwest::Url::parse(&authorize)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
-    (pending, authorize, state)
+    (pending, authorize)
 }
 
 /// Plays the provider and comes back to the callback: the session cookie, after a redirect
@@ -740,7 +729,7 @@ async fn teams_links_confirm_sign_in_and_act_once() {
     assert_eq!(anon.status(), 401);
 
     // Sign in: our login → the provider → our callback.
-    let (pending, authorize, _) = start_sign_in(&w, &browser, &path).await;
+    let (pending, authorize) = start_sign_in(&w, &browser, &path).await;
     let cookie = finish_sign_in(&w, &browser, &path, &pending, &authorize).await;
 
     // Signed in, the GET shows a confirm form, and still changes nothing.
@@ -838,7 +827,7 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let (pending, authorize, _) = start_sign_in(&w, &browser, &path).await;
+    let (pending, authorize) = start_sign_in(&w, &browser, &path).await;
     let code = w.oidc.authorize(&authorize).await;
     // A callback whose state is not the one started here is refused.
     let wrong = browser
@@ -863,7 +852,7 @@ async fn teams_sign_in_from_outside_the_policy_is_refused() {
         &Secret::new(KEY),
     );
     let slack_path = format!("/actions/{slack_token}");
-    let (pending, authorize, _) = start_sign_in(&w, &browser, &slack_path).await;
+    let (pending, authorize) = start_sign_in(&w, &browser, &slack_path).await;
     let cookie = finish_sign_in(&w, &browser, &slack_path, &pending, &authorize).await;
     let r = confirm_on_page(&w, &browser, &slack_path, &cookie).await;
     assert_eq!(r.status(), 403);
