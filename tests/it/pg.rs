@@ -127,6 +127,28 @@ impl TestDb {
             .get(0)
     }
 
+    /// Makes this database refuse writes (`default_transaction_read_only`), or take them
+    /// again, for every session: the setting applies to new sessions, so the ones open now
+    /// are ended and whoever uses the database reconnects under it.
+    pub async fn set_read_only(&self, on: bool) {
+        let admin = admin().await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = {}",
+                self.name,
+                if on { "on" } else { "off" }
+            ))
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+    }
+
     /// `[storage]` for a config file.
     pub fn storage_toml(&self) -> String {
         format!(

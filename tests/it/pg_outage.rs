@@ -236,3 +236,53 @@ to = ["slack"]
     }
     assert!(!app.logged("not ready").is_empty(), "the outage is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_turns_intake_and_readyz_503_and_both_recover() {
+    let db = crate::pg::TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::replicas::replica_config(dir.path(), &db, &rec, "rate = 0");
+    let app = Replica::start(&cfg).await;
+    assert_eq!(
+        post_signed_to(app.addr, &build_finished(1)).await.unwrap(),
+        202
+    );
+    assert_eq!(status(app.addr, "/readyz").await, 200);
+
+    db.set_read_only(true).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(app.addr, "/readyz").await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz kept saying ready on a read-only database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in 2..=4 {
+        assert_eq!(
+            post_signed_to(app.addr, &build_finished(n)).await.unwrap(),
+            503,
+            "nothing is answered 2xx while it cannot be stored"
+        );
+    }
+
+    db.set_read_only(false).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(app.addr, "/readyz").await != 200 {
+        assert!(Instant::now() < deadline, "/readyz never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post_signed_to(app.addr, &build_finished(5)).await.unwrap(),
+        202
+    );
+    let got = rec.wait_for("slack", 2).await;
+    let mut numbers: Vec<u64> = got
+        .iter()
+        .filter_map(|r| build_number_in(r.json()["text"].as_str().unwrap_or_default()))
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers, [1, 5], "what was accepted is sent, and only that");
+}

@@ -191,6 +191,25 @@ async fn every_accepted_event_is_delivered_when_the_sending_replica_is_killed_mi
         duplicates.len()
     );
     assert!(missing.is_empty(), "never delivered: {missing:?}");
+    // Another replica takes over within 30 s: the first message to arrive after the kill
+    // (leaving the dead one's last packets a moment to land) came from the new sender.
+    let killed = killed_at.unwrap();
+    let first_after = rec
+        .received_on("slack")
+        .iter()
+        .map(|r| r.at)
+        .filter(|at| *at > killed + Duration::from_millis(500))
+        .min()
+        .expect("something arrived after the kill");
+    println!(
+        "first arrival from the new sender {:?} after the kill",
+        first_after - killed
+    );
+    assert!(
+        first_after - killed <= Duration::from_secs(30),
+        "the takeover took {:?}",
+        first_after - killed
+    );
     assert!(
         duplicates.len() <= 4,
         "only attempts in flight at the kill may repeat (concurrency 4): {duplicates:?}"
@@ -251,12 +270,14 @@ async fn the_same_body_sent_to_two_replicas_at_once_is_stored_and_sent_once() {
     assert!(seen.values().all(|c| *c == 1), "each sent once: {seen:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slack_app_build_whose_events_land_on_different_replicas_is_one_message() {
-    let db = TestDb::new().await;
-    let rec = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
+/// Three replicas sending one `slack_app` destination, and the five events of one failing
+/// build (scheduled, running, a failed job, failing, finished).
+async fn slack_app_cluster(
+    dir: &std::path::Path,
+    db: &TestDb,
+    rec: &Recorder,
+) -> ([Replica; 3], [Vec<u8>; 5]) {
+    let cfg = dir.join("k.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -310,6 +331,18 @@ to = ["live"]
         build("build.failing", "failing"),
         build("build.finished", "failed"),
     ];
+    (replicas, events)
+}
+
+/// The recorder numbers its posts from 1: the build's message is the first.
+const FIRST_TS: &str = "1700000000.000001";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_app_build_whose_events_land_on_different_replicas_is_one_message() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (replicas, events) = slack_app_cluster(dir.path(), &db, &rec).await;
     for (i, body) in events.iter().enumerate() {
         let to = &replicas[i % 3];
         assert_eq!(post_signed_to(to.addr, body).await.unwrap(), 202);
@@ -332,13 +365,57 @@ to = ["live"]
         3,
         "updated in place by the later build events"
     );
-    let ts = "1700000000.000001"; // the recorder numbers its posts from 1
-    assert!(updates.iter().all(|u| u.json()["ts"] == ts));
+    assert!(updates.iter().all(|u| u.json()["ts"] == FIRST_TS));
     let replies: Vec<_> = posts
         .iter()
-        .filter(|p| p.json()["thread_ts"] == ts)
+        .filter(|p| p.json()["thread_ts"] == FIRST_TS)
         .collect();
     assert_eq!(replies.len(), 1, "the failed job is a reply in its thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_app_build_whose_events_reach_three_replicas_at_the_same_moment_is_one_message() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (replicas, events) = slack_app_cluster(dir.path(), &db, &rec).await;
+    let posts = events
+        .iter()
+        .enumerate()
+        .map(|(i, body)| post_signed_to(replicas[i % 3].addr, body));
+    for status in futures_util::future::join_all(posts).await {
+        assert_eq!(status.unwrap(), 202);
+    }
+    // The failed job's reply and at least the build's message; then let the rest settle.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rec.received_on("api/chat.postMessage").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let posts = rec.received_on("api/chat.postMessage");
+    let top: Vec<_> = posts
+        .iter()
+        .filter(|p| p.json().get("thread_ts").is_none())
+        .collect();
+    assert_eq!(
+        top.len(),
+        1,
+        "one message for the build, whichever replica stored first"
+    );
+    let replies: Vec<_> = posts
+        .iter()
+        .filter(|p| p.json()["thread_ts"] == FIRST_TS)
+        .collect();
+    assert_eq!(replies.len(), 1, "the failed job is a reply in its thread");
+    let updates = rec.received_on("api/chat.update");
+    assert!(updates.iter().all(|u| u.json()["ts"] == FIRST_TS));
+    // Moved forward only: whatever order they were stored in, the message ends as failed.
+    let last = updates.last().map_or_else(|| top[0].json(), |u| u.json());
+    let shown = last.to_string();
+    assert!(
+        shown.contains("failed"),
+        "the message ends on the build's result: {shown}"
+    );
 }
 
 /// Arrival times at the recorder never exceed `burst` plus `rate` per second, in any window.
@@ -424,6 +501,18 @@ async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
     // The sender goes away right after the 429; whoever takes over keeps the pause.
     replicas[sender].signal("TERM");
     let _ = replicas[sender].child.wait().await;
+    let live: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != sender)
+        .map(|(_, r)| r)
+        .collect();
+    owner(&live, "slack").await;
+    assert!(
+        limited.elapsed() < Duration::from_millis(2900),
+        "the handover happened inside the pause, so the new sender is the one keeping it: {:?}",
+        limited.elapsed()
+    );
     for n in 2..=5u64 {
         let to = &replicas[(sender + 1 + n as usize % 2) % 3];
         assert_eq!(
@@ -444,6 +533,64 @@ async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
     );
     let seen = arrivals(&rec, "slack");
     assert_eq!(seen.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_pause_holds_for_the_replica_that_takes_over() {
+    let db = TestDb::new().await;
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Status(500, "down")]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    // One failure pauses the destination for backoff_initial with jitter: 3 to 6 s here.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("backoff_initial = \"100ms\"", "backoff_initial = \"6s\"")
+        .replace("backoff_max = \"1s\"", "backoff_max = \"6s\"");
+    std::fs::write(&cfg, text).unwrap();
+    let mut replicas = [
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+        Replica::start(&cfg).await,
+    ];
+    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
+    assert_eq!(
+        post_signed_to(replicas[sender].addr, &build_finished(1))
+            .await
+            .unwrap(),
+        202
+    );
+    let failed = rec.wait_for("slack", 1).await[0].at;
+    replicas[sender].signal("TERM");
+    let _ = replicas[sender].child.wait().await;
+    let live: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != sender)
+        .map(|(_, r)| r)
+        .collect();
+    owner(&live, "slack").await;
+    assert!(
+        failed.elapsed() < Duration::from_millis(2900),
+        "the handover happened inside the pause: {:?}",
+        failed.elapsed()
+    );
+    // New events, fresh and due at once, still wait for the pause the failure set.
+    for n in 2..=4u64 {
+        let to = live[n as usize % 2];
+        assert_eq!(
+            post_signed_to(to.addr, &build_finished(n)).await.unwrap(),
+            202
+        );
+    }
+    let got = rec.wait_for("slack", 5).await;
+    let next = got[1].at - failed;
+    assert!(
+        next >= Duration::from_millis(2900),
+        "nothing was sent during the failure pause: the next came after {next:?}"
+    );
+    let seen = arrivals(&rec, "slack");
+    assert_eq!(seen.len(), 4, "all four arrived: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,7 @@ contract!(
     a_held_event_holds_the_digest_it_joins_and_max_age_counts_from_release,
     held_messages_count_in_the_depth_but_not_in_the_age,
     concurrent_builds_of_one_branch_are_counted_one_after_the_other,
+    a_retried_build_and_late_older_builds_at_once_keep_the_history_right,
     a_build_message_is_only_moved_forward,
     a_released_lease_hands_on_its_pace_and_pause,
     recent_events_come_newest_first,
@@ -646,6 +647,82 @@ async fn concurrent_builds_of_one_branch_are_counted_one_after_the_other(store: 
         panic!()
     };
     assert_eq!(transition.unwrap().kind, TransitionKind::Fixed);
+}
+
+fn finished(n: u64, failed: bool, at: i64) -> NewEvent {
+    let mut e = event(
+        &format!("{{\"build\":{n},\"failed\":{failed},\"at\":{at}}}"),
+        at,
+    );
+    e.build = Some(BuildOutcome {
+        pipeline: "web".into(),
+        branch: "main".into(),
+        number: n,
+        failed,
+        finished_at: Some(at),
+    });
+    e
+}
+
+/// Build 10 failed; then, at the same moment, its retry passes, its earlier result arrives
+/// late, and two older builds arrive late. Whatever order the store takes them in, the
+/// older builds get no transition, exactly one of them is `fixed`, and the branch ends passing.
+async fn a_retried_build_and_late_older_builds_at_once_keep_the_history_right(
+    store: Arc<dyn Store>,
+) {
+    let t = now_ms();
+    let transition = |a: Accepted| match a {
+        Accepted::New { transition, .. } => transition.map(|t| t.kind),
+        other => panic!("{other:?}"),
+    };
+    let first = store
+        .accept(finished(10, true, t), fixed(vec![]), None)
+        .await
+        .unwrap();
+    assert_eq!(transition(first), Some(TransitionKind::Broken));
+    let arrivals = [
+        finished(10, false, t + 1_000), // the retry passes
+        finished(10, true, t + 500),    // a result between the two, arriving late
+        finished(9, false, t - 5_000),
+        finished(8, true, t - 9_000),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, e) in arrivals.into_iter().enumerate() {
+        let store = store.clone();
+        tasks.spawn(async move { (i, store.accept(e, fixed(vec![]), None).await.unwrap()) });
+    }
+    let mut kinds = [None; 4];
+    while let Some(r) = tasks.join_next().await {
+        let (i, accepted) = r.unwrap();
+        kinds[i] = transition(accepted);
+    }
+    assert_eq!(kinds[2], None, "an older build changes nothing");
+    assert_eq!(kinds[3], None, "an older build changes nothing");
+    assert_eq!(
+        kinds[0],
+        Some(TransitionKind::Fixed),
+        "the retry that passed fixes it"
+    );
+    assert!(
+        matches!(kinds[1], None | Some(TransitionKind::StillFailing)),
+        "the late middle result is ignored, or counted before the pass: {kinds:?}"
+    );
+    // The history kept is the retry's pass: the next failure breaks the branch anew.
+    let next = store
+        .accept(finished(11, true, t + 2_000), fixed(vec![]), None)
+        .await
+        .unwrap();
+    let Accepted::New {
+        transition: Some(next),
+        ..
+    } = next
+    else {
+        panic!("{next:?}")
+    };
+    assert_eq!(
+        (next.kind, next.consecutive_failures),
+        (TransitionKind::Broken, 1)
+    );
 }
 
 async fn a_build_message_is_only_moved_forward(store: Arc<dyn Store>) {
