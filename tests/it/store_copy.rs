@@ -372,6 +372,39 @@ async fn with_the_duplicate_window_off_only_the_events_messages_need_are_copied(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_bodies_inside_the_duplicate_window_are_copied_as_duplicate_keys() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, old_db) = old_store(dir.path(), &rec).await;
+    // Two events fall out of a 1 h window: the agent event no route took, and build 1,
+    // whose pending delivery still needs it.
+    let two_hours_ago = kitebridge::store::now_ms() - 2 * 3_600_000;
+    let conn = rusqlite::Connection::open(&old_db).unwrap();
+    let aged = conn
+        .execute(
+            "UPDATE events SET received_at = ?1 WHERE name = 'agent.connected' \
+             OR id = (SELECT MIN(id) FROM events WHERE name = 'build.finished')",
+            [two_hours_ago],
+        )
+        .unwrap();
+    assert_eq!(aged, 2);
+    drop(conn);
+    let db = TestDb::new().await;
+    let storage = format!("{}dedupe_window = \"1h\"\n", db.storage_toml());
+    let cfg = pg_config(dir.path(), &storage, &rec);
+    assert_eq!(
+        copied(&cfg, &old_db, &[]).await,
+        "copied 3 pending deliveries, 3 dead letters, 1 open digest (3 events), 3 branch histories, 3 message ids, 5 duplicate keys, 0 button claims, 0 button presses"
+    );
+    assert_eq!(
+        db.count(&rows("events")).await,
+        6,
+        "the old build stays for its delivery; the old agent event is gone"
+    );
+    assert_eq!(db.count(&rows("dedupe_keys")).await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_schema_version_1_is_copied_too() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("v1.db");
