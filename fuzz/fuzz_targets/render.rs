@@ -1,14 +1,25 @@
-//! `Event::parse` of arbitrary bytes; if it is an event, render it for Slack, Teams and the
-//! console with the built-in templates.
+//! `Event::parse` of arbitrary bytes; if it is an event, render it with the built-in
+//! templates of every template kind (Slack, Teams, console, webhook), as the destination kind
+//! each renders for would, within its limits.
 //!
-//! Rendering always succeeds; Slack and Teams bodies are JSON within the destination's limits;
-//! no Slack text can ping or mention (`<!…>`, `<@…>`, `<#…>`), no Teams text holds a Markdown
-//! link or `<at>` tag, and console text carries no control characters.
+//! Rendering always succeeds and passes the kind's body check; Slack and Teams bodies are JSON
+//! within the destination's limits; no Slack text can ping or mention (`<!…>`, `<@…>`,
+//! `<#…>`), no Teams text holds a Markdown link or `<at>` tag, console text carries no control
+//! characters, and a webhook body is the documented envelope around the payload as received,
+//! without any `webhook_url`.
 
 #![no_main]
 
-use kitebridge::render::limits::*;
-use kitebridge::render::{Body, Renderer, TemplateData, TemplateKind};
+use kitebridge::destination::DestinationKind;
+use kitebridge::destination::console::MAX_CHARS as CONSOLE_CHARS;
+use kitebridge::destination::slack::limits::{
+    ACTIONS as SLACK_ACTIONS, BLOCKS as SLACK_BLOCKS, BUTTON as SLACK_BUTTON,
+    CONTEXT_ELEMENTS as SLACK_CONTEXT_ELEMENTS, FIELD as SLACK_FIELD, FIELDS as SLACK_FIELDS,
+    HEADER as SLACK_HEADER, SECTION as SLACK_SECTION, TEXT as SLACK_TEXT,
+};
+use kitebridge::destination::teams::MAX_BYTES as TEAMS_BYTES;
+use kitebridge::event::Event;
+use kitebridge::render::{Body, Renderer, TemplateData, TemplateKind, without_secrets};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -95,19 +106,61 @@ fn check_teams(body: &Value) {
     }
 }
 
+/// The envelope of docs/destinations.md ("The webhook envelope"), version 1.
+fn check_webhook(body: &Value, event: &Event) {
+    assert_eq!(body["type"], event.name(), "webhook type");
+    let timestamp = body["timestamp"].as_str().expect("a timestamp");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+        "timestamp {timestamp:?}"
+    );
+    let data = &body["data"];
+    assert_eq!(data["version"], 1);
+    assert_eq!(data["event"], event.name());
+    assert!(data["id"].is_number() || data["id"].is_null());
+    assert!(data["kb"].is_object());
+    assert!(data["transition"].is_null() || data["transition"]["kind"].is_string());
+    // The payload as received, minus secrets (and minus `kb`, where the derived fields sit).
+    let mut want = without_secrets(event.payload());
+    if let Some(map) = want.as_object_mut() {
+        map.remove("kb");
+    }
+    assert_eq!(data["payload"], want, "webhook payload");
+    fn no_secret(v: &Value) {
+        match v {
+            Value::Object(map) => {
+                assert!(
+                    !map.contains_key("webhook_url"),
+                    "webhook_url in a webhook body"
+                );
+                map.values().for_each(no_secret);
+            }
+            Value::Array(items) => items.iter().for_each(no_secret),
+            _ => {}
+        }
+    }
+    no_secret(body);
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some(event) = kitebridge_fuzz::event(data) else {
         return;
     };
     let data = TemplateData::new(&event, kitebridge_fuzz::now());
     for kind in TemplateKind::ALL {
-        let (name, body) = match RENDERER.render_event(kind, None, &event, &data) {
-            Ok(ok) => ok,
+        let dest =
+            DestinationKind::rendered_by(kind).expect("a destination kind per template kind");
+        let (name, body) = match dest.render_event(&RENDERER, None, &event, &data) {
+            Ok(r) => (r.template, r.body),
             Err(e) => panic!("{kind} {}: {e}", event.name()),
         };
+        if let Err(e) = dest.check_body(&body) {
+            panic!("{kind}/{name}: {e}");
+        }
         match (kind, &body) {
             (TemplateKind::Slack, Body::Json(v)) => check_slack(v),
             (TemplateKind::Teams, Body::Json(v)) => check_teams(v),
+            (TemplateKind::Webhook, Body::Json(v)) => check_webhook(v, &event),
             (TemplateKind::Console, Body::Text(t)) => {
                 assert!(t.chars().count() <= CONSOLE_CHARS);
                 assert!(

@@ -6,9 +6,7 @@
 
 #![no_main]
 
-use kitebridge::ingress::auth::{
-    AuthError, AuthMode, Credentials, Presented, SignatureHeader, sign,
-};
+use kitebridge::auth::{AuthError, AuthMode, Credentials, Presented, SignatureHeader, sign};
 use kitebridge::secret::Secret;
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
