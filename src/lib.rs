@@ -1,4 +1,5 @@
-//! kitebridge: verified Buildkite webhooks in, routed and rendered chat messages out.
+//! kitebridge: verified Buildkite webhooks in; routed, rendered Slack and Teams messages and
+//! signed JSON webhooks out.
 //!
 //! The modules follow the data flow of one webhook:
 //!
@@ -14,16 +15,24 @@
 //!   check, its sender and how it judges answers (sent, retry later or permanent failure).
 //! - [`store`]: the durable store (SQLite, WAL, group commit; or PostgreSQL for replicas) of
 //!   accepted events and their deliveries.
+//! - [`transition`]: how a finished build changes its branch (`broken`, `fixed`, …), decided
+//!   by the store from the branch's last build; [`mute`]: the windows that drop or hold a
+//!   route's messages.
 //! - [`queue`]: stores each accepted event with one delivery per (route, destination) before
 //!   the answer, then per-destination workers render, pace, send and retry.
 //!
 //! Beside them: [`config`] (TOML, environment interpolation, validation into a runtime form),
 //! [`condition`] (Buildkite's `if:` expression language: parse, check, evaluate),
-//! [`cli`] (the `serve`, `check`, `render`, `send-test`, `deliveries` and `studio` commands),
+//! [`validate`] (what `serve`, a reload and `check` verify before a config goes live: the
+//! templates compile and render valid bodies), [`reload`] (hot reload of config and templates),
+//! [`cli`] (the `serve`, `check`, `render`, `send-test`, `deliveries`, `actions list`,
+//! `store copy` and `studio` commands),
 //! [`studio`] (the template studio: a local page and its JSON API), [`actions`] (buttons that
 //! act: signed tokens, policies, the Buildkite, Slack and sign-in clients), [`press`] (answering
 //! the presses from Slack and the Teams confirm pages), [`server`] (start-up and
-//! graceful shutdown), [`secret`] (values that never print) and [`crypto`] (the rustls provider).
+//! graceful shutdown), [`metrics`] (the Prometheus registry behind `/metrics`), [`telemetry`]
+//! (logging, text or JSON), [`memory`] (handing memory back to the system), [`secret`] (values
+//! that never print) and [`crypto`] (the rustls provider).
 //!
 //! The module graph is acyclic (`tests/architecture.rs` checks it): config sits above
 //! destination, which sits above render and store, which sit above event.

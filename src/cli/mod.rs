@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// kitebridge: Buildkite webhooks to Slack and Microsoft Teams.
+/// kitebridge: Buildkite webhooks to Slack, Microsoft Teams and signed JSON webhooks.
 #[derive(Debug, Parser)]
 #[command(name = "kitebridge", version, about)]
 pub struct Cli {
