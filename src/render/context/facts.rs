@@ -170,23 +170,36 @@ pub fn first_line(s: &str) -> &str {
         .unwrap_or("")
 }
 
-pub(super) fn elapsed(
-    v: &Value,
-    from: &str,
-    to: &str,
-    now: DateTime<Utc>,
-) -> (Option<String>, Option<String>) {
+/// How long something took, or has been running so far: at most one of the two is known.
+#[derive(Debug, Default)]
+pub(super) struct Elapsed {
+    /// Start to finish, once finished.
+    pub duration: Option<String>,
+    /// Start to now, while still running.
+    pub running_for: Option<String>,
+}
+
+pub(super) fn elapsed(v: &Value, from: &str, to: &str, now: DateTime<Utc>) -> Elapsed {
     let start = time(v, from);
     match (start, time(v, to)) {
-        (Some(s), Some(f)) => (between(s, f).map(format_duration), None),
-        (Some(s), None) => (None, between(s, now).map(format_duration)),
-        _ => (None, None),
+        (Some(s), Some(f)) => Elapsed {
+            duration: between(s, f).map(format_duration),
+            running_for: None,
+        },
+        (Some(s), None) => Elapsed {
+            duration: None,
+            running_for: between(s, now).map(format_duration),
+        },
+        _ => Elapsed::default(),
     }
 }
 
 pub(super) fn build_facts(p: &Value, now: DateTime<Utc>) -> BuildFacts {
     let commit = text(p, "build.commit");
-    let (duration, running_for) = elapsed(p, "build.started_at", "build.finished_at", now);
+    let Elapsed {
+        duration,
+        running_for,
+    } = elapsed(p, "build.started_at", "build.finished_at", now);
     let message = lookup(p, "build.message")
         .and_then(Value::as_str)
         .unwrap_or("");
@@ -237,7 +250,7 @@ pub(super) fn build_facts(p: &Value, now: DateTime<Utc>) -> BuildFacts {
 }
 
 pub(super) fn job_facts(p: &Value, now: DateTime<Utc>) -> JobFacts {
-    let (duration, _) = elapsed(p, "job.started_at", "job.finished_at", now);
+    let duration = elapsed(p, "job.started_at", "job.finished_at", now).duration;
     JobFacts {
         label: text(p, "job.label")
             .or_else(|| text(p, "job.name"))
