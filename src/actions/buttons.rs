@@ -52,6 +52,11 @@ impl Buttons {
         destination: &str,
         kind: TemplateKind,
     ) -> Vec<Button> {
+        // A webhook's receiver is a program, not a person: nothing there can press a button,
+        // and its tokens would only be noise in a payload others parse.
+        if kind == TemplateKind::Webhook {
+            return Vec::new();
+        }
         let links = kind == TemplateKind::Teams;
         let (Some(config), Some(wanted)) = (&self.config, self.routes.get(route)) else {
             return Vec::new();
@@ -247,6 +252,20 @@ mod tests {
                     "d",
                     TemplateKind::Teams
                 )
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn webhook_bodies_carry_no_buttons() {
+        let event = fixture("build.finished.json");
+        let b = buttons("acme");
+        assert!(
+            !b.for_event(&event, "r", "d", TemplateKind::Slack)
+                .is_empty()
+        );
+        assert!(
+            b.for_event(&event, "r", "d", TemplateKind::Webhook)
                 .is_empty()
         );
     }
