@@ -5,8 +5,13 @@ use crate::helpers::*;
 use std::process::Command;
 use std::time::Duration;
 
-const SECRETS: [(&str, &str); 6] = [
+const SECRETS: [(&str, &str); 8] = [
     ("BUILDKITE_WEBHOOK_TOKEN", "tok-SECRET-aaa111"),
+    ("HOOK_HEADER", "hdr-SECRET-fff666"),
+    (
+        "HOOK_SIGNING_SECRET",
+        "whsec_U0VDUkVULXNpZ25pbmcta2V5LWhoaDg4OC14eXoh",
+    ),
     ("OLD_TOKEN", "old-SECRET-bbb222"),
     ("TEST_ENGINE_WEBHOOK_KEY", "te-SECRET-ccc333"),
     ("RELOAD_TOKEN", "rl-SECRET-ddd444"),
@@ -41,6 +46,10 @@ async fn no_secret_appears_in_any_output() {
     rec.script(
         "hook/SECRET-eee555/gone",
         [Reply::Status(404, "no_service")],
+    );
+    rec.script(
+        "hook/SECRET-eee555/wh",
+        (0..50).map(|_| Reply::Status(500, "down")),
     );
     let down = dead_address();
     let dir = tempfile::tempdir().unwrap();
@@ -83,12 +92,18 @@ token = "${{SLACK_BOT_TOKEN}}"
 channel = "C0SECRET1"
 url = "http://{down}/api"
 
+[destinations.hook]
+kind = "webhook"
+url = "http://{rec}/hook/${{PATH_PART}}/wh"
+headers = {{ Authorization = "Bearer ${{HOOK_HEADER}}" }}
+signing_secret = "${{HOOK_SIGNING_SECRET}}"
+
 [destinations.console]
 kind = "console"
 
 [[routes]]
 name = "all"
-to = ["gone", "down", "app", "console"]
+to = ["gone", "down", "app", "hook", "console"]
 "#,
         rec = rec.addr
     );
@@ -114,7 +129,7 @@ to = ["gone", "down", "app", "console"]
         ],
         &[],
     );
-    for dest in ["gone", "down", "app"] {
+    for dest in ["gone", "down", "app", "hook"] {
         all += &output(
             &["send-test", "--config", &cfg_s, "--destination", dest],
             &[],
@@ -131,7 +146,7 @@ to = ["gone", "down", "app", "console"]
                 "reload_token = \"${RELOAD_TOKEN}\"\nmax_body_bytes = \"${OLD_TOKEN}\"",
             )
             .replace(
-                "to = [\"gone\", \"down\", \"app\", \"console\"]",
+                "to = [\"gone\", \"down\", \"app\", \"hook\", \"console\"]",
                 "to = [\"${BUILDKITE_WEBHOOK_TOKEN}\"]",
             )
             .replace(
@@ -196,7 +211,7 @@ to = ["gone", "down", "app", "console"]
         let _ = client.get(format!("http://{addr}/metrics")).send().await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         all += &output(&["deliveries", "list", "--config", &cfg_s], &[]);
-        for id in 1..=8 {
+        for id in 1..=10 {
             all += &output(
                 &["deliveries", "show", &id.to_string(), "--config", &cfg_s],
                 &[],
@@ -220,6 +235,14 @@ to = ["gone", "down", "app", "console"]
         "the run did fail deliveries:\n{all}"
     );
     assert!(all.contains("webhook refused"), "and refuse requests");
+    let hooked = rec.received_on("hook/SECRET-eee555/wh");
+    assert!(
+        hooked
+            .iter()
+            .any(|r| r.headers["authorization"] == "Bearer hdr-SECRET-fff666"
+                && r.headers.contains_key("webhook-signature")),
+        "the webhook destination was sent to, with its header and signature"
+    );
     assert!(all.contains("config reloaded"), "and reload");
     for (_, secret) in SECRETS {
         assert!(!all.contains(secret), "{secret} appeared in:\n{all}");
