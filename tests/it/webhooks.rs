@@ -367,3 +367,67 @@ async fn the_command_line_works_for_webhooks() {
         "{shown}"
     );
 }
+
+/// A digest in the webhook envelope: one signed body with the gathered events, as the schema
+/// says.
+#[tokio::test]
+async fn a_digest_arrives_as_one_signed_envelope_of_its_events() {
+    let rec = Recorder::start().await;
+    let toml = config(&rec, "").replace(
+        "events = [\"*\"]",
+        "events = [\"job.finished\"]\ngroup_window = \"1s\"\ngroup_by = [\"build.id\"]",
+    );
+    let app = TestApp::spawn(&toml).await;
+    for n in 1..=3 {
+        assert_eq!(app.post_signed(&failed_job(n)).await.0, 202);
+    }
+    let got = rec.wait_for(PATH, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rec.received_on(PATH).len(), 1, "one body for the digest");
+    let envelope = got[0].json();
+    assert_eq!(envelope["type"], "digest");
+    assert_eq!(envelope["data"]["count"], 3);
+    assert_eq!(envelope["data"]["events"].as_array().unwrap().len(), 3);
+    assert_eq!(verify(&got[0], &[SECRET]).unwrap(), [true]);
+    let errors: Vec<String> = schema()
+        .iter_errors(&envelope)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{envelope:#}");
+}
+
+/// An operator's own `templates/webhook/<name>.hbs` shapes the body instead of the envelope.
+#[tokio::test]
+async fn a_webhook_template_of_the_operators_own_shapes_the_body() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("webhook")).unwrap();
+    std::fs::write(
+        dir.path().join("webhook/metrics.hbs"),
+        r#"{"pipeline": {{{json pipeline.slug}}}, "state": {{{json build.state}}}, "event": {{{json event}}}}"#,
+    )
+    .unwrap();
+    let toml = format!(
+        "[templates]\ndir = \"{}\"\n{}",
+        dir.path().display(),
+        config(&rec, "").replace("to = [\"hook\"]", "to = [\"hook\"]\ntemplate = \"metrics\"")
+    );
+    let app = TestApp::spawn(&toml).await;
+    assert_eq!(app.post_signed(&fixture("build.finished")).await.0, 202);
+    let got = rec.wait_for(PATH, 1).await;
+    let body = got[0].json();
+    let sent = fixture_json("build.finished");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "pipeline": sent["pipeline"]["slug"],
+            "state": sent["build"]["state"],
+            "event": "build.finished",
+        })
+    );
+    assert_eq!(
+        verify(&got[0], &[SECRET]).unwrap(),
+        [true],
+        "signed all the same"
+    );
+}
