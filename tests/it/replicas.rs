@@ -478,13 +478,26 @@ async fn a_paced_destination_keeps_its_pace_across_the_cluster_and_a_handover() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
+/// Three replicas; the sender's first answer is `first` (which pauses the destination for 3 s
+/// or more), and the sender stops right after it. The replica that takes over (inside the
+/// pause: asserted) is given builds 2 to 5, and sends nothing before the pause has passed.
+/// `backoff` replaces the test config's backoff (both its bounds). Returns the arrivals.
+async fn a_pause_across_a_handover(first: Reply, backoff: Option<&str>) -> BTreeMap<u64, usize> {
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
-    rec.script("slack", [Reply::RateLimited(3)]);
+    rec.script("slack", [first]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
+    if let Some(b) = backoff {
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(
+                "backoff_initial = \"100ms\"",
+                &format!("backoff_initial = \"{b}\""),
+            )
+            .replace("backoff_max = \"1s\"", &format!("backoff_max = \"{b}\""));
+        std::fs::write(&cfg, text).unwrap();
+    }
     let mut replicas = [
         Replica::start(&cfg).await,
         Replica::start(&cfg).await,
@@ -497,8 +510,7 @@ async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
             .unwrap(),
         202
     );
-    let limited = rec.wait_for("slack", 1).await[0].at;
-    // The sender goes away right after the 429; whoever takes over keeps the pause.
+    let paused = rec.wait_for("slack", 1).await[0].at;
     replicas[sender].signal("TERM");
     let _ = replicas[sender].child.wait().await;
     let live: Vec<&Replica> = replicas
@@ -509,12 +521,13 @@ async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
         .collect();
     owner(&live, "slack").await;
     assert!(
-        limited.elapsed() < Duration::from_millis(2900),
+        paused.elapsed() < Duration::from_millis(2900),
         "the handover happened inside the pause, so the new sender is the one keeping it: {:?}",
-        limited.elapsed()
+        paused.elapsed()
     );
+    // New events, due at once, still wait for the pause the first answer set.
     for n in 2..=5u64 {
-        let to = &replicas[(sender + 1 + n as usize % 2) % 3];
+        let to = live[n as usize % 2];
         assert_eq!(
             post_signed_to(to.addr, &build_finished(n)).await.unwrap(),
             202
@@ -525,72 +538,26 @@ async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = rec.received_on("slack");
-    assert_eq!(got.len(), 6, "the 429, then all five");
-    let next = got[1].at - limited;
+    assert_eq!(got.len(), 6, "the first answer, then all five");
+    let next = got[1].at - paused;
     assert!(
         next >= Duration::from_millis(2900),
-        "nothing was sent during the Retry-After: the next came after {next:?}"
+        "nothing was sent during the pause: the next came after {next:?}"
     );
-    let seen = arrivals(&rec, "slack");
-    assert_eq!(seen.len(), 5);
+    arrivals(&rec, "slack")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
+    let seen = a_pause_across_a_handover(Reply::RateLimited(3), None).await;
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_pause_holds_for_the_replica_that_takes_over() {
-    let db = TestDb::new().await;
-    let rec = Recorder::start().await;
-    rec.script("slack", [Reply::Status(500, "down")]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = replica_config(dir.path(), &db, &rec, "rate = 0");
     // One failure pauses the destination for backoff_initial with jitter: 3 to 6 s here.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("backoff_initial = \"100ms\"", "backoff_initial = \"6s\"")
-        .replace("backoff_max = \"1s\"", "backoff_max = \"6s\"");
-    std::fs::write(&cfg, text).unwrap();
-    let mut replicas = [
-        Replica::start(&cfg).await,
-        Replica::start(&cfg).await,
-        Replica::start(&cfg).await,
-    ];
-    let sender = owner(&replicas.iter().collect::<Vec<_>>(), "slack").await;
-    assert_eq!(
-        post_signed_to(replicas[sender].addr, &build_finished(1))
-            .await
-            .unwrap(),
-        202
-    );
-    let failed = rec.wait_for("slack", 1).await[0].at;
-    replicas[sender].signal("TERM");
-    let _ = replicas[sender].child.wait().await;
-    let live: Vec<&Replica> = replicas
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != sender)
-        .map(|(_, r)| r)
-        .collect();
-    owner(&live, "slack").await;
-    assert!(
-        failed.elapsed() < Duration::from_millis(2900),
-        "the handover happened inside the pause: {:?}",
-        failed.elapsed()
-    );
-    // New events, fresh and due at once, still wait for the pause the failure set.
-    for n in 2..=4u64 {
-        let to = live[n as usize % 2];
-        assert_eq!(
-            post_signed_to(to.addr, &build_finished(n)).await.unwrap(),
-            202
-        );
-    }
-    let got = rec.wait_for("slack", 5).await;
-    let next = got[1].at - failed;
-    assert!(
-        next >= Duration::from_millis(2900),
-        "nothing was sent during the failure pause: the next came after {next:?}"
-    );
-    let seen = arrivals(&rec, "slack");
-    assert_eq!(seen.len(), 4, "all four arrived: {seen:?}");
+    let seen = a_pause_across_a_handover(Reply::Status(500, "down"), Some("6s")).await;
+    assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
