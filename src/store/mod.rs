@@ -43,6 +43,10 @@ pub enum Schema {
     /// Refuse anything but the current version (the operator's commands, which must not
     /// change a schema running replicas use).
     Check,
+    /// [`Check`](Self::Check), and never write: the store is only read (the template
+    /// studio). The database refuses writes itself: SQLite opens its file read-only, and
+    /// PostgreSQL sessions are read-only transactions.
+    ReadOnly,
 }
 
 /// Which store, and where (`[storage]`).
@@ -79,16 +83,18 @@ impl StoreConfig {
     pub async fn open(&self, schema: Schema) -> Result<Arc<dyn Store>, StoreError> {
         match self {
             Self::Sqlite { path, durability } => {
-                if schema == Schema::Check && !path.exists() {
+                if schema != Schema::Migrate && !path.exists() {
                     return Err(StoreError::Database(
                         "no store yet (it is created when kitebridge serve first starts)".into(),
                     ));
                 }
                 let (path, durability) = (path.clone(), *durability);
-                let store =
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&path, durability))
-                        .await
-                        .map_err(|_| StoreError::Closed)??;
+                let store = tokio::task::spawn_blocking(move || match schema {
+                    Schema::ReadOnly => SqliteStore::open_read_only(&path, durability),
+                    Schema::Migrate | Schema::Check => SqliteStore::open(&path, durability),
+                })
+                .await
+                .map_err(|_| StoreError::Closed)??;
                 Ok(Arc::new(store))
             }
             Self::Postgres(options) => Ok(Arc::new(

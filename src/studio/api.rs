@@ -640,22 +640,20 @@ async fn send(
     let Some(body) = rendering.body else {
         return Ok(unprocessable(json!(rendering.problems)));
     };
+    // A Slack app keeps which message is which build's in a store. Not the real one, which
+    // the studio only reads: there a test would update (or become) a build's live message.
+    // A scratch store of its own makes every test a new message.
+    let scratch = scratch_store()
+        .await
+        .map_err(|e| error(StatusCode::CONFLICT, format!("no scratch store: {e}")))?;
     let env = BuildEnv {
         client: state.client.clone(),
-        store: state.store.clone(),
+        store: Some(scratch),
     };
     let Some(sender) = dest.build(&env) else {
-        // Only a Slack app needs more: the store, to know which message is which build's.
         return Err(error(
             StatusCode::CONFLICT,
-            format!(
-                "destination {:?} cannot be built here: {}",
-                dest.name,
-                state
-                    .store_problem
-                    .as_deref()
-                    .unwrap_or("it needs the store")
-            ),
+            format!("destination {:?} cannot be built here", dest.name),
         ));
     };
     let started = Instant::now();
@@ -674,4 +672,21 @@ async fn send(
                 "ms": started.elapsed().as_millis() as u64}),
     )
     .into_response())
+}
+
+/// An empty store in memory, gone when dropped.
+async fn scratch_store() -> Result<Arc<dyn crate::store::Store>, crate::store::StoreError> {
+    let name = format!(
+        "file:kitebridge-studio-{:016x}?mode=memory&cache=shared",
+        fastrand::u64(..)
+    );
+    let store = tokio::task::spawn_blocking(move || {
+        crate::store::sqlite::SqliteStore::open(
+            std::path::Path::new(&name),
+            crate::store::sqlite::Durability::Normal,
+        )
+    })
+    .await
+    .map_err(|_| crate::store::StoreError::Closed)??;
+    Ok(Arc::new(store))
 }

@@ -95,8 +95,9 @@ pub async fn start(options: Options) -> Result<Running, String> {
     for line in skipped {
         tracing::warn!(%line, "sample left out");
     }
-    // Read-only: the studio never migrates or writes the store; without one it still works.
-    let (store, store_problem) = match config.storage.open(Schema::Check).await {
+    // Read-only: the studio never creates, migrates or writes the store (the database refuses
+    // it); without one it still works.
+    let (store, store_problem) = match config.storage.open(Schema::ReadOnly).await {
         Ok(store) => (Some(store), None),
         Err(e) => {
             let problem = format!("{}: {e}", config.storage.shown());

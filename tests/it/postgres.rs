@@ -446,3 +446,36 @@ async fn tls_is_required_or_verified_as_sslmode_says() {
         SslMode::VerifyFull
     );
 }
+
+#[tokio::test]
+async fn a_read_only_store_reads_and_the_server_refuses_its_writes() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store
+        .accept(ping(1), Box::new(|_| Vec::new()), None)
+        .await
+        .unwrap();
+    let reader = PgStore::connect(db.options(Duration::from_secs(2)), Schema::ReadOnly)
+        .await
+        .unwrap();
+    assert_eq!(reader.recent_events(50).await.unwrap().len(), 1);
+    let e = reader
+        .accept(ping(2), Box::new(|_| Vec::new()), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("read-only transaction"), "{e}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM events").await, 1);
+    // And it never migrates: an empty database stays empty.
+    let empty = TestDb::new().await;
+    assert!(
+        PgStore::connect(empty.options(Duration::from_secs(2)), Schema::ReadOnly)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        empty
+            .count("SELECT COUNT(*) FROM pg_tables WHERE tablename LIKE 'kitebridge%'")
+            .await,
+        0
+    );
+}

@@ -7,6 +7,9 @@ use kitebridge::studio::{Options, Running, TOKEN_HEADER, start};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
+/// How many stored events the sample picker offers (the issue's figure).
+const STORE_SAMPLES: usize = 50;
+
 pub struct Studio {
     pub running: Running,
     pub dir: tempfile::TempDir,
@@ -216,11 +219,21 @@ async fn lists_templates_and_samples_with_secrets_removed() {
 #[tokio::test]
 async fn stored_events_are_samples_too() {
     let s = studio_with(None, false, true).await;
-    // The store the config names, with one event in it, as `serve` leaves it.
+    // The store the config names, as `serve` leaves it: more events than the picker offers,
+    // the newest a job's.
     let config = kitebridge::config::Config::load(&s.dir.path().join("kitebridge.toml")).unwrap();
     let app = TestApp::spawn(&std::fs::read_to_string(config.path.clone()).unwrap()).await;
+    let mut build: Value = fixture_json("build.finished");
+    for number in 0..STORE_SAMPLES + 2 {
+        build["build"]["number"] = json!(number);
+        let body = serde_json::to_vec(&build).unwrap();
+        assert_eq!(app.post_signed(&body).await.0, 202);
+    }
     assert_eq!(app.post_signed(&fixture("job.finished")).await.0, 202);
     let _ = app.stop().await;
+    let db = s.dir.path().join("kitebridge.db");
+    let before = std::fs::read(&db).unwrap();
+
     let running = start(Options {
         config: config.path.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -229,8 +242,86 @@ async fn stored_events_are_samples_too() {
     })
     .await
     .unwrap();
-    let samples: Value = serde_json::from_slice(
-        &reqwest::get(format!("http://{}/api/samples", running.addr))
+    let get = |path: String| async move {
+        let r = reqwest::get(format!("http://{}{path}", running.addr))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()
+    };
+    let samples = get("/api/samples".into()).await;
+    let stored: Vec<&Value> = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["origin"] == "store")
+        .collect();
+    assert_eq!(stored.len(), STORE_SAMPLES, "the last 50 only: {samples}");
+    assert!(
+        stored[0]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("job.finished · "),
+        "newest first: {samples}"
+    );
+    assert!(
+        stored[1]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("build.finished · web-app #{} ", STORE_SAMPLES + 1)),
+        "{samples}"
+    );
+    for sample in &stored[..3] {
+        let one = get(format!("/api/samples/{}", sample["id"].as_str().unwrap())).await;
+        assert!(one["payload"].is_object(), "{one}");
+        assert!(
+            !one.to_string().contains("webhook_url"),
+            "secrets removed: {one}"
+        );
+    }
+    running.task.abort();
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the studio only reads the store"
+    );
+}
+
+#[tokio::test]
+async fn the_studio_never_creates_or_migrates_a_store() {
+    let s = studio_with(None, false, true).await;
+    let db = s.dir.path().join("kitebridge.db");
+    assert!(
+        !db.exists(),
+        "no store was created: {:?}",
+        files_under(s.dir.path())
+    );
+    let (status, info) = s.get("/api/info").await;
+    assert_eq!(status, 200);
+    assert!(
+        info["store"].as_str().unwrap().contains("no store yet"),
+        "{info}"
+    );
+
+    // A store of an older schema is left as it is, and said why.
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE old (x); PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let running = start(Options {
+        config: s.dir.path().join("kitebridge.toml"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        allow_send: false,
+        samples: None,
+    })
+    .await
+    .unwrap();
+    let info: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{}/api/info", running.addr))
             .await
             .unwrap()
             .bytes()
@@ -238,19 +329,17 @@ async fn stored_events_are_samples_too() {
             .unwrap(),
     )
     .unwrap();
-    let stored: Vec<&Value> = samples
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["origin"] == "store")
-        .collect();
-    assert_eq!(stored.len(), 1, "{samples}");
     assert!(
-        stored[0]["label"]
-            .as_str()
-            .unwrap()
-            .starts_with("job.finished · ")
+        info["store"].as_str().unwrap().contains("schema version 1"),
+        "{info}"
     );
+    running.task.abort();
+    assert_eq!(std::fs::read(&db).unwrap(), before, "not migrated");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
 }
 
 #[tokio::test]
@@ -698,5 +787,91 @@ async fn the_page_carries_its_token_and_its_assets() {
             .unwrap()
             .status(),
         404
+    );
+}
+
+#[tokio::test]
+async fn a_test_sent_to_a_slack_app_is_a_new_message_and_leaves_the_store_alone() {
+    init_logs();
+    let slack = crate::fake_slack::FakeSlack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kitebridge.db");
+    let config = format!(
+        r#"
+[buildkite]
+token = "{TOKEN}"
+
+[delivery]
+allowed_hosts = ["127.0.0.1"]
+
+[destinations.live]
+kind = "slack_app"
+token = "{bot}"
+channel = "C0TEST"
+url = "{api}"
+rate = 0
+
+[[routes]]
+name = "builds"
+events = ["build.*"]
+to = ["live"]
+"#,
+        bot = crate::fake_slack::FakeSlack::TOKEN,
+        api = slack.api_url(),
+    );
+    let path = dir.path().join("kitebridge.toml");
+    std::fs::write(&path, with_store(&config, &db)).unwrap();
+
+    // `serve` posts build 1842's live message and keeps its id in the store.
+    let app = TestApp::spawn(&std::fs::read_to_string(&path).unwrap()).await;
+    assert_eq!(app.post_signed(&fixture("build.running")).await.0, 202);
+    for _ in 0..200 {
+        if !slack.calls("chat.postMessage").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(slack.calls("chat.postMessage").len(), 1, "the live message");
+    let _ = app.stop().await;
+    let before = std::fs::read(&db).unwrap();
+
+    let running = start(Options {
+        config: path,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        allow_send: true,
+        samples: None,
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let answer: Value = client
+            .post(format!("http://{}/api/send", running.addr))
+            .header(TOKEN_HEADER, &running.token)
+            .header("content-type", "application/json")
+            .body(json!({"destination": "live", "sample": "builtin:build.finished"}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        assert_eq!(answer["outcome"], "sent", "{answer}");
+    }
+    running.task.abort();
+    assert_eq!(
+        slack.calls("chat.postMessage").len(),
+        3,
+        "each test is a message of its own"
+    );
+    assert!(
+        slack.calls("chat.update").is_empty(),
+        "a test never updates a build's live message"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the store is unchanged"
     );
 }

@@ -190,19 +190,26 @@ fn connections(tls: &Tls, config: tokio_postgres::Config, size: usize) -> Result
 }
 
 impl PgStore {
-    /// Connects, and creates or migrates the schema (or checks it).
+    /// Connects, and creates or migrates the schema (or checks it; read-only sessions for
+    /// [`Schema::ReadOnly`]).
     pub async fn connect(options: PgOptions, schema: Schema) -> Result<Self, StoreError> {
         crate::crypto::install_provider();
         let tls = match tls::connector(&options).map_err(StoreError::Database)? {
             Some(c) => Tls::Rustls(c),
             None => Tls::Plain,
         };
-        let pool = connections(&tls, options.config.clone(), options.max_connections)?;
+        let mut config = options.config.clone();
+        if schema == Schema::ReadOnly {
+            // The server itself then refuses any write through these sessions.
+            let given = config.get_options().unwrap_or_default().to_string();
+            config.options(format!("{given} -c default_transaction_read_only=on").trim());
+        }
+        let pool = connections(&tls, config.clone(), options.max_connections)?;
         // The delivery workers' bookkeeping commits without waiting for the disk: a record lost
         // to a database crash means a message sent again (at least once), never one lost; the
         // write-ahead log keeps commits in order, and anything stored durably after one (an
         // event joining a digest after it closed) makes it durable too.
-        let mut quick = options.config.clone();
+        let mut quick = config;
         let given = quick.get_options().unwrap_or_default().to_string();
         quick.options(format!("{given} -c synchronous_commit=off").trim());
         let bookkeeping = connections(&tls, quick, (options.max_connections / 2).max(2))?;
@@ -299,7 +306,7 @@ async fn migrate(client: &mut Conn, schema: Schema) -> Result<(), StoreError> {
     if found == known {
         return Ok(());
     }
-    if schema == Schema::Check {
+    if schema != Schema::Migrate {
         return Err(StoreError::Database(format!(
             "the database has schema version {found}, older than this kitebridge's ({known}): start `kitebridge serve` of this version to migrate it first"
         )));

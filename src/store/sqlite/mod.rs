@@ -70,6 +70,9 @@ pub struct SqliteStore {
     /// so a scrape of a big backlog never keeps the delivery workers from their reads.
     ops_slot: Arc<tokio::sync::Semaphore>,
     durability: Durability,
+    /// Opened by [`SqliteStore::open_read_only`]: no writer, and read connections SQLite
+    /// keeps from writing.
+    read_only: bool,
     commits: Arc<AtomicU64>,
     /// One process has the file to itself, so its leases are local.
     leases: LocalLeases,
@@ -81,6 +84,24 @@ fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    settings(&conn, durability)?;
+    Ok(conn)
+}
+
+/// A connection that cannot write: SQLite itself refuses every change through it.
+fn open_read_only(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    settings(&conn, durability)?;
+    Ok(conn)
+}
+
+/// The per-connection settings every connection shares.
+fn settings(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
     conn.pragma_update(
         None,
         "synchronous",
@@ -90,7 +111,7 @@ fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
+    Ok(())
 }
 
 impl SqliteStore {
@@ -131,9 +152,40 @@ impl SqliteStore {
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
+            read_only: false,
             commits,
             leases: LocalLeases::default(),
             _alive: alive,
+        })
+    }
+
+    /// Opens an existing database for reading only, as the template studio does: nothing is
+    /// created or migrated, no writer or checkpointer starts, every write answers an error,
+    /// and SQLite refuses changes through its connections. Refuses a database at another
+    /// schema version than this binary's.
+    pub fn open_read_only(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let reader = open_read_only(path, durability)?;
+        let version: i64 = reader.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(StoreError::Database(format!(
+                "{}: schema version {version}, and this kitebridge reads only version {}: start `kitebridge serve` of this version once to migrate it",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        // No writer: a send on this channel fails at once.
+        let (tx, _) = mpsc::channel::<Job>();
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: tx,
+            readers: Arc::new(Mutex::new(vec![reader])),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            durability,
+            read_only: true,
+            commits: Arc::new(AtomicU64::new(0)),
+            leases: LocalLeases::default(),
+            _alive: Arc::new(()),
         })
     }
 
@@ -147,6 +199,9 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.read_only {
+            return Err(StoreError::Database("the store is open read-only".into()));
+        }
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn: Option<&Connection>| {
             let result = match conn {
@@ -182,8 +237,12 @@ impl SqliteStore {
         slots: &Arc<tokio::sync::Semaphore>,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (readers, path, durability) =
-            (self.readers.clone(), self.path.clone(), self.durability);
+        let (readers, path, durability, read_only) = (
+            self.readers.clone(),
+            self.path.clone(),
+            self.durability,
+            self.read_only,
+        );
         let slot = slots
             .clone()
             .acquire_owned()
@@ -195,6 +254,7 @@ impl SqliteStore {
             let spare = readers.lock().map_err(|_| StoreError::Closed)?.pop();
             let conn = match spare {
                 Some(conn) => conn,
+                None if read_only => open_read_only(&path, durability)?,
                 None => open(&path, durability)?,
             };
             let result = f(&conn);
