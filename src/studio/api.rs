@@ -103,6 +103,14 @@ fn unprocessable(problems: Value) -> Response {
 async fn check(Shared(state): AppState, request: Request, next: Next) -> Response {
     let writes = request.uri().path() == "/api/send" || request.method() == Method::PUT;
     if let Err(refusal) = guard::check(request.headers(), writes, &state.hosts, &state.token) {
+        state.refused.count(&refusal);
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            reason = refusal.message(),
+            "studio refused a request"
+        );
         return error(StatusCode::FORBIDDEN, refusal.message()).into_response();
     }
     let mut response = next.run(request).await;
@@ -153,6 +161,7 @@ async fn info(Shared(state): AppState) -> Json<Value> {
         "kinds": TemplateKind::ALL.map(TemplateKind::as_str),
         "destinations": destinations,
         "store": state.store_problem.as_deref().map_or(json!("open"), |p| json!(p)),
+        "refused": state.refused.counts(),
     }))
 }
 
@@ -536,7 +545,8 @@ async fn save(
             return Ok(unprocessable(json!([problems::compile(&e)])));
         }
     };
-    // Only what `serve` would take: every template renders every built-in sample validly.
+    // Only what `serve` would take: every template renders, validly, every built-in sample it
+    // is used for.
     let config = state.config.clone();
     let checked = {
         let renderer = renderer.clone();
@@ -579,19 +589,49 @@ async fn save(
     .into_response())
 }
 
-/// Writes `file` (which must be inside `dir`) whole: to a temporary file, then renamed.
+/// Writes `file` (`dir/KIND/NAME.hbs`) whole: to a temporary file, then renamed over it. Nothing
+/// is created or written outside `dir`: a kind folder that is a link leading out is refused
+/// before anything is made, and a link in the file's place is replaced, never followed.
 fn write_inside(dir: &std::path::Path, file: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let folder = file.parent().expect("a file in a kind's folder");
-    std::fs::create_dir_all(folder)?;
-    let (dir, folder) = (dir.canonicalize()?, folder.canonicalize()?);
-    if !folder.starts_with(&dir) {
-        return Err(std::io::Error::other("it is outside the templates folder"));
+    use std::io::Write;
+    let outside = || std::io::Error::other("it is outside the templates folder");
+    // The templates folder itself is the operator's to place, wherever it is.
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let kind = file
+        .parent()
+        .and_then(|f| f.file_name())
+        .ok_or_else(outside)?;
+    let name = file.file_name().ok_or_else(outside)?;
+    let folder = dir.join(kind);
+    if let Err(e) = std::fs::symlink_metadata(&folder) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        std::fs::create_dir(&folder)?;
     }
-    let name = file.file_name().expect("a file name");
-    let target = folder.join(name);
+    let folder = folder.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            std::io::Error::other(format!("{} is a link to nowhere", kind.to_string_lossy()))
+        }
+        _ => e,
+    })?;
+    if !folder.starts_with(&dir) {
+        return Err(outside());
+    }
     let temporary = folder.join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, &target)
+    // A leftover (or a planted link) goes first: the new file is always a new file.
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&temporary, folder.join(name))
 }
 
 #[derive(Debug, Deserialize)]

@@ -875,3 +875,96 @@ to = ["live"]
         "the store is unchanged"
     );
 }
+
+#[tokio::test]
+async fn a_save_refuses_partials_that_loop_or_are_missing_templates_that_explode_and_links_out() {
+    let s = studio_with(None, false, true).await;
+    let token = s.running.token.clone();
+    let put = |path: &'static str, source: String| {
+        let token = token.clone();
+        let s = &s;
+        async move { s.put(path, &source, Some(&token)).await }
+    };
+    let said = |answer: &Value| answer["problems"].to_string();
+
+    let (status, missing) = put("/api/templates/slack/build", "{{> _nowhere}}".into()).await;
+    assert_eq!(status, 422, "{missing}");
+    assert!(said(&missing).contains("_nowhere"), "{missing}");
+    // `_message` including `build`, which includes `_message`.
+    let (status, looped) = put("/api/templates/slack/_message", "{{> build}}".into()).await;
+    assert_eq!(status, 422, "{looped}");
+    let (status, itself) = put("/api/templates/slack/build", "{{> build}}".into()).await;
+    assert_eq!(status, 422, "{itself}");
+    let bomb = format!(
+        "{{{{#each build}}}}{{{{#each ../build}}}}{{{{#each ../../build}}}}{{{{#each ../../../build}}}}{}{{{{/each}}}}{{{{/each}}}}{{{{/each}}}}{{{{/each}}}}",
+        "x".repeat(1024)
+    );
+    let (status, exploded) = put("/api/templates/console/build", bomb).await;
+    assert_eq!(status, 422, "{exploded}");
+    assert!(
+        said(&exploded).contains("repeat itself"),
+        "{:.300}",
+        said(&exploded)
+    );
+    assert!(
+        !s.templates().exists(),
+        "nothing refused was written: {:?}",
+        files_under(s.dir.path())
+    );
+
+    // A kind folder that is a link out of the templates folder: refused before anything is
+    // made there.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(s.templates()).unwrap();
+    std::fs::create_dir(outside.path().join("teams")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("teams"), s.templates().join("teams")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("nowhere"), s.templates().join("slack"))
+        .unwrap();
+    let (_, templates) = s.get("/api/templates").await;
+    let teams_build = templates
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "teams" && t["name"] == "build")
+        .unwrap()["source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, answer) = put("/api/templates/teams/build", teams_build).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the templates folder"),
+        "{answer}"
+    );
+    let good = "{{#> _message}}\n{\"type\": \"divider\"}\n{{/_message}}";
+    let (status, answer) = put("/api/templates/slack/build", good.into()).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("link to nowhere"),
+        "{answer}"
+    );
+    assert!(!outside.path().join("nowhere").exists());
+    // A link in the file's place is replaced by the file, and what it pointed at is untouched.
+    let victim = outside.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::fs::create_dir_all(s.templates().join("console")).unwrap();
+    let file = s.templates().join("console/build.hbs");
+    std::os::unix::fs::symlink(&victim, &file).unwrap();
+    std::os::unix::fs::symlink(&victim, s.templates().join("console/.build.hbs.tmp")).unwrap();
+    let (status, answer) = put("/api/templates/console/build", "{{kb.title}}".into()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!std::fs::symlink_metadata(&file).unwrap().is_symlink());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "{{kb.title}}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(
+        files_under(outside.path()),
+        vec![victim],
+        "nothing written outside (the linked folder is still empty)"
+    );
+}
