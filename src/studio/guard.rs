@@ -6,6 +6,7 @@
 use crate::auth::secret_eq;
 use axum::http::HeaderMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The header a write carries its token in.
 pub const TOKEN_HEADER: &str = "x-kitebridge-token";
@@ -31,6 +32,34 @@ impl Refusal {
                 "a write needs the token of the page the studio served (X-Kitebridge-Token)"
             }
         }
+    }
+}
+
+/// Requests refused since the studio started, by reason (in `/api/info`, so a user can see
+/// that a page tried).
+#[derive(Debug, Default)]
+pub struct Refused {
+    host: AtomicU64,
+    origin: AtomicU64,
+    token: AtomicU64,
+}
+
+impl Refused {
+    pub fn count(&self, refusal: &Refusal) {
+        let counter = match refusal {
+            Refusal::Host => &self.host,
+            Refusal::Origin => &self.origin,
+            Refusal::Token => &self.token,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> serde_json::Value {
+        serde_json::json!({
+            "host": self.host.load(Ordering::Relaxed),
+            "origin": self.origin.load(Ordering::Relaxed),
+            "token": self.token.load(Ordering::Relaxed),
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The page (compiled in from `assets/`, built from `studio/web/`) edits a template and shows,
 //! as the user types, what each destination would receive, rendered by the same code `serve`
-//! uses. The JSON API under `/api/` is the page's and scripts' (see `docs/templates.md`,
+//! uses. The JSON API under `/api/` is the page's and scripts' (see README.md,
 //! "Template studio"). The studio reads the config, the templates folder and, read-only, the
 //! store; it writes only templates, into `[templates] dir`, and sends only when started with
 //! `--allow-send`. Every request is checked by [`guard`].
@@ -55,6 +55,7 @@ pub(crate) struct State {
     store_problem: Option<String>,
     token: String,
     hosts: Vec<String>,
+    refused: guard::Refused,
     allow_send: bool,
     client: reqwest::Client,
 }
@@ -119,6 +120,7 @@ pub async fn start(options: Options) -> Result<Running, String> {
         store_problem,
         token: token.clone(),
         hosts: guard::hosts(addr),
+        refused: guard::Refused::default(),
         allow_send: options.allow_send,
         client: crate::destination::client(),
     });

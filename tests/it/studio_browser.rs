@@ -144,6 +144,17 @@ async fn type_source(c: &Client, text: &str) {
     let before = renders(c).await;
     editor.send_keys(text).await.unwrap();
     next_render(c, before).await;
+    // Renders of the half-typed text may land after the keys are in: wait until the page has
+    // been quiet for longer than its debounce, so the last picture is of the whole text.
+    let mut seen = renders(c).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let now = renders(c).await;
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
 }
 
 async fn source(c: &Client) -> String {
@@ -235,6 +246,38 @@ async fn a_template_is_edited_previewed_checked_and_saved_in_the_browser() {
             .is_ok(),
         "drawn by the adaptivecards renderer"
     );
+    assert!(
+        c.find(Locator::Css("#problems li.problem")).await.is_err(),
+        "the built-in card has no problems: {}",
+        wait_text(c, "#problems", |_| true).await
+    );
+
+    // A card Adaptive Card 1.4 does not allow: the schema's violations are problems, and the
+    // renderer's own warnings are shown beside the card.
+    let bad_card = r#"{"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "for {{kb.pipeline}}", "size": "enormous"}, {"type": "Mystery"}]}}]}"#;
+    type_source(c, bad_card).await;
+    let schema = wait_text(c, "#problems", |t| t.contains("enormous")).await;
+    let schema_items = c
+        .find_all(Locator::Css("#problems li.problem.schema"))
+        .await
+        .unwrap();
+    assert!(schema_items.len() >= 2, "{schema}");
+    assert!(
+        schema.contains("/body/0/size") || schema.contains("body[0].size"),
+        "points at the property: {schema}"
+    );
+    assert!(schema.contains("must be one of"), "{schema}");
+    assert!(
+        schema.contains("\"Mystery\""),
+        "an element type the schema does not know: {schema}"
+    );
+    let warnings = wait_text(c, "#teams-warnings", |t| t.contains("Mystery")).await;
+    assert!(
+        warnings.contains("Mystery"),
+        "the renderer's warning: {warnings}"
+    );
+    let card = wait_text(c, "#preview-teams", |t| t.contains("for Web App")).await;
+    assert!(card.contains("for Web App"), "still drawn: {card}");
 
     // The README's screenshot: the Slack preview of the failed build, from the built-in
     // source again (the page keeps each template's unsaved text).
@@ -258,19 +301,30 @@ async fn a_template_is_edited_previewed_checked_and_saved_in_the_browser() {
     };
     std::fs::write(target, &png).unwrap();
 
-    // Save: a field added to the failed-build message, written into the templates folder.
-    let edited = source(c).await.replacen(
-        "{{/_message}}",
-        ",\n{\"type\": \"context\", \"elements\": [{\"type\": \"mrkdwn\", \"text\": \"Queue: {{default build.meta_data.queue \"default\"}}\"}]}\n{{/_message}}",
+    // Save: README's walk-through, a field added to the failed-build message after its
+    // Duration, written into the templates folder.
+    let field = r#",{"type": "mrkdwn", "text": "*Triggered by*\n{{build.source}}"}"#;
+    let duration_end = "{{else}}–{{/if}}\"}\n";
+    assert!(original.contains(duration_end), "{original}");
+    let edited = original.replacen(
+        duration_end,
+        &format!("{}{field}\n", duration_end.trim_end()),
         1,
     );
+    let before = renders(c).await;
     js(
         c,
         &format!("window.kbStudio.setSource({}); return true", json!(edited)),
     )
     .await;
-    let before = renders(c).await;
     next_render(c, before).await;
+    let preview = wait_text(c, "#preview-slack", |t| t.contains("Triggered by")).await;
+    assert!(
+        preview.contains("Triggered by") && preview.contains("webhook"),
+        "the seventh field: {preview}"
+    );
+    let body = wait_text(c, "#body", |t| t.contains("Triggered by")).await;
+    assert!(body.contains("*Triggered by*\\nwebhook"), "{body}");
     c.find(Locator::Css("#save"))
         .await
         .unwrap()
@@ -286,7 +340,8 @@ async fn a_template_is_edited_previewed_checked_and_saved_in_the_browser() {
     browser.client.close().await.unwrap();
 }
 
-/// A page from another origin tries to make the studio send: nothing is sent.
+/// A page from another origin that even holds the page's token tries to make the studio render
+/// and send: the studio refuses each request for its origin, and nothing is sent.
 #[tokio::test]
 async fn a_page_from_another_origin_cannot_drive_the_studio() {
     let Some(browser) = Browser::start().await else {
@@ -294,12 +349,21 @@ async fn a_page_from_another_origin_cannot_drive_the_studio() {
     };
     let rec = Recorder::start().await;
     let s = studio_with(Some(&rec), true, true).await;
-    let target = s.url("/api/send");
+    let (render, send, token) = (
+        s.url("/api/render"),
+        s.url("/api/send"),
+        s.running.token.clone(),
+    );
+    // A simple request (no preflight), a simple one with the token, and a CORS one with the
+    // token (its preflight is refused).
     let page = format!(
         r#"<!doctype html><script>
-        fetch({target:?}, {{method: "POST", mode: "no-cors", headers: {{"content-type": "text/plain"}},
-              body: JSON.stringify({{destination: "hook", sample: "builtin:ping"}})}})
-          .finally(() => {{ document.title = "tried"; }});
+        const body = JSON.stringify({{destination: "hook", kind: "slack", name: "build", sample: "builtin:ping"}});
+        Promise.allSettled([
+          fetch({render:?}, {{method: "POST", mode: "no-cors", headers: {{"content-type": "text/plain"}}, body}}),
+          fetch({send:?}, {{method: "POST", mode: "no-cors", headers: {{"content-type": "text/plain", "x-kitebridge-token": {token:?}}}, body}}),
+          fetch({send:?}, {{method: "POST", headers: {{"content-type": "application/json", "x-kitebridge-token": {token:?}}}, body}}),
+        ]).finally(() => {{ document.title = "tried"; }});
         </script>"#
     );
     let app = axum::Router::new().route(
@@ -324,6 +388,15 @@ async fn a_page_from_another_origin_cannot_drive_the_studio() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rec.received().is_empty(), "nothing was sent");
+    let (_, info) = s.get("/api/info").await;
+    assert_eq!(
+        info["refused"]["token"], 0,
+        "refused for the origin, not the token: {info}"
+    );
+    assert!(
+        info["refused"]["origin"].as_u64().unwrap() >= 3,
+        "each of the page's requests was refused for its origin: {info}"
+    );
     // The studio's own page, with its token, can.
     studio_page(&s, &browser).await;
     let sent = js(
