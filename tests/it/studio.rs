@@ -361,6 +361,11 @@ async fn renders_and_points_at_the_problems() {
     assert!(broken["body"].is_null());
     assert_eq!(broken["problems"][0]["source"], "handlebars");
     assert_eq!(broken["problems"][0]["line"], 2, "{broken}");
+    let column = broken["problems"][0]["column"].as_u64();
+    assert!(
+        column.is_some_and(|c| (11..=22).contains(&c)),
+        "the column, within the broken expression `{{{{kb.title\"`: {broken}"
+    );
 
     // Not JSON: the template line that wrote the broken output line.
     let source = "{\n  \"text\": \"{{kb.title}}\",\n  \"blocks\": [{\"type\": \"divider\"} {\"type\": \"divider\"}]\n}";
