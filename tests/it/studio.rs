@@ -401,6 +401,27 @@ async fn renders_and_points_at_the_problems() {
         150,
         "the preview shows what would be sent"
     );
+    // A Teams card over Teams' size limit: its longest text is shortened, and said so.
+    let huge_card = format!(
+        "{{\"type\": \"message\", \"attachments\": [{{\"contentType\": \"application/vnd.microsoft.card.adaptive\", \"content\": {{\"type\": \"AdaptiveCard\", \"version\": \"1.4\", \"body\": [{{\"type\": \"TextBlock\", \"text\": \"{}\", \"wrap\": true}}]}}}}]}}",
+        "t".repeat(60_000)
+    );
+    let teams_limited = s
+        .render(json!({"kind": "teams", "name": "build", "source": huge_card, "sample": "builtin:build.finished"}))
+        .await;
+    let problems = teams_limited["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["source"] == "limit" && p["message"].as_str().unwrap().contains("shortened")),
+        "{:.500}",
+        teams_limited["problems"]
+    );
+    let sent = teams_limited["text"].as_str().unwrap().len();
+    assert!(
+        sent < 60_000,
+        "the preview is what would be sent: {sent} bytes"
+    );
     let shapeless = s
         .render(json!({"kind": "teams", "name": "build", "source": "{\"type\": \"message\"}", "sample": "builtin:build.finished"}))
         .await;

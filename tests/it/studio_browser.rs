@@ -208,12 +208,35 @@ async fn a_template_is_edited_previewed_checked_and_saved_in_the_browser() {
         "{link}"
     );
 
+    // Drawn as Slack would: the attachment's colour bar (the failed build's red), fields.
+    let bar = js(
+        c,
+        "const b = document.querySelector('#preview-slack .sl-bar'); return b ? getComputedStyle(b).backgroundColor : null",
+    )
+    .await;
+    assert!(bar.is_string(), "a colour bar: {bar}");
+    assert_ne!(
+        bar,
+        json!("rgb(221, 221, 221)"),
+        "coloured, not the default grey"
+    );
+
     // Typed: the preview follows.
-    let typed = r#"{"text": "typed {{kb.pipeline}}", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*typed* for {{kb.pipeline}}"}}]}"#;
+    let typed = r#"{"text": "typed {{kb.pipeline}}", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "*typed* for {{kb.pipeline}} <@U024BE7LH>"}}]}"#;
     type_source(c, typed).await;
     assert_eq!(source(c).await, typed, "the editor holds what was typed");
     let preview = wait_text(c, "#preview-slack", |t| t.contains("typed for Web App")).await;
     assert!(preview.contains("typed for Web App"), "{preview}");
+    let mention = wait_text(c, "#preview-slack .mention", |t| t.contains("U024BE7LH")).await;
+    assert!(
+        mention.contains("@U024BE7LH"),
+        "a mention, highlighted: {mention}"
+    );
+    let bold = wait_text(c, "#preview-slack b, #preview-slack strong", |t| {
+        t == "typed"
+    })
+    .await;
+    assert_eq!(bold, "typed", "mrkdwn drawn");
     let ms = js(c, "return Number(document.body.dataset.lastRenderMs)").await;
     eprintln!("keystroke to picture: {ms} ms");
     let body = wait_text(c, "#body", |t| t.contains("typed for Web App")).await;
