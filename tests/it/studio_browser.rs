@@ -208,6 +208,21 @@ async fn a_template_is_edited_previewed_checked_and_saved_in_the_browser() {
         "{link}"
     );
 
+    // The route tester: which routes the failed build matches, and why, and which template
+    // each destination uses.
+    let routes = wait_text(c, "#routes", |t| t.contains("main failures")).await;
+    let matched = c
+        .find_all(Locator::Css("#routes li.route.matched"))
+        .await
+        .unwrap();
+    assert_eq!(matched.len(), 2, "both routes match: {routes}");
+    assert!(
+        matched[0].text().await.unwrap().contains("main failures"),
+        "{routes}"
+    );
+    let console_row = wait_text(c, "#routes table.deliveries", |t| t.contains("console")).await;
+    assert!(console_row.contains("build"), "the template: {console_row}");
+
     // Drawn as Slack would: the attachment's colour bar (the failed build's red), fields.
     let bar = js(
         c,
