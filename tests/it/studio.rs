@@ -161,6 +161,27 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A studio on `config` without sample files, as a user would start it.
+async fn studio_on(config: &Path, allow_send: bool) -> Running {
+    start(Options {
+        config: config.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        allow_send,
+        samples: None,
+    })
+    .await
+    .unwrap()
+}
+
+/// `GET path` of `running`, which must answer 200 with JSON.
+async fn get_json(running: &Running, path: &str) -> Value {
+    let r = reqwest::get(format!("http://{}{path}", running.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn lists_templates_and_samples_with_secrets_removed() {
     let s = studio_with(None, false, true).await;
@@ -234,22 +255,8 @@ async fn stored_events_are_samples_too() {
     let db = s.dir.path().join("kitebridge.db");
     let before = std::fs::read(&db).unwrap();
 
-    let running = start(Options {
-        config: config.path.clone(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        allow_send: false,
-        samples: None,
-    })
-    .await
-    .unwrap();
-    let get = |path: String| async move {
-        let r = reqwest::get(format!("http://{}{path}", running.addr))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).unwrap()
-    };
-    let samples = get("/api/samples".into()).await;
+    let running = studio_on(&config.path, false).await;
+    let samples = get_json(&running, "/api/samples").await;
     let stored: Vec<&Value> = samples
         .as_array()
         .unwrap()
@@ -272,7 +279,11 @@ async fn stored_events_are_samples_too() {
         "{samples}"
     );
     for sample in &stored[..3] {
-        let one = get(format!("/api/samples/{}", sample["id"].as_str().unwrap())).await;
+        let one = get_json(
+            &running,
+            &format!("/api/samples/{}", sample["id"].as_str().unwrap()),
+        )
+        .await;
         assert!(one["payload"].is_object(), "{one}");
         assert!(
             !one.to_string().contains("webhook_url"),
@@ -312,23 +323,8 @@ async fn the_studio_never_creates_or_migrates_a_store() {
         .unwrap();
     }
     let before = std::fs::read(&db).unwrap();
-    let running = start(Options {
-        config: s.dir.path().join("kitebridge.toml"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        allow_send: false,
-        samples: None,
-    })
-    .await
-    .unwrap();
-    let info: Value = serde_json::from_slice(
-        &reqwest::get(format!("http://{}/api/info", running.addr))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let running = studio_on(&s.dir.path().join("kitebridge.toml"), false).await;
+    let info = get_json(&running, "/api/info").await;
     assert!(
         info["store"].as_str().unwrap().contains("schema version 1"),
         "{info}"
@@ -861,14 +857,7 @@ to = ["live"]
     let _ = app.stop().await;
     let before = std::fs::read(&db).unwrap();
 
-    let running = start(Options {
-        config: path,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        allow_send: true,
-        samples: None,
-    })
-    .await
-    .unwrap();
+    let running = studio_on(&path, true).await;
     let client = reqwest::Client::new();
     for _ in 0..2 {
         let answer: Value = client

@@ -145,18 +145,32 @@ impl SqliteStore {
             .name("kitebridge-store".into())
             .spawn(move || write_loop(writer_conn, rx, &counter))
             .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?;
-        Ok(Self {
+        Ok(Self::with_parts(
+            path, tx, reader, durability, false, commits, alive,
+        ))
+    }
+
+    fn with_parts(
+        path: &Path,
+        writer: mpsc::Sender<Job>,
+        reader: Connection,
+        durability: Durability,
+        read_only: bool,
+        commits: Arc<AtomicU64>,
+        alive: Arc<()>,
+    ) -> Self {
+        Self {
             path: path.to_path_buf(),
-            writer: tx,
+            writer,
             readers: Arc::new(Mutex::new(vec![reader])),
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
-            read_only: false,
+            read_only,
             commits,
             leases: LocalLeases::default(),
             _alive: alive,
-        })
+        }
     }
 
     /// Opens an existing database for reading only, as the template studio does: nothing is
@@ -175,18 +189,15 @@ impl SqliteStore {
         }
         // No writer: a send on this channel fails at once.
         let (tx, _) = mpsc::channel::<Job>();
-        Ok(Self {
-            path: path.to_path_buf(),
-            writer: tx,
-            readers: Arc::new(Mutex::new(vec![reader])),
-            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
-            ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+        Ok(Self::with_parts(
+            path,
+            tx,
+            reader,
             durability,
-            read_only: true,
-            commits: Arc::new(AtomicU64::new(0)),
-            leases: LocalLeases::default(),
-            _alive: Arc::new(()),
-        })
+            true,
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(()),
+        ))
     }
 
     /// Transactions committed so far (each may hold many writes).
