@@ -22,10 +22,12 @@
 //!
 //! Differences from Buildkite that remain, and why:
 //!
-//! - Regexes use Rust's `regex` crate, not Buildkite's Ruby (Onigmo) dialect: no lookaround,
-//!   backreferences, atomic groups or possessive quantifiers (they are refused when the
-//!   condition compiles), and named groups `(?<n>…)`, which Buildkite refuses, are accepted.
-//!   In exchange matching runs in linear time, with no timeout needed.
+//! - Regexes first pass Buildkite's own dialect rules (see `dialect.rs`): lookbehind, atomic
+//!   groups, named groups, conditionals and possessive quantifiers are refused as Buildkite
+//!   refuses them, and `(?#…)` comments are dropped. Then Rust's `regex` crate compiles them,
+//!   so lookahead and backreferences, which Buildkite accepts, are refused with a message
+//!   calling them a known difference. In exchange matching runs in linear time, with no
+//!   timeout needed.
 //! - Shell substitution (`$name`, `${name:-default}`, and `$` inside double-quoted strings) is
 //!   refused with an error: it depends on the build's environment, which kitebridge does not
 //!   have. Write `\$` or use single quotes for a literal `$`.
@@ -38,6 +40,7 @@
 
 mod ast;
 mod check;
+mod dialect;
 mod eval;
 mod lexer;
 mod parser;

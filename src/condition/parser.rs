@@ -232,7 +232,12 @@ fn compile_regex(
             ),
         });
     }
-    let compiled = regex::RegexBuilder::new(&pattern)
+    // Buildkite's rules first, so what Buildkite refuses is refused here with its column.
+    let rust_pattern = super::dialect::translate(&pattern).map_err(|e| ConditionError::Regex {
+        column: column + 1 + e.offset,
+        message: e.message,
+    })?;
+    let compiled = regex::RegexBuilder::new(&rust_pattern)
         .case_insensitive(!flags.is_empty())
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)

@@ -61,7 +61,7 @@ fn check_points_into_a_bad_if_expression() {
         (19, "types", 17),         // the string compared with an integer
         (24, "dollar", 18),        // the `$`
         (29, "match a number", 1), // `=~` on an integer
-        (34, "lookbehind", 17),    // a regex our dialect refuses
+        (34, "lookbehind", 18),    // the regex feature Buildkite refuses
     ] {
         let want = format!("bad.toml:{line}: route \"{route}\" if: column {column}");
         assert!(err.contains(&want), "{want}\n{err}");
