@@ -21,6 +21,7 @@ mod pg_outage;
 mod postgres;
 mod production;
 mod queue;
+mod recipes;
 mod replicas;
 mod restarts;
 mod secrets;
