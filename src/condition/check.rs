@@ -108,8 +108,16 @@ pub(crate) fn check(e: &Expr, schema: &Schema) -> Result<Ty, ConditionError> {
                 return Err(ConditionError::Type {
                     column: arg.column,
                     message: format!(
-                        "build.env() reads the names the pipeline defines and only these BUILDKITE_* ones: {}; {wanted:?} is not one",
-                        super::schema::BUILD_ENV_BUILDKITE_NAMES.join(", ")
+                        "build.env() reads the names the pipeline defines and only Buildkite's listed BUILDKITE_* ones; {wanted:?} is not one{}",
+                        super::did_you_mean(
+                            &super::schema::nearest(
+                                wanted,
+                                super::schema::BUILD_ENV_BUILDKITE_NAMES.iter().copied()
+                            )
+                            .iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                        )
                     ),
                 });
             }

@@ -35,10 +35,11 @@
 //! - Integers with a leading zero (`010`) are refused; Buildkite's Go port reads them as octal.
 //! - The schema has no enumeration types, so `build.state == "faillled"` is not caught.
 //! - A schema may refuse `env()` (the uploading agent's environment; the webhook schema does), and
-//!   `build.env()` reads only the `BUILDKITE_*` names Buildkite's documentation lists.
+//!   `build.env()` reads only the 38 `BUILDKITE_*` names Buildkite's server allows.
 //! - There are no `.includes(x)` method calls: Buildkite spells it as the `includes` operator.
 
 mod ast;
+mod build_env;
 mod check;
 mod dialect;
 mod eval;

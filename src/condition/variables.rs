@@ -54,7 +54,9 @@
 //! `build.pull_request.labels`, `build.pull_request.repository.fork`, `build.merge_queue.*`.
 //!
 //! `env(name)` and `build.env(name)` read the payload's `build.env` object: strings as they
-//! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset.
+//! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
+//! `BUILDKITE_*` names a payload can answer (`BUILDKITE_BRANCH`, `BUILDKITE_PULL_REQUEST`, …)
+//! come from its fields first, as in Buildkite (see `build_env.rs`).
 
 use super::{Schema, Type, Value, Variables};
 use crate::event::{Event, lookup};
@@ -248,7 +250,15 @@ impl Variables for EventVariables<'_> {
         if !super::schema::build_env_allows(name) {
             return None;
         }
-        match lookup(self.event.payload(), "build.env")?.get(name)? {
+        let payload = self.event.payload();
+        let org_slug = || match self.get("organization.slug") {
+            Value::Str(s) => Some(s),
+            _ => None,
+        };
+        if let Some(value) = super::build_env::builtin(payload, name, org_slug) {
+            return Some(value);
+        }
+        match lookup(payload, "build.env")?.get(name)? {
             Json::Null => None,
             Json::String(s) => Some(s.clone()),
             other => Some(other.to_string()),
