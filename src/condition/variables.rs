@@ -16,11 +16,11 @@
 //! | `build.message`                  | String      | `build.message`                                   | yes           |
 //! | `build.state`                    | String      | `build.state`                                     | no            |
 //! | `build.source`                   | String      | `build.source`                                    | no            |
-//! | `build.author.email` / `.name`   | String      | `build.author.email` / `.name`                    | no            |
+//! | `build.author.email` / `.name`   | String      | `build.author.email` / `.name`                    | yes           |
 //! | `build.creator.email` / `.name`  | String      | `build.creator.email` / `.name`                   | no            |
-//! | `build.pull_request.id`          | String      | `build.pull_request.id`                           | yes           |
-//! | `build.pull_request.base_branch` | String      | `build.pull_request.base`                         | yes           |
-//! | `build.pull_request.repository`  | String      | `build.pull_request.repository`                   | yes           |
+//! | `build.pull_request.id`          | String      | `build.pull_request.id`                           | no            |
+//! | `build.pull_request.base_branch` | String      | `build.pull_request.base`                         | no            |
+//! | `build.pull_request.repository`  | String      | `build.pull_request.repository`                   | no            |
 //! | `pipeline.id`                    | String      | `pipeline.id`                                     | no            |
 //! | `pipeline.slug`                  | String      | `pipeline.slug`                                   | no            |
 //! | `pipeline.default_branch`        | String      | `pipeline.default_branch`                         | yes           |
@@ -28,22 +28,22 @@
 //! | `pipeline.started_failing`       | Boolean     | the event's transition is `broken`                | –             |
 //! | `pipeline.started_passing`       | Boolean     | the event's transition is `fixed`                 | –             |
 //! | `organization.id`                | String      | `organization.id` (only `ping` carries it)        | no            |
-//! | `organization.slug`              | String      | `organization.slug`, else the `<slug>` of `…/organizations/<slug>/…` in `pipeline.url`, `build.url` or `agent.url` | yes |
+//! | `organization.slug`              | String      | `organization.slug`, else the `<slug>` of `…/organizations/<slug>/…` in `pipeline.url`, `build.url` or `agent.url` | no  |
 //! | `job.state`                      | String      | `job.state`                                       | no            |
 //! | `job.exit_status`                | Integer     | `job.exit_status`                                 | –             |
 //! | `job.soft_failed`                | Boolean     | `job.soft_failed`                                 | –             |
-//! | `job.label`                      | String      | `job.label`, else `job.name` (older payloads)     | yes           |
-//! | `job.step_key`                   | String      | `job.step_key`                                    | yes           |
+//! | `job.label`                      | String      | `job.label`, else `job.name` (older payloads)     | no            |
+//! | `job.step_key`                   | String      | `job.step_key`                                    | no            |
 //! | `agent.name`                     | String      | `agent.name`, else `job.agent.name`               | no            |
 //! | `agent.connection_state`         | String      | `agent.connection_state`, else `job.agent.…`      | no            |
 //! | `agent.meta_data`                | StringArray | `agent.meta_data`, else `job.agent.meta_data` (`key=value` strings) | – |
 //!
-//! Blank is null: Buildkite documents its nullable string variables as "`String`, `null`"
-//! (`build.tag`, `build.message`, `build.pull_request.*`, `pipeline.default_branch`,
-//! `pipeline.repository`), and an unset one is `null`, never `""`; so here an empty string in
-//! those is [`Value::Null`], and `build.tag != null` means "a tag build" even when a payload
-//! sends `"tag": ""`. `job.label` and `job.step_key` follow Buildkite's `step.label` /
-//! `step.key` (also "`String`, `null`"). Every other string keeps `""` as it is.
+//! Blank is null: buildkite/conditional reads `build.tag`, `build.message`,
+//! `build.author.name`, `build.author.email`, `pipeline.default_branch` and
+//! `pipeline.repository` through its `presenceStringValue`, so an empty or whitespace-only value
+//! of those is `null`, never `""`; here too, and `build.tag != null` means "a tag build" even
+//! when a payload sends `"tag": ""`. Every other string keeps `""` as it is (upstream's
+//! `stringValue`), `job.label` and `job.step_key` as upstream's `step.label` and `step.key`.
 //!
 //! A variable the event does not have (a job variable on a build event, a `null` in the
 //! payload, a value of the wrong JSON type) is [`Value::Null`], as in Buildkite.
@@ -109,22 +109,27 @@ static VARS: &[Var] = &[
     var("build.message", S, &["build.message"], true),
     var("build.state", S, &["build.state"], false),
     var("build.source", S, &["build.source"], false),
-    var("build.author.email", S, &["build.author.email"], false),
-    var("build.author.name", S, &["build.author.name"], false),
+    var("build.author.email", S, &["build.author.email"], true),
+    var("build.author.name", S, &["build.author.name"], true),
     var("build.creator.email", S, &["build.creator.email"], false),
     var("build.creator.name", S, &["build.creator.name"], false),
-    var("build.pull_request.id", S, &["build.pull_request.id"], true),
+    var(
+        "build.pull_request.id",
+        S,
+        &["build.pull_request.id"],
+        false,
+    ),
     var(
         "build.pull_request.base_branch",
         S,
         &["build.pull_request.base"],
-        true,
+        false,
     ),
     var(
         "build.pull_request.repository",
         S,
         &["build.pull_request.repository"],
-        true,
+        false,
     ),
     var("pipeline.id", S, &["pipeline.id"], false),
     var("pipeline.slug", S, &["pipeline.slug"], false),
@@ -152,7 +157,7 @@ static VARS: &[Var] = &[
         name: "organization.slug",
         ty: S,
         from: Source::OrgSlug,
-        blank_is_null: true,
+        blank_is_null: false,
     },
     var("job.state", S, &["job.state"], false),
     var(
@@ -167,8 +172,8 @@ static VARS: &[Var] = &[
         &["job.soft_failed"],
         false,
     ),
-    var("job.label", S, &["job.label", "job.name"], true),
-    var("job.step_key", S, &["job.step_key"], true),
+    var("job.label", S, &["job.label", "job.name"], false),
+    var("job.step_key", S, &["job.step_key"], false),
     var("agent.name", S, &["agent.name", "job.agent.name"], false),
     var(
         "agent.connection_state",
@@ -232,15 +237,16 @@ impl Variables for EventVariables<'_> {
                 .unwrap_or(Value::Null),
             Source::OrgSlug => {
                 let direct = lookup(payload, "organization.slug")
-                    .map_or(Value::Null, |j| convert(j, Type::String, true));
-                if direct != Value::Null {
+                    .map_or(Value::Null, |j| convert(j, Type::String, false));
+                if direct != Value::Null && direct != Value::Str(String::new()) {
                     return direct;
                 }
+                // A slug from a URL rather than an empty one; `""` stays `""` (not blank-null).
                 ["pipeline.url", "build.url", "agent.url"]
                     .iter()
                     .filter_map(|p| lookup(payload, p).and_then(Json::as_str))
                     .find_map(slug_from_url)
-                    .map_or(Value::Null, |s| Value::Str(s.to_owned()))
+                    .map_or(direct, |s| Value::Str(s.to_owned()))
             }
         }
     }
@@ -269,7 +275,7 @@ impl Variables for EventVariables<'_> {
 /// A payload value as a value of type `ty`, or null when it has another shape.
 fn convert(j: &Json, ty: Type, blank_is_null: bool) -> Value {
     match (ty, j) {
-        (Type::String, Json::String(s)) if blank_is_null && s.is_empty() => Value::Null,
+        (Type::String, Json::String(s)) if blank_is_null && s.trim().is_empty() => Value::Null,
         (Type::String, Json::String(s)) => Value::Str(s.clone()),
         // Ids and numbers sometimes arrive as JSON numbers (a pull request id of 42).
         (Type::String, Json::Number(n)) => Value::Str(n.to_string()),

@@ -170,27 +170,40 @@ fn pull_request_variables() {
 
 #[test]
 fn blank_is_null_for_nullable_strings_only() {
+    // buildkite/conditional's presenceStringValue set (assignments.go, context_test.go's
+    // presence matrix): empty or whitespace-only is null; every other string keeps "".
     let mut payload: Json = serde_json::from_str(
         &std::fs::read_to_string(fixture_dir().join("build.finished.json")).unwrap(),
     )
     .unwrap();
     payload["build"]["tag"] = json!("");
-    payload["build"]["message"] = json!("");
+    payload["build"]["message"] = json!("  \n");
     payload["build"]["commit"] = json!("");
+    payload["build"]["author"] = json!({"name": " ", "email": ""});
+    payload["build"]["creator"]["email"] = json!("");
     payload["build"]["pull_request"] = json!({"id": "", "base": "", "repository": ""});
     payload["pipeline"]["repository"] = json!("");
+    payload["pipeline"]["default_branch"] = json!("\t");
     let e = Event::from_value("build.finished", payload, Utc::now());
     for path in [
         "build.tag",
         "build.message",
-        "build.pull_request.id",
-        "build.pull_request.base_branch",
-        "build.pull_request.repository",
+        "build.author.name",
+        "build.author.email",
         "pipeline.repository",
+        "pipeline.default_branch",
     ] {
         assert_eq!(get(&e, path), Value::Null, "{path}");
     }
-    assert_eq!(get(&e, "build.commit"), s(""));
+    for path in [
+        "build.commit",
+        "build.creator.email",
+        "build.pull_request.id",
+        "build.pull_request.base_branch",
+        "build.pull_request.repository",
+    ] {
+        assert_eq!(get(&e, path), s(""), "{path}");
+    }
     assert!(holds(&e, "build.tag == null"));
     assert!(!holds(&e, "build.tag != null"));
 
