@@ -15,7 +15,11 @@
 //! | `build.commit`                   | String      | `build.commit`                                    | no            |
 //! | `build.message`                  | String      | `build.message`                                   | yes           |
 //! | `build.state`                    | String      | `build.state`                                     | no            |
+//! | `build.blocked_state`            | String      | `build.blocked_state` (`""` when not blocked)     | yes           |
+//! | `build.fixed`                    | Boolean     | the event's transition is `fixed`                 | –             |
 //! | `build.source`                   | String      | `build.source`                                    | no            |
+//! | `build.source_event`             | String      | for a `webhook` build, `build.env`'s `BUILDKITE_GITHUB_EVENT` | no |
+//! | `build.source_action`            | String      | for a `webhook` build, `build.env`'s `BUILDKITE_GITHUB_ACTION` | no |
 //! | `build.author.email` / `.name`   | String      | `build.author.email` / `.name`                    | yes           |
 //! | `build.creator.email` / `.name`  | String      | `build.creator.email` / `.name`                   | no            |
 //! | `build.pull_request.id`          | String      | `build.pull_request.id`                           | no            |
@@ -43,15 +47,25 @@
 //! `pipeline.repository` through its `presenceStringValue`, so an empty or whitespace-only value
 //! of those is `null`, never `""`; here too, and `build.tag != null` means "a tag build" even
 //! when a payload sends `"tag": ""`. Every other string keeps `""` as it is (upstream's
-//! `stringValue`), `job.label` and `job.step_key` as upstream's `step.label` and `step.key`.
+//! `stringValue`), `job.label` and `job.step_key` as upstream's `step.label` and `step.key`;
+//! the one exception is `build.blocked_state`, which the payload writes as `""` for a build
+//! that is not blocked (Buildkite's own value is then unset).
+//!
+//! `build.fixed`, like `pipeline.started_passing`, is kitebridge's `fixed` transition (a
+//! passed build after a failed one on its branch): buildkite/conditional takes the flag from
+//! the server without defining it, and that transition is the only record of the previous
+//! build kitebridge has. `build.source_event` / `build.source_action` follow upstream:
+//! only for a build from a webhook, from `BUILDKITE_GITHUB_EVENT` / `_ACTION`.
 //!
 //! A variable the event does not have (a job variable on a build event, a `null` in the
 //! payload, a value of the wrong JSON type) is [`Value::Null`], as in Buildkite.
 //!
 //! Left out because webhook payloads do not carry them: `build.author.id`, `build.author.teams`,
 //! `build.creator.id` (payloads carry it, but Buildkite only sets it for verified users, which
-//! a webhook cannot tell), `build.creator.teams`, `build.pull_request.draft`,
-//! `build.pull_request.labels`, `build.pull_request.repository.fork`, `build.merge_queue.*`.
+//! a webhook cannot tell), `build.creator.teams`, `build.creator.verified`, `build.scm.*`,
+//! `build.pull_request.draft`, `build.pull_request.label`, `build.pull_request.labels`,
+//! `build.pull_request.repository.fork`, `build.merge_queue.*`,
+//! `pipeline.next_finished_build_exists`; and `step.*`, for which job events have `job.*`.
 //!
 //! `env(name)` and `build.env(name)` read the payload's `build.env` object: strings as they
 //! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
@@ -74,6 +88,8 @@ enum Source {
     Transition(TransitionKind),
     /// `organization.slug`, or the slug in an API or web URL.
     OrgSlug,
+    /// For a build from a webhook (`build.source` is `webhook`), this `build.env` entry.
+    WebhookEnv(&'static str),
 }
 
 struct Var {
@@ -108,7 +124,27 @@ static VARS: &[Var] = &[
     var("build.commit", S, &["build.commit"], false),
     var("build.message", S, &["build.message"], true),
     var("build.state", S, &["build.state"], false),
+    // The payload writes an unblocked build's `blocked_state` as "".
+    var("build.blocked_state", S, &["build.blocked_state"], true),
+    Var {
+        name: "build.fixed",
+        ty: Type::Boolean,
+        from: Source::Transition(TransitionKind::Fixed),
+        blank_is_null: false,
+    },
     var("build.source", S, &["build.source"], false),
+    Var {
+        name: "build.source_event",
+        ty: S,
+        from: Source::WebhookEnv("BUILDKITE_GITHUB_EVENT"),
+        blank_is_null: false,
+    },
+    Var {
+        name: "build.source_action",
+        ty: S,
+        from: Source::WebhookEnv("BUILDKITE_GITHUB_ACTION"),
+        blank_is_null: false,
+    },
     var("build.author.email", S, &["build.author.email"], true),
     var("build.author.name", S, &["build.author.name"], true),
     var("build.creator.email", S, &["build.creator.email"], false),
@@ -229,6 +265,12 @@ impl Variables for EventVariables<'_> {
                 .event
                 .transition()
                 .map_or(Value::Null, |t| Value::Bool(t.kind == kind)),
+            Source::WebhookEnv(name) => {
+                if self.get("build.source") != Value::Str("webhook".into()) {
+                    return Value::Null;
+                }
+                self.env(name).map_or(Value::Null, Value::Str)
+            }
             Source::Paths(paths) => paths
                 .iter()
                 .filter_map(|p| lookup(payload, p))

@@ -373,6 +373,39 @@ fn env_reads_build_env() {
 }
 
 #[test]
+fn blocked_state_fixed_and_source_event() {
+    let plain = fixture("build.finished.json");
+    assert_eq!(
+        get(&plain, "build.blocked_state"),
+        Value::Null,
+        "\"\" is not blocked"
+    );
+    let mut payload = plain.payload().clone();
+    payload["build"]["blocked_state"] = json!("passed");
+    let e = Event::from_value("build.finished", payload, Utc::now());
+    assert_eq!(get(&e, "build.blocked_state"), s("passed"));
+    assert!(holds(&e, r#"build.blocked_state == "passed""#));
+
+    assert_eq!(get(&plain, "build.fixed"), Value::Null, "no transition");
+    let fixed = with_transition(fixture("build.finished.passed.json"), TransitionKind::Fixed);
+    assert_eq!(get(&fixed, "build.fixed"), Value::Bool(true));
+    let broken = with_transition(fixture("build.finished.json"), TransitionKind::Broken);
+    assert_eq!(get(&broken, "build.fixed"), Value::Bool(false));
+
+    // Upstream's rule: only a webhook build has a source event, from BUILDKITE_GITHUB_EVENT.
+    assert_eq!(get(&plain, "build.source_event"), Value::Null);
+    let mut payload = plain.payload().clone();
+    payload["build"]["env"] =
+        json!({"BUILDKITE_GITHUB_EVENT": "push", "BUILDKITE_GITHUB_ACTION": "opened"});
+    let e = Event::from_value("build.finished", payload.clone(), Utc::now());
+    assert_eq!(get(&e, "build.source_event"), s("push"));
+    assert_eq!(get(&e, "build.source_action"), s("opened"));
+    payload["build"]["source"] = json!("ui");
+    let e = Event::from_value("build.finished", payload, Utc::now());
+    assert_eq!(get(&e, "build.source_event"), Value::Null);
+}
+
+#[test]
 fn transitions() {
     let broken = with_transition(fixture("build.finished.json"), TransitionKind::Broken);
     assert_eq!(get(&broken, "pipeline.started_failing"), Value::Bool(true));
