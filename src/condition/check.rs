@@ -190,9 +190,44 @@ fn check_binary(
         }
         BinOp::Eq | BinOp::NotEq => {
             compatible(left, right, schema)?;
+            allowed_value(left, right, schema)?;
+            allowed_value(right, left, schema)?;
+        }
+    }
+    if op == BinOp::Includes
+        && let ExprKind::Array(items) = &left.kind
+    {
+        for item in items {
+            allowed_value(right, item, schema)?;
         }
     }
     Ok(())
+}
+
+/// When `var` is a variable with a fixed set of values (`build.state`) and `literal` a string
+/// literal, the literal must be one of them: `build.state == "faild"` could never hold.
+fn allowed_value(var: &Expr, literal: &Expr, schema: &Schema) -> Result<(), ConditionError> {
+    let (ExprKind::Var(name), ExprKind::Str(value)) = (&var.kind, &literal.kind) else {
+        return Ok(());
+    };
+    let Some(values) = schema.values(name) else {
+        return Ok(());
+    };
+    if values.contains(&value.as_str()) {
+        return Ok(());
+    }
+    let near = super::schema::nearest(value, values.iter().copied());
+    let hint = if near.is_empty() {
+        let all: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+        format!(" (one of {})", all.join(", "))
+    } else {
+        let near: Vec<String> = near.iter().map(|v| format!("{v:?}")).collect();
+        format!("; did you mean {}?", near.join(", "))
+    };
+    Err(ConditionError::Type {
+        column: literal.column,
+        message: format!("{value:?} is not a valid {name}{hint}"),
+    })
 }
 
 /// Two sides that may be compared, or two branches of a ternary: the same type, or null on
@@ -208,5 +243,69 @@ fn compatible(left: &Expr, right: &Expr, schema: &Schema) -> Result<Ty, Conditio
             &format!("{} (or null) to match the left side", l.name()),
             r,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::condition::{Condition, event_schema};
+
+    #[test]
+    fn enumerated_variables_refuse_values_they_never_take() {
+        // From buildkite/conditional syntax_test.go ("validation rejects invalid enum
+        // literal", "reversed enum comparison"), with our columns and hints.
+        let cases = [
+            (
+                r#"build.state == "faillled""#,
+                16,
+                r#"did you mean "failed"?"#,
+            ),
+            (r#"build.state == "faild""#, 16, r#"did you mean "failed"?"#),
+            (
+                r#""faillled" == build.state"#,
+                1,
+                r#"did you mean "failed"?"#,
+            ),
+            (
+                r#"build.state != "Passed""#,
+                16,
+                r#"did you mean "passed"?"#,
+            ),
+            (r#"build.source == "github""#, 17, r#"(one of "api", "ui""#),
+            (
+                r#"build.blocked_state == "pased""#,
+                24,
+                r#"did you mean "passed"?"#,
+            ),
+            (
+                r#"["failed", "cancelled"] includes build.state"#,
+                12,
+                r#""canceled""#,
+            ),
+            (
+                r#"true && build.state == "x""#,
+                24,
+                "not a valid build.state",
+            ),
+        ];
+        for (src, column, hint) in cases {
+            let err = Condition::compile(src, event_schema()).expect_err(src);
+            assert_eq!(err.column(), column, "{src}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("is not a valid build."), "{src}: {text}");
+            assert!(text.contains(hint), "{src}: {text}");
+        }
+        for src in [
+            r#"build.state == "failed""#,
+            r#""passed" != build.state"#,
+            r#"build.state == null"#,
+            r#"build.blocked_state == "running""#,
+            r#"build.source == "trigger_job""#,
+            r#"["failed", "canceled"] includes build.state"#,
+            r#"build.state == build.branch"#,
+            r#"build.branch == "faild""#,
+        ] {
+            Condition::compile(src, event_schema()).unwrap_or_else(|e| panic!("{src}: {e}"));
+        }
     }
 }

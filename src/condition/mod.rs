@@ -33,7 +33,10 @@
 //!   have. Write `\$` or use single quotes for a literal `$`.
 //! - `\xHH` and octal escapes must be ASCII (Buildkite allows any byte), so strings stay UTF-8.
 //! - Integers with a leading zero (`010`) are refused; Buildkite's Go port reads them as octal.
-//! - The schema has no enumeration types, so `build.state == "faillled"` is not caught.
+//! - A schema may list the values of a string variable ([`Schema::with_values`]); a literal
+//!   outside them is refused wherever it meets the variable (`==`, `!=`, an `includes` array).
+//!   Buildkite also refuses such a variable on the right of `==`, after `includes` and before
+//!   `=~`; here those are accepted.
 //! - A schema may refuse `env()` (the uploading agent's environment; the webhook schema does), and
 //!   `build.env()` reads only the 38 `BUILDKITE_*` names Buildkite's server allows.
 //! - There are no `.includes(x)` method calls: Buildkite spells it as the `includes` operator.

@@ -15,6 +15,8 @@ pub enum Type {
 #[derive(Debug, Clone, Default)]
 pub struct Schema {
     vars: BTreeMap<String, Type>,
+    /// The only values some string variables take (`build.state`), as upstream's enum types.
+    values: BTreeMap<String, &'static [&'static str]>,
     /// `env("X")` is refused: it reads the environment of the agent that uploads a pipeline.
     no_plain_env: bool,
 }
@@ -81,6 +83,18 @@ impl Schema {
 
     pub fn insert(&mut self, path: &str, ty: Type) {
         self.vars.insert(path.to_owned(), ty);
+    }
+
+    /// Declares the only values the string variable `path` takes, so comparing it with any
+    /// other string literal is refused when the condition compiles.
+    pub fn with_values(mut self, path: &str, values: &'static [&'static str]) -> Schema {
+        self.values.insert(path.to_owned(), values);
+        self
+    }
+
+    /// The values `path` is limited to, if it has such a list.
+    pub fn values(&self, path: &str) -> Option<&'static [&'static str]> {
+        self.values.get(path).copied()
     }
 
     /// Refuses `env("X")`, for callers without an uploading agent's environment.

@@ -225,11 +225,51 @@ static VARS: &[Var] = &[
     ),
 ];
 
+/// The values Buildkite's type checker allows for its enumerated variables
+/// (buildkite/conditional assignments.go).
+static VALUES: &[(&str, &[&str])] = &[
+    (
+        "build.state",
+        &[
+            "creating",
+            "started",
+            "running",
+            "scheduled",
+            "blocked",
+            "passed",
+            "failing",
+            "failed",
+            "canceling",
+            "canceled",
+            "skipped",
+            "not_run",
+        ],
+    ),
+    ("build.blocked_state", &["failed", "passed", "running"]),
+    (
+        "build.source",
+        &[
+            "api",
+            "ui",
+            "webhook",
+            "trigger_job",
+            "schedule",
+            "pipeline_trigger",
+        ],
+    ),
+];
+
 /// The variables a route's condition may name, with their types (built once).
 pub fn schema() -> &'static Schema {
     static SCHEMA: std::sync::LazyLock<Schema> = std::sync::LazyLock::new(|| {
-        VARS.iter()
-            .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty))
+        let schema = VARS
+            .iter()
+            .fold(Schema::new(), |schema, v| schema.with(v.name, v.ty));
+        VALUES
+            .iter()
+            .fold(schema, |schema, (path, values)| {
+                schema.with_values(path, values)
+            })
             .without_plain_env()
     });
     &SCHEMA

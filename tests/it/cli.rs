@@ -49,7 +49,8 @@ fn check_points_into_a_bad_if_expression() {
          [[routes]]\nname = \"types\"\nif = 'build.number == \"7\"'\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"dollar\"\nif = 'build.branch == \"${BRANCH}\"'\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"match a number\"\nif = 'build.number =~ /1/'\nto = [\"c\"]\n\n\
-         [[routes]]\nname = \"lookbehind\"\nif = 'build.branch =~ /(?<=a)b/'\nto = [\"c\"]\n",
+         [[routes]]\nname = \"lookbehind\"\nif = 'build.branch =~ /(?<=a)b/'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"enum\"\nif = 'build.state == \"faild\"'\nto = [\"c\"]\n",
     )
     .unwrap();
     let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
@@ -62,6 +63,7 @@ fn check_points_into_a_bad_if_expression() {
         (24, "dollar", 18),        // the `$`
         (29, "match a number", 1), // `=~` on an integer
         (34, "lookbehind", 18),    // the regex feature Buildkite refuses
+        (39, "enum", 16),          // a value build.state never takes
     ] {
         let want = format!("bad.toml:{line}: route \"{route}\" if: column {column}");
         assert!(err.contains(&want), "{want}\n{err}");
@@ -69,6 +71,10 @@ fn check_points_into_a_bad_if_expression() {
     assert!(
         err.contains("build.branch"),
         "a suggestion for the typo: {err}"
+    );
+    assert!(
+        err.contains(r#"column 16: "faild" is not a valid build.state; did you mean "failed"?"#),
+        "the nearest allowed value: {err}"
     );
 }
 
