@@ -101,6 +101,35 @@ pub(crate) fn check(e: &Expr, schema: &Schema) -> Result<Ty, ConditionError> {
                     message: "env() reads the environment of the agent that uploads a pipeline, which a webhook does not carry: use build.env(\"NAME\"), the build's environment".into(),
                 });
             }
+            // Buildkite's checks on a written name (buildkite/conditional conditional.go).
+            if let ExprKind::Str(wanted) = &arg.kind {
+                let plain = wanted.replace('$', "");
+                let message = if wanted.starts_with('$') {
+                    Some(if plain.is_empty() {
+                        format!("the argument to {name}() should not include `$`")
+                    } else {
+                        format!(
+                            "the argument to {name}() should not include `$`; did you mean {plain:?}?"
+                        )
+                    })
+                } else if wanted.is_empty()
+                    || !wanted
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    Some(format!(
+                        "the argument to {name}() should be an environment variable name"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = message {
+                    return Err(ConditionError::Type {
+                        column: arg.column,
+                        message,
+                    });
+                }
+            }
             if let ExprKind::Str(wanted) = &arg.kind
                 && name == "build.env"
                 && !super::schema::build_env_allows(wanted)

@@ -53,6 +53,8 @@ mod props;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upstream_tests;
 mod variables;
 
 pub use ast::{BinOp, Expr, ExprKind, RegexLit};
