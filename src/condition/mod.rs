@@ -20,7 +20,8 @@
 //! - null: `null == null`; null differs from every other value; `=~` on null is false (`!~`
 //!   true); `includes` on a null array or of null is false; `!null` is true; null is falsy.
 //!
-//! Differences from Buildkite that remain, and why:
+//! Differences from Buildkite that remain, and why (README's "Routes in Buildkite's
+//! language" lists these and the webhook schema's own):
 //!
 //! - Regexes first pass Buildkite's own dialect rules (see `dialect.rs`): lookbehind, atomic
 //!   groups, named groups, conditionals and possessive quantifiers are refused as Buildkite

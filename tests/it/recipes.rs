@@ -1,4 +1,4 @@
-//! The `notify` recipes of "Routes in Buildkite's language", taken verbatim from the docs and
+//! The `notify` recipes of README's "Routes in Buildkite's language", taken verbatim, and
 //! run with `render --explain` against every Buildkite fixture.
 
 use crate::helpers::*;
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where the section lives.
-const DOC: &str = "docs/configuration.md";
+const DOC: &str = "README.md";
 const SECTION: &str = "Routes in Buildkite's language";
 
 /// Each recipe's name and its `[[routes]]` text, as the docs show them.
