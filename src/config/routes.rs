@@ -63,9 +63,14 @@ impl Check<'_> {
     }
 
     /// Warns of entries of `list` that match none of `known` (a typo: the route never fires
-    /// for them), with the nearest names.
+    /// for them), with the nearest names. A glob is judged by the names it could match and an
+    /// `!` exclusion by what it excludes; an entry with a `${…}` reference is not judged, as
+    /// its value is the environment's.
     fn known(&mut self, route: &str, field: &str, list: &[Text], known: &[&str], what: &str) {
         for t in list {
+            if t.get_ref().contains("${") {
+                continue;
+            }
             let entry = t.get_ref().strip_prefix('!').unwrap_or(t.get_ref());
             let Ok(pattern) = PatternList::new(&[entry.to_string()]) else {
                 continue; // reported as a problem already

@@ -874,3 +874,33 @@ fn an_empty_signing_key_turns_buttons_off_with_a_warning() {
         c.warnings
     );
 }
+
+/// `events`/`states` entries that can match no Buildkite name are warned about; globs and
+/// exclusions are judged by what they could match, and `${…}` entries not at all.
+#[test]
+fn typo_warnings_judge_what_an_entry_could_match() {
+    let text = format!(
+        "{MINIMAL}events = [\"build.finshed\", \"!build.finshed\", \"buld.*\", \"build.fin*\", \
+         \"!job.*\", \"job.[fs]*\", \"${{EVENT}}\", \"!${{EVENT}}\"]\n\
+         states = [\"faild\", \"!faild\", \"fail*\", \"!pass?d\", \"${{STATE}}\"]\n"
+    );
+    let env = |n: &str| match n {
+        "TOKEN" => Some("t".to_owned()),
+        "EVENT" => Some("build.finshed".to_owned()),
+        "STATE" => Some("faild".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse(Path::new("dir/kitebridge.toml"), &text, env).unwrap();
+    let warned: Vec<&str> = c
+        .warnings
+        .iter()
+        .filter_map(|w| w.split_once(": \"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(entry, _)| entry))
+        .collect();
+    assert_eq!(
+        warned,
+        ["build.finshed", "build.finshed", "buld.*", "faild", "faild"],
+        "{:?}",
+        c.warnings
+    );
+}
