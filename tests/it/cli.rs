@@ -50,7 +50,8 @@ fn check_points_into_a_bad_if_expression() {
          [[routes]]\nname = \"dollar\"\nif = 'build.branch == \"${BRANCH}\"'\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"match a number\"\nif = 'build.number =~ /1/'\nto = [\"c\"]\n\n\
          [[routes]]\nname = \"lookbehind\"\nif = 'build.branch =~ /(?<=a)b/'\nto = [\"c\"]\n\n\
-         [[routes]]\nname = \"enum\"\nif = 'build.state == \"faild\"'\nto = [\"c\"]\n",
+         [[routes]]\nname = \"enum\"\nif = 'build.state == \"faild\"'\nto = [\"c\"]\n\n\
+         [[routes]]\nname = \"lookahead\"\nif = 'build.branch =~ /^v(?=1)/'\nto = [\"c\"]\n",
     )
     .unwrap();
     let out = kitebridge(&["check", "--config", cfg.to_str().unwrap()]);
@@ -64,6 +65,7 @@ fn check_points_into_a_bad_if_expression() {
         (29, "match a number", 1), // `=~` on an integer
         (34, "lookbehind", 18),    // the regex feature Buildkite refuses
         (39, "enum", 16),          // a value build.state never takes
+        (44, "lookahead", 20),     // Buildkite has it, Rust's regex has not
     ] {
         let want = format!("bad.toml:{line}: route \"{route}\" if: column {column}");
         assert!(err.contains(&want), "{want}\n{err}");
@@ -75,6 +77,10 @@ fn check_points_into_a_bad_if_expression() {
     assert!(
         err.contains(r#"column 16: "faild" is not a valid build.state; did you mean "failed"?"#),
         "the nearest allowed value: {err}"
+    );
+    assert!(
+        err.contains("lookahead `(?=` is accepted by Buildkite but not by kitebridge"),
+        "a known difference says so: {err}"
     );
 }
 
