@@ -62,7 +62,7 @@ async fn forward(
             let body = resp.bytes().await.unwrap_or_default();
             (status, body).into_response()
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("backend {to}: {e}")).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("backend {to}: {e:?}")).into_response(),
     }
 }
 
@@ -124,9 +124,10 @@ impl Balancer {
             .retain(|(a, _, _)| *a != backend);
     }
 
-    /// Waits (up to 10 s) until `backend` is ready.
+    /// Waits (up to 30 s: checks wait for a store write, slow on a busy machine) until
+    /// `backend` is ready.
     pub async fn until_ready(&self, backend: SocketAddr) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ready = self
                 .pool

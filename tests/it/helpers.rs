@@ -936,3 +936,11 @@ pub async fn assert_one_digest_of_five_shards(rec: &Recorder) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rec.received_on("slack").len(), 1, "one message, not five");
 }
+
+/// Held by the tests that run several replicas under load (or time a restart): on a 2-core
+/// machine two such clusters at once starve each other past any answer deadline, which says
+/// nothing about the service. They wait for each other; every other test runs beside them.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    CLUSTER.lock().await
+}

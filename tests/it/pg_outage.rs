@@ -133,6 +133,7 @@ async fn status(addr: std::net::SocketAddr, path: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_turns_intake_and_readyz_503_and_both_recover_with_nothing_lost() {
+    let _cluster = one_cluster_at_a_time().await;
     let pg = PrivatePg::start();
     // Slack is down at first, so what was accepted stays queued through the outage.
     let slack = dead_address();
@@ -239,6 +240,7 @@ to = ["slack"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_turns_intake_and_readyz_503_and_both_recover() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = crate::pg::TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -143,6 +143,7 @@ fn arrivals(rec: &Recorder, path: &str) -> BTreeMap<u64, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_event_is_delivered_when_the_sending_replica_is_killed_mid_load() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -229,6 +230,7 @@ async fn every_accepted_event_is_delivered_when_the_sending_replica_is_killed_mi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_body_sent_to_two_replicas_at_once_is_stored_and_sent_once() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -339,6 +341,7 @@ const FIRST_TS: &str = "1700000000.000001";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slack_app_build_whose_events_land_on_different_replicas_is_one_message() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -375,6 +378,7 @@ async fn a_slack_app_build_whose_events_land_on_different_replicas_is_one_messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slack_app_build_whose_events_reach_three_replicas_at_the_same_moment_is_one_message() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -437,6 +441,7 @@ fn assert_paced(times: &[Instant], rate: f64, burst: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paced_destination_keeps_its_pace_across_the_cluster_and_a_handover() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -549,12 +554,14 @@ async fn a_pause_across_a_handover(first: Reply, backoff: Option<&str>) -> BTree
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_pauses_the_destination_on_every_replica_even_after_a_handover() {
+    let _cluster = one_cluster_at_a_time().await;
     let seen = a_pause_across_a_handover(Reply::RateLimited(3), None).await;
     assert_eq!(seen.len(), 5, "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_pause_holds_for_the_replica_that_takes_over() {
+    let _cluster = one_cluster_at_a_time().await;
     // One failure pauses the destination for backoff_initial with jitter: 3 to 6 s here.
     let seen = a_pause_across_a_handover(Reply::Status(500, "down"), Some("6s")).await;
     assert_eq!(seen.len(), 5, "{seen:?}");
@@ -562,6 +569,7 @@ async fn a_failure_pause_holds_for_the_replica_that_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -654,6 +662,7 @@ async fn a_frozen_sender_is_replaced_and_sends_nothing_once_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_and_the_command_line_see_the_shared_queue_and_a_retry_is_sent_at_once() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     rec.script("slack", [Reply::Status(404, "channel_not_found")]);
@@ -704,6 +713,7 @@ async fn any_replica_and_the_command_line_see_the_shared_queue_and_a_retry_is_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_cut_off_from_the_database_stops_sending_and_is_replaced() {
+    let _cluster = one_cluster_at_a_time().await;
     let db = TestDb::new().await;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
