@@ -67,8 +67,9 @@
 //! `build.pull_request.repository.fork`, `build.merge_queue.*`,
 //! `pipeline.next_finished_build_exists`; and `step.*`, for which job events have `job.*`.
 //!
-//! `env(name)` and `build.env(name)` read the payload's `build.env` object: strings as they
-//! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
+//! `env(name)` and `build.env(name)` read the payload's `build.env` object, then its
+//! `pipeline.env` (the pipeline's own, which the build's overrides, as in Buildkite): strings
+//! as they are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
 //! `BUILDKITE_*` names a payload can answer (`BUILDKITE_BRANCH`, `BUILDKITE_PULL_REQUEST`, …)
 //! come from its fields first, as in Buildkite (see `build_env.rs`).
 
@@ -346,11 +347,15 @@ impl Variables for EventVariables<'_> {
         if let Some(value) = super::build_env::builtin(payload, name, org_slug) {
             return Some(value);
         }
-        match lookup(payload, "build.env")?.get(name)? {
-            Json::Null => None,
-            Json::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        }
+        // Buildkite layers the build's env over the pipeline's (upstream's `BuildEnv` over
+        // `ProjectEnv`); the payload carries both.
+        ["build.env", "pipeline.env"].iter().find_map(|object| {
+            match lookup(payload, object)?.get(name)? {
+                Json::Null => None,
+                Json::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }
+        })
     }
 }
 

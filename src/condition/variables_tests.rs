@@ -357,6 +357,20 @@ fn env_reads_build_env() {
         "nor at run time"
     );
 
+    // The pipeline's env fills in beneath the build's, as upstream's ProjectEnv beneath its
+    // BuildEnv (context.go); the built-in names stay the build's own.
+    let mut layered = fixture("build.finished.json").payload().clone();
+    layered["pipeline"]["env"] =
+        json!({"DEPLOY": "pipeline", "REGION": "eu", "BUILDKITE_BRANCH": "x"});
+    layered["build"]["env"] = json!({"DEPLOY": "build", "UNSET": null});
+    let layered = Event::from_value("build.finished", layered, Utc::now());
+    let vars = EventVariables::new(&layered);
+    assert_eq!(vars.env("DEPLOY").as_deref(), Some("build"));
+    assert_eq!(vars.env("REGION").as_deref(), Some("eu"));
+    assert_eq!(vars.env("UNSET"), None);
+    assert_eq!(vars.env("BUILDKITE_BRANCH").as_deref(), Some("main"));
+    assert!(holds(&layered, r#"build.env("REGION") == "eu""#));
+
     // `env: {}` and `env: null` have nothing; neither do events without a build.
     assert_eq!(
         EventVariables::new(&fixture("build.finished.json")).env("X"),
