@@ -105,7 +105,7 @@ fn context_assignment_cases() {
     for src in [
         r#"build.id == "build-uuid" && build.state == "scheduled" && build.blocked_state == "passed" && build.source == "webhook" && build.branch == "the-branch" && build.tag == "the-tag" && build.message == "the-message" && build.commit == "the-commit" && build.number == 1234"#,
         r#"build.source_event == "pull_request" && build.source_action == "labeled""#,
-        r#"build.creator.name == "Created By Name" && build.creator.email == "created_by@email.com""#,
+        r#"build.creator.id == "created-by-uuid" && build.creator.name == "Created By Name" && build.creator.email == "created_by@email.com""#,
         r#"build.author.name == "Authored By Name" && build.author.email == "authored_by@email.com""#,
         r#"build.pull_request.id == "1234" && build.pull_request.base_branch == "base-branch-party" && build.pull_request.repository == "git@github.com:acme/repo.git""#,
         r#"pipeline.id == "pipeline-uuid" && pipeline.slug == "pipeline-slug" && pipeline.default_branch == "main" && pipeline.repository == "git@github.com:acme/repo.git""#,
@@ -129,7 +129,7 @@ fn context_assignment_cases() {
     let empty = event(json!({}), json!({}));
     for src in [
         "build.id == null && build.state == null && build.fixed == null && build.blocked_state == null && build.source == null && build.source_event == null && build.source_action == null && build.branch == null && build.tag == null && build.message == null && build.commit == null && build.number == null",
-        "build.creator.name == null && build.creator.email == null && build.author.name == null && build.author.email == null",
+        "build.creator.id == null && build.creator.name == null && build.creator.email == null && build.author.name == null && build.author.email == null",
         "build.pull_request.id == null && build.pull_request.base_branch == null && build.pull_request.repository == null",
         "pipeline.id == null && pipeline.slug == null && pipeline.default_branch == null && pipeline.repository == null && pipeline.started_passing == null && pipeline.started_failing == null",
     ] {

@@ -119,6 +119,10 @@ fn build_variables() {
     );
     assert_eq!(get(&e, "build.creator.name"), s("Maria López"));
     assert_eq!(
+        get(&e, "build.creator.id"),
+        s("0190e2f4-1111-7000-8000-000000000001")
+    );
+    assert_eq!(
         get(&e, "pipeline.id"),
         s("5c543cdf-7231-460d-9048-f6d5e1bbabf5")
     );
