@@ -315,3 +315,70 @@ fn env_name_cases() {
     let err = refused(r#"build.env("\$FOO") == null"#).to_string();
     assert!(err.contains("$"), "{err}");
 }
+
+#[test]
+fn env_allowlist_cases() {
+    // From env_test.go: the server's BUILDKITE_* allowlist, in its order.
+    let allowlist = [
+        "BUILDKITE_BRANCH",
+        "BUILDKITE_TAG",
+        "BUILDKITE_MESSAGE",
+        "BUILDKITE_COMMIT",
+        "BUILDKITE_PIPELINE_SLUG",
+        "BUILDKITE_PIPELINE_NAME",
+        "BUILDKITE_PIPELINE_ID",
+        "BUILDKITE_ORGANIZATION_SLUG",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_ID",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_NUMBER",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_PIPELINE_SLUG",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_JOB_ID",
+        "BUILDKITE_REBUILT_FROM_BUILD_ID",
+        "BUILDKITE_REBUILT_FROM_BUILD_NUMBER",
+        "BUILDKITE_REPO",
+        "BUILDKITE_PULL_REQUEST",
+        "BUILDKITE_PULL_REQUEST_BASE_BRANCH",
+        "BUILDKITE_PULL_REQUEST_REPO",
+        "BUILDKITE_PULL_REQUEST_USING_MERGE_REFSPEC",
+        "BUILDKITE_MERGE_QUEUE_BASE_BRANCH",
+        "BUILDKITE_MERGE_QUEUE_BASE_COMMIT",
+        "BUILDKITE_GIT_DIFF_BASE",
+        "BUILDKITE_GITHUB_ACTION",
+        "BUILDKITE_GITHUB_COMMENT_ID",
+        "BUILDKITE_GITHUB_DEPLOYMENT_ID",
+        "BUILDKITE_GITHUB_DEPLOYMENT_TASK",
+        "BUILDKITE_GITHUB_DEPLOYMENT_ENVIRONMENT",
+        "BUILDKITE_GITHUB_DEPLOYMENT_PAYLOAD",
+        "BUILDKITE_GITHUB_EVENT",
+        "BUILDKITE_GITHUB_REVIEW_ID",
+        "BUILDKITE_GITHUB_CHECK_RUN_CONCLUSION",
+        "BUILDKITE_GITHUB_CHECK_RUN_NAME",
+        "BUILDKITE_GITHUB_DEPLOYMENT_STATUS_ENVIRONMENT",
+        "BUILDKITE_GITHUB_DEPLOYMENT_STATUS_STATE",
+        "BUILDKITE_GITHUB_RELEASE_DRAFT",
+        "BUILDKITE_GITHUB_RELEASE_PRERELEASE",
+        "BUILDKITE_GITHUB_RELEASE_TAG",
+        "BUILDKITE_GITHUB_REVIEW_STATE",
+    ];
+    assert_eq!(super::schema::BUILD_ENV_BUILDKITE_NAMES, allowlist);
+    // Every allowed name validates with build.env(); env() is refused for a webhook (a
+    // difference: it reads the uploading agent's environment).
+    for name in allowlist {
+        let src = format!("build.env({name:?}) != null");
+        Condition::compile(&src, event_schema()).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let err = refused(&format!("env({name:?}) != null")).to_string();
+        assert!(err.contains("env() reads the environment"), "{name}: {err}");
+    }
+    // The documented GitHub names come from the build's env.
+    for name in allowlist
+        .iter()
+        .filter(|n| n.starts_with("BUILDKITE_GITHUB_"))
+    {
+        let mut payload = full_build().payload().clone();
+        payload["build"]["env"] = json!({ *name: "from-build-env" });
+        let e = Event::from_value("build.finished", payload, chrono::Utc::now());
+        assert!(
+            holds(&e, &format!("build.env({name:?}) == \"from-build-env\"")),
+            "{name}"
+        );
+    }
+}
