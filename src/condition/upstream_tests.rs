@@ -382,3 +382,40 @@ fn env_allowlist_cases() {
         );
     }
 }
+
+#[test]
+fn eval_shell_forms_and_quoting_cases() {
+    // From eval_test.go: every shell substitution form is refused here (a difference: a
+    // webhook has no environment to substitute from), in double quotes too.
+    for src in [
+        r#"$branch.deploy == "main.deploy""#,
+        "${notset} == null",
+        r#"${notset:?} == "error""#,
+        r#"${branch-xx} == "main""#,
+        r#"${branch+xx} == "xx""#,
+        r#"${notset+xx} == """#,
+        r#"${empty:-xx} == "xx""#,
+        r#"${empty:+xx} == """#,
+        r#"${branch:2} == "in""#,
+        r#"${branch: -1} == "n""#,
+        r#"${branch:2:$two} == "in""#,
+        r#"${branch:${empty:-1}:${two+2}} == "ai""#,
+        r#"${branch:25:2} == """#,
+        r#"${branch:3:$tag} == "error""#,
+        r#""C:\\${branch}" == "C:\\main""#,
+        r#"${notset-\x41\svalue} == "A value""#,
+        r#"${notset-"${branch}"} == "main""#,
+        r#"${notset-"}"} == "}""#,
+        r#"${notset-\400} == """#,
+        r#"${notset-'quoted fallback'} == "quoted fallback""#,
+    ] {
+        assert!(
+            matches!(refused(src), ConditionError::Syntax { .. }),
+            "{src}"
+        );
+    }
+    // Quoting that keeps `$` literal means the same as in Buildkite.
+    let b = event(json!({"branch": "main"}), json!({}));
+    assert!(!holds(&b, r#"'${branch}' == "main""#));
+    assert!(holds(&b, r#""\\\$branch" == '\$branch'"#));
+}
