@@ -419,3 +419,42 @@ fn eval_shell_forms_and_quoting_cases() {
     assert!(!holds(&b, r#"'${branch}' == "main""#));
     assert!(holds(&b, r#""\\\$branch" == '\$branch'"#));
 }
+
+#[test]
+fn context_indirect_env_name_cases() {
+    // From context_test.go: a name chosen at run time is looked up as written (any
+    // characters), and an empty or disallowed BUILDKITE_* one fails closed: an evaluation
+    // error, so the route does not match.
+    let with_env = |env: Json| {
+        let mut payload = full_build().payload().clone();
+        payload["build"]["env"] = env;
+        Event::from_value("build.finished", payload, chrono::Utc::now())
+    };
+    let custom = with_env(json!({"SECRET_NAME": "FOO-BAR", "FOO-BAR": "value"}));
+    assert!(holds(
+        &custom,
+        r#"build.env(build.env("SECRET_NAME")) == "value""#
+    ));
+    let missing = with_env(json!({"SECRET_NAME": "MISSING_SECRET"}));
+    assert!(holds(
+        &missing,
+        r#"build.env(build.env("SECRET_NAME")) == null"#
+    ));
+    for env in [
+        json!({"SECRET_NAME": "BUILDKITE_AGENT_ACCESS_TOKEN", "BUILDKITE_AGENT_ACCESS_TOKEN": "secret"}),
+        json!({"SECRET_NAME": ""}),
+    ] {
+        let e = with_env(env);
+        let c = Condition::compile(
+            r#"build.env(build.env("SECRET_NAME")) == null || build.env(build.env("SECRET_NAME")) == """#,
+            event_schema(),
+        )
+        .unwrap();
+        let vars = EventVariables::new(&e);
+        assert!(matches!(
+            c.eval_value(&vars),
+            Err(ConditionError::Eval { .. })
+        ));
+        assert!(!c.eval(&vars));
+    }
+}
