@@ -45,6 +45,19 @@ fn eval_any<'a>(e: &'a Expr, vars: &dyn Variables) -> Result<V<'a>, ConditionErr
                 Some(Value::Str(s)) => s,
                 _ => return Err(fail(e, format!("{name}() needs one string argument"))),
             };
+            // A name chosen at run time fails closed, as upstream's envNameArg: an error, so
+            // the route does not match, rather than a `null` a condition could test for.
+            if arg.is_empty() {
+                return Err(fail(e, format!("{name}() got an empty name")));
+            }
+            if !super::schema::build_env_allows(&arg) {
+                return Err(fail(
+                    e,
+                    format!(
+                        "{name}() may not read {arg:?}: not one of Buildkite's allowed BUILDKITE_* names"
+                    ),
+                ));
+            }
             match (name.as_str(), vars.env(&arg)) {
                 (_, Some(value)) => Value::Str(value),
                 ("env", None) => Value::Str(String::new()),

@@ -65,7 +65,9 @@ pub const BUILD_ENV_BUILDKITE_NAMES: &[&str] = &[
     "BUILDKITE_GITHUB_REVIEW_STATE",
 ];
 
-/// Whether `build.env(name)` may read `name` under Buildkite's rules.
+/// Whether `build.env(name)` may read `name` under Buildkite's rules. Upstream's env.go also
+/// lets a name chosen at run time be `BUILDKITE_PULL_REQUEST_LABELS` (the pull request's
+/// labels); webhook payloads carry no labels, so here that name is refused at run time too.
 pub fn build_env_allows(name: &str) -> bool {
     !name.starts_with("BUILDKITE_") || BUILD_ENV_BUILDKITE_NAMES.contains(&name)
 }

@@ -105,7 +105,7 @@ fn context_assignment_cases() {
     for src in [
         r#"build.id == "build-uuid" && build.state == "scheduled" && build.blocked_state == "passed" && build.source == "webhook" && build.branch == "the-branch" && build.tag == "the-tag" && build.message == "the-message" && build.commit == "the-commit" && build.number == 1234"#,
         r#"build.source_event == "pull_request" && build.source_action == "labeled""#,
-        r#"build.creator.name == "Created By Name" && build.creator.email == "created_by@email.com""#,
+        r#"build.creator.id == "created-by-uuid" && build.creator.name == "Created By Name" && build.creator.email == "created_by@email.com""#,
         r#"build.author.name == "Authored By Name" && build.author.email == "authored_by@email.com""#,
         r#"build.pull_request.id == "1234" && build.pull_request.base_branch == "base-branch-party" && build.pull_request.repository == "git@github.com:acme/repo.git""#,
         r#"pipeline.id == "pipeline-uuid" && pipeline.slug == "pipeline-slug" && pipeline.default_branch == "main" && pipeline.repository == "git@github.com:acme/repo.git""#,
@@ -129,7 +129,7 @@ fn context_assignment_cases() {
     let empty = event(json!({}), json!({}));
     for src in [
         "build.id == null && build.state == null && build.fixed == null && build.blocked_state == null && build.source == null && build.source_event == null && build.source_action == null && build.branch == null && build.tag == null && build.message == null && build.commit == null && build.number == null",
-        "build.creator.name == null && build.creator.email == null && build.author.name == null && build.author.email == null",
+        "build.creator.id == null && build.creator.name == null && build.creator.email == null && build.author.name == null && build.author.email == null",
         "build.pull_request.id == null && build.pull_request.base_branch == null && build.pull_request.repository == null",
         "pipeline.id == null && pipeline.slug == null && pipeline.default_branch == null && pipeline.repository == null && pipeline.started_passing == null && pipeline.started_failing == null",
     ] {
@@ -314,4 +314,147 @@ fn env_name_cases() {
     }
     let err = refused(r#"build.env("\$FOO") == null"#).to_string();
     assert!(err.contains("$"), "{err}");
+}
+
+#[test]
+fn env_allowlist_cases() {
+    // From env_test.go: the server's BUILDKITE_* allowlist, in its order.
+    let allowlist = [
+        "BUILDKITE_BRANCH",
+        "BUILDKITE_TAG",
+        "BUILDKITE_MESSAGE",
+        "BUILDKITE_COMMIT",
+        "BUILDKITE_PIPELINE_SLUG",
+        "BUILDKITE_PIPELINE_NAME",
+        "BUILDKITE_PIPELINE_ID",
+        "BUILDKITE_ORGANIZATION_SLUG",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_ID",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_NUMBER",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_PIPELINE_SLUG",
+        "BUILDKITE_TRIGGERED_FROM_BUILD_JOB_ID",
+        "BUILDKITE_REBUILT_FROM_BUILD_ID",
+        "BUILDKITE_REBUILT_FROM_BUILD_NUMBER",
+        "BUILDKITE_REPO",
+        "BUILDKITE_PULL_REQUEST",
+        "BUILDKITE_PULL_REQUEST_BASE_BRANCH",
+        "BUILDKITE_PULL_REQUEST_REPO",
+        "BUILDKITE_PULL_REQUEST_USING_MERGE_REFSPEC",
+        "BUILDKITE_MERGE_QUEUE_BASE_BRANCH",
+        "BUILDKITE_MERGE_QUEUE_BASE_COMMIT",
+        "BUILDKITE_GIT_DIFF_BASE",
+        "BUILDKITE_GITHUB_ACTION",
+        "BUILDKITE_GITHUB_COMMENT_ID",
+        "BUILDKITE_GITHUB_DEPLOYMENT_ID",
+        "BUILDKITE_GITHUB_DEPLOYMENT_TASK",
+        "BUILDKITE_GITHUB_DEPLOYMENT_ENVIRONMENT",
+        "BUILDKITE_GITHUB_DEPLOYMENT_PAYLOAD",
+        "BUILDKITE_GITHUB_EVENT",
+        "BUILDKITE_GITHUB_REVIEW_ID",
+        "BUILDKITE_GITHUB_CHECK_RUN_CONCLUSION",
+        "BUILDKITE_GITHUB_CHECK_RUN_NAME",
+        "BUILDKITE_GITHUB_DEPLOYMENT_STATUS_ENVIRONMENT",
+        "BUILDKITE_GITHUB_DEPLOYMENT_STATUS_STATE",
+        "BUILDKITE_GITHUB_RELEASE_DRAFT",
+        "BUILDKITE_GITHUB_RELEASE_PRERELEASE",
+        "BUILDKITE_GITHUB_RELEASE_TAG",
+        "BUILDKITE_GITHUB_REVIEW_STATE",
+    ];
+    assert_eq!(super::schema::BUILD_ENV_BUILDKITE_NAMES, allowlist);
+    // Every allowed name validates with build.env(); env() is refused for a webhook (a
+    // difference: it reads the uploading agent's environment).
+    for name in allowlist {
+        let src = format!("build.env({name:?}) != null");
+        Condition::compile(&src, event_schema()).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let err = refused(&format!("env({name:?}) != null")).to_string();
+        assert!(err.contains("env() reads the environment"), "{name}: {err}");
+    }
+    // The documented GitHub names come from the build's env.
+    for name in allowlist
+        .iter()
+        .filter(|n| n.starts_with("BUILDKITE_GITHUB_"))
+    {
+        let mut payload = full_build().payload().clone();
+        payload["build"]["env"] = json!({ *name: "from-build-env" });
+        let e = Event::from_value("build.finished", payload, chrono::Utc::now());
+        assert!(
+            holds(&e, &format!("build.env({name:?}) == \"from-build-env\"")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn eval_shell_forms_and_quoting_cases() {
+    // From eval_test.go: every shell substitution form is refused here (a difference: a
+    // webhook has no environment to substitute from), in double quotes too.
+    for src in [
+        r#"$branch.deploy == "main.deploy""#,
+        "${notset} == null",
+        r#"${notset:?} == "error""#,
+        r#"${branch-xx} == "main""#,
+        r#"${branch+xx} == "xx""#,
+        r#"${notset+xx} == """#,
+        r#"${empty:-xx} == "xx""#,
+        r#"${empty:+xx} == """#,
+        r#"${branch:2} == "in""#,
+        r#"${branch: -1} == "n""#,
+        r#"${branch:2:$two} == "in""#,
+        r#"${branch:${empty:-1}:${two+2}} == "ai""#,
+        r#"${branch:25:2} == """#,
+        r#"${branch:3:$tag} == "error""#,
+        r#""C:\\${branch}" == "C:\\main""#,
+        r#"${notset-\x41\svalue} == "A value""#,
+        r#"${notset-"${branch}"} == "main""#,
+        r#"${notset-"}"} == "}""#,
+        r#"${notset-\400} == """#,
+        r#"${notset-'quoted fallback'} == "quoted fallback""#,
+    ] {
+        assert!(
+            matches!(refused(src), ConditionError::Syntax { .. }),
+            "{src}"
+        );
+    }
+    // Quoting that keeps `$` literal means the same as in Buildkite.
+    let b = event(json!({"branch": "main"}), json!({}));
+    assert!(!holds(&b, r#"'${branch}' == "main""#));
+    assert!(holds(&b, r#""\\\$branch" == '\$branch'"#));
+}
+
+#[test]
+fn context_indirect_env_name_cases() {
+    // From context_test.go: a name chosen at run time is looked up as written (any
+    // characters), and an empty or disallowed BUILDKITE_* one fails closed: an evaluation
+    // error, so the route does not match.
+    let with_env = |env: Json| {
+        let mut payload = full_build().payload().clone();
+        payload["build"]["env"] = env;
+        Event::from_value("build.finished", payload, chrono::Utc::now())
+    };
+    let custom = with_env(json!({"SECRET_NAME": "FOO-BAR", "FOO-BAR": "value"}));
+    assert!(holds(
+        &custom,
+        r#"build.env(build.env("SECRET_NAME")) == "value""#
+    ));
+    let missing = with_env(json!({"SECRET_NAME": "MISSING_SECRET"}));
+    assert!(holds(
+        &missing,
+        r#"build.env(build.env("SECRET_NAME")) == null"#
+    ));
+    for env in [
+        json!({"SECRET_NAME": "BUILDKITE_AGENT_ACCESS_TOKEN", "BUILDKITE_AGENT_ACCESS_TOKEN": "secret"}),
+        json!({"SECRET_NAME": ""}),
+    ] {
+        let e = with_env(env);
+        let c = Condition::compile(
+            r#"build.env(build.env("SECRET_NAME")) == null || build.env(build.env("SECRET_NAME")) == """#,
+            event_schema(),
+        )
+        .unwrap();
+        let vars = EventVariables::new(&e);
+        assert!(matches!(
+            c.eval_value(&vars),
+            Err(ConditionError::Eval { .. })
+        ));
+        assert!(!c.eval(&vars));
+    }
 }

@@ -21,7 +21,7 @@
 //! | `build.source_event`             | String      | for a `webhook` build, `build.env`'s `BUILDKITE_GITHUB_EVENT` | no |
 //! | `build.source_action`            | String      | for a `webhook` build, `build.env`'s `BUILDKITE_GITHUB_ACTION` | no |
 //! | `build.author.email` / `.name`   | String      | `build.author.email` / `.name`                    | yes           |
-//! | `build.creator.email` / `.name`  | String      | `build.creator.email` / `.name`                   | no            |
+//! | `build.creator.id` / `.email` / `.name` | String | `build.creator.id` / `.email` / `.name`         | no            |
 //! | `build.pull_request.id`          | String      | `build.pull_request.id`                           | no            |
 //! | `build.pull_request.base_branch` | String      | `build.pull_request.base`                         | no            |
 //! | `build.pull_request.repository`  | String      | `build.pull_request.repository`                   | no            |
@@ -60,15 +60,18 @@
 //! A variable the event does not have (a job variable on a build event, a `null` in the
 //! payload, a value of the wrong JSON type) is [`Value::Null`], as in Buildkite.
 //!
+//! `build.creator.*` is the payload's `creator`, the Buildkite user Buildkite matched to the
+//! build (upstream's `Creator`): its id is that user's, as upstream reads it.
+//!
 //! Left out because webhook payloads do not carry them: `build.author.id`, `build.author.teams`,
-//! `build.creator.id` (payloads carry it, but Buildkite only sets it for verified users, which
-//! a webhook cannot tell), `build.creator.teams`, `build.creator.verified`, `build.scm.*`,
+//! `build.creator.teams`, `build.creator.verified`, `build.scm.*`,
 //! `build.pull_request.draft`, `build.pull_request.label`, `build.pull_request.labels`,
 //! `build.pull_request.repository.fork`, `build.merge_queue.*`,
 //! `pipeline.next_finished_build_exists`; and `step.*`, for which job events have `job.*`.
 //!
-//! `env(name)` and `build.env(name)` read the payload's `build.env` object: strings as they
-//! are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
+//! `env(name)` and `build.env(name)` read the payload's `build.env` object, then its
+//! `pipeline.env` (the pipeline's own, which the build's overrides, as in Buildkite): strings
+//! as they are, other JSON values as their JSON text, a missing name or a JSON `null` as unset. The
 //! `BUILDKITE_*` names a payload can answer (`BUILDKITE_BRANCH`, `BUILDKITE_PULL_REQUEST`, …)
 //! come from its fields first, as in Buildkite (see `build_env.rs`).
 
@@ -147,6 +150,7 @@ static VARS: &[Var] = &[
     },
     var("build.author.email", S, &["build.author.email"], true),
     var("build.author.name", S, &["build.author.name"], true),
+    var("build.creator.id", S, &["build.creator.id"], false),
     var("build.creator.email", S, &["build.creator.email"], false),
     var("build.creator.name", S, &["build.creator.name"], false),
     var(
@@ -346,11 +350,15 @@ impl Variables for EventVariables<'_> {
         if let Some(value) = super::build_env::builtin(payload, name, org_slug) {
             return Some(value);
         }
-        match lookup(payload, "build.env")?.get(name)? {
-            Json::Null => None,
-            Json::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        }
+        // Buildkite layers the build's env over the pipeline's (upstream's `BuildEnv` over
+        // `ProjectEnv`); the payload carries both.
+        ["build.env", "pipeline.env"].iter().find_map(|object| {
+            match lookup(payload, object)?.get(name)? {
+                Json::Null => None,
+                Json::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }
+        })
     }
 }
 

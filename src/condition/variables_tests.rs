@@ -119,6 +119,10 @@ fn build_variables() {
     );
     assert_eq!(get(&e, "build.creator.name"), s("Maria López"));
     assert_eq!(
+        get(&e, "build.creator.id"),
+        s("0190e2f4-1111-7000-8000-000000000001")
+    );
+    assert_eq!(
         get(&e, "pipeline.id"),
         s("5c543cdf-7231-460d-9048-f6d5e1bbabf5")
     );
@@ -356,6 +360,20 @@ fn env_reads_build_env() {
         None,
         "nor at run time"
     );
+
+    // The pipeline's env fills in beneath the build's, as upstream's ProjectEnv beneath its
+    // BuildEnv (context.go); the built-in names stay the build's own.
+    let mut layered = fixture("build.finished.json").payload().clone();
+    layered["pipeline"]["env"] =
+        json!({"DEPLOY": "pipeline", "REGION": "eu", "BUILDKITE_BRANCH": "x"});
+    layered["build"]["env"] = json!({"DEPLOY": "build", "UNSET": null});
+    let layered = Event::from_value("build.finished", layered, Utc::now());
+    let vars = EventVariables::new(&layered);
+    assert_eq!(vars.env("DEPLOY").as_deref(), Some("build"));
+    assert_eq!(vars.env("REGION").as_deref(), Some("eu"));
+    assert_eq!(vars.env("UNSET"), None);
+    assert_eq!(vars.env("BUILDKITE_BRANCH").as_deref(), Some("main"));
+    assert!(holds(&layered, r#"build.env("REGION") == "eu""#));
 
     // `env: {}` and `env: null` have nothing; neither do events without a build.
     assert_eq!(
