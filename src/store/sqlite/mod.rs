@@ -61,7 +61,9 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<Job>,
+    /// The writer thread's queue; `None` for a store opened by
+    /// [`SqliteStore::open_read_only`], whose read connections SQLite keeps from writing.
+    writer: Option<mpsc::Sender<Job>>,
     /// Read connections, checked out one per read so readers never wait on each other.
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
@@ -70,9 +72,6 @@ pub struct SqliteStore {
     /// so a scrape of a big backlog never keeps the delivery workers from their reads.
     ops_slot: Arc<tokio::sync::Semaphore>,
     durability: Durability,
-    /// Opened by [`SqliteStore::open_read_only`]: no writer, and read connections SQLite
-    /// keeps from writing.
-    read_only: bool,
     commits: Arc<AtomicU64>,
     /// One process has the file to itself, so its leases are local.
     leases: LocalLeases,
@@ -146,16 +145,20 @@ impl SqliteStore {
             .spawn(move || write_loop(writer_conn, rx, &counter))
             .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?;
         Ok(Self::with_parts(
-            path, tx, reader, durability, false, commits, alive,
+            path,
+            Some(tx),
+            reader,
+            durability,
+            commits,
+            alive,
         ))
     }
 
     fn with_parts(
         path: &Path,
-        writer: mpsc::Sender<Job>,
+        writer: Option<mpsc::Sender<Job>>,
         reader: Connection,
         durability: Durability,
-        read_only: bool,
         commits: Arc<AtomicU64>,
         alive: Arc<()>,
     ) -> Self {
@@ -166,7 +169,6 @@ impl SqliteStore {
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
-            read_only,
             commits,
             leases: LocalLeases::default(),
             _alive: alive,
@@ -187,14 +189,11 @@ impl SqliteStore {
                 MIGRATIONS.len()
             )));
         }
-        // No writer: a send on this channel fails at once.
-        let (tx, _) = mpsc::channel::<Job>();
         Ok(Self::with_parts(
             path,
-            tx,
+            None,
             reader,
             durability,
-            true,
             Arc::new(AtomicU64::new(0)),
             Arc::new(()),
         ))
@@ -210,9 +209,9 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        if self.read_only {
+        let Some(writer) = &self.writer else {
             return Err(StoreError::Database("the store is open read-only".into()));
-        }
+        };
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn: Option<&Connection>| {
             let result = match conn {
@@ -223,7 +222,7 @@ impl SqliteStore {
                 let _ = tx.send(commit.and(result));
             })
         });
-        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        writer.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -252,7 +251,7 @@ impl SqliteStore {
             self.readers.clone(),
             self.path.clone(),
             self.durability,
-            self.read_only,
+            self.writer.is_none(),
         );
         let slot = slots
             .clone()
