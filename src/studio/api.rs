@@ -680,21 +680,27 @@ async fn send(
     let Some(body) = rendering.body else {
         return Ok(unprocessable(json!(rendering.problems)));
     };
-    // A Slack app keeps which message is which build's in a store. Not the real one, which
-    // the studio only reads: there a test would update (or become) a build's live message.
-    // A scratch store of its own makes every test a new message.
-    let scratch = scratch_store()
-        .await
-        .map_err(|e| error(StatusCode::CONFLICT, format!("no scratch store: {e}")))?;
-    let env = BuildEnv {
+    let mut env = BuildEnv {
         client: state.client.clone(),
-        store: Some(scratch),
+        store: None,
     };
-    let Some(sender) = dest.build(&env) else {
-        return Err(error(
-            StatusCode::CONFLICT,
-            format!("destination {:?} cannot be built here", dest.name),
-        ));
+    // A destination that needs a store (a Slack app keeps which message is which build's
+    // there) gets a scratch one. Not the real one, which the studio only reads: there a test
+    // would update (or become) a build's live message; in a scratch one every test is new.
+    let sender = match dest.build(&env) {
+        Some(sender) => sender,
+        None => {
+            let scratch = scratch_store()
+                .await
+                .map_err(|e| error(StatusCode::CONFLICT, format!("no scratch store: {e}")))?;
+            env.store = Some(scratch);
+            dest.build(&env).ok_or_else(|| {
+                error(
+                    StatusCode::CONFLICT,
+                    format!("destination {:?} cannot be built here", dest.name),
+                )
+            })?
+        }
     };
     let started = Instant::now();
     let context = Context {
