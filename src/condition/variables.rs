@@ -310,7 +310,7 @@ impl Variables for EventVariables<'_> {
                 .transition()
                 .map_or(Value::Null, |t| Value::Bool(t.kind == kind)),
             Source::WebhookEnv(name) => {
-                if self.get("build.source") != Value::Str("webhook".into()) {
+                if lookup(payload, "build.source").and_then(Json::as_str) != Some("webhook") {
                     return Value::Null;
                 }
                 self.env(name).map_or(Value::Null, Value::Str)
@@ -324,7 +324,7 @@ impl Variables for EventVariables<'_> {
             Source::OrgSlug => {
                 let direct = lookup(payload, "organization.slug")
                     .map_or(Value::Null, |j| convert(j, Type::String, false));
-                if direct != Value::Null && direct != Value::Str(String::new()) {
+                if matches!(&direct, Value::Str(s) if !s.is_empty()) {
                     return direct;
                 }
                 // A slug from a URL rather than an empty one; `""` stays `""` (not blank-null).
@@ -338,7 +338,8 @@ impl Variables for EventVariables<'_> {
     }
 
     fn env(&self, name: &str) -> Option<String> {
-        // A name chosen at run time gets the same rule as a written one.
+        // Never a name Buildkite keeps from conditions (an agent token), whoever asks; the
+        // evaluator also refuses one chosen at run time, so such a route fails closed.
         if !super::schema::build_env_allows(name) {
             return None;
         }
