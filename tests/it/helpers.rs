@@ -824,6 +824,15 @@ pub async fn post_signed_to_with(
     token: &str,
     body: &[u8],
 ) -> reqwest::Result<u16> {
+    Ok(post_signed_answer_to(addr, token, body).await?.0)
+}
+
+/// [`post_signed_to_with`], with the answer's text: who refused, and why.
+pub async fn post_signed_answer_to(
+    addr: SocketAddr,
+    token: &str,
+    body: &[u8],
+) -> reqwest::Result<(u16, String)> {
     // Built once: building a client (its TLS roots) costs milliseconds of CPU, which under a
     // test's steady load starves the services it tests.
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
@@ -844,7 +853,9 @@ pub async fn post_signed_to_with(
     {
         req = req.header("X-Buildkite-Event", event);
     }
-    Ok(req.send().await?.status().as_u16())
+    let answer = req.send().await?;
+    let status = answer.status().as_u16();
+    Ok((status, answer.text().await?))
 }
 
 /// [`post_signed_to`], returning the answer too.

@@ -54,26 +54,11 @@ impl Load {
 /// Posts `body` signed to `addr`: `Ok(202)`, or what else came back (the status and the
 /// answer's text) or went wrong, so a failure says who refused and why.
 async fn post_keeping_why(addr: SocketAddr, body: &[u8]) -> Result<u16, String> {
-    let event: serde_json::Value = serde_json::from_slice(body).unwrap();
-    let sent = kitebridge::destination::client()
-        .post(format!("http://{addr}/webhooks/buildkite"))
-        .header("X-Buildkite-Signature", signature(TOKEN, now(), body))
-        .header(
-            "X-Buildkite-Event",
-            event["event"].as_str().unwrap_or_default(),
-        )
-        .body(body.to_vec())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = sent.status().as_u16();
-    if status == 202 {
-        return Ok(202);
+    match post_signed_answer_to(addr, TOKEN, body).await {
+        Ok((202, _)) => Ok(202),
+        Ok((status, text)) => Err(format!("{status} {text}")),
+        Err(e) => Err(e.to_string()),
     }
-    Err(format!(
-        "{status} {}",
-        sent.text().await.unwrap_or_default()
-    ))
 }
 
 /// Every answer was 202, and every build then reached the recorder.
