@@ -43,6 +43,9 @@ pub struct Metrics {
     pub destination_held: IntGaugeVec,
     /// Replicas sharing the store, as last seen (1 for a store of its own).
     pub replicas: IntGauge,
+    /// Where the delivery workers found each single message's event: `memory` (handed over
+    /// by intake) or `store` (its stored body parsed again).
+    pub event_reads: IntCounterVec,
     /// Button presses by action and outcome (done, denied, duplicate, expired, forged,
     /// failed, unavailable, bad_signature).
     pub actions: IntCounterVec,
@@ -90,6 +93,11 @@ impl Metrics {
                 "kitebridge_actions_total",
                 "Button presses, by action and outcome.",
                 &["action", "outcome"],
+            ),
+            event_reads: counter(
+                "kitebridge_event_reads_total",
+                "Events read to render a message, by source: memory (handed over by intake) or store (the stored body parsed again).",
+                &["source"],
             ),
             routes: counter(
                 "kitebridge_routes_matched_total",

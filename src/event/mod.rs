@@ -167,6 +167,12 @@ impl Event {
         self.received_at
     }
 
+    /// Sets when it was received (the store keeps milliseconds: an event read back from the
+    /// store and one kept in memory must render the same).
+    pub fn set_received_at(&mut self, at: DateTime<Utc>) {
+        self.received_at = at;
+    }
+
     /// The value at a dot path such as `build.author.email` or `pipeline.steps.0.label`.
     pub fn lookup(&self, path: &str) -> Option<&Value> {
         lookup(&self.payload, path)

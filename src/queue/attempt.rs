@@ -4,11 +4,13 @@
 use super::Settings;
 use super::cluster::Hold;
 use super::compose::{ComposeError, compose};
+use super::handoff::Handoff;
 use super::policy::{RetryPolicy, Verdict};
+use super::recorder::Recorder;
 use crate::destination::{Context, Destination, Outcome, webhook_id};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
-use crate::store::{Attempt, Delivery, Resolution, Store, StoreError, now_ms};
+use crate::store::{Attempt, Delivery, Finished, Resolution, Store, StoreError, now_ms};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +53,10 @@ pub struct Sender {
     pub hold: Arc<Hold>,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Where attempts are recorded, in batches.
+    pub recorder: Recorder,
+    /// Events intake parsed, handed over.
+    pub handoff: Arc<Handoff>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
     /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
@@ -75,6 +81,7 @@ impl Sender {
             &renderer,
             &settings.buttons,
             self.destination.as_ref(),
+            &self.handoff,
             &row,
         )
         .await;
@@ -210,14 +217,14 @@ impl Sender {
     /// Hands one record to the store; says so when the delivery had changed meanwhile.
     pub async fn store_record(&self, id: i64, record: &Record) -> Result<(), StoreError> {
         let applied = self
-            .store
-            .finish_attempt(
-                id,
-                record.picked,
-                record.attempt.clone(),
-                record.body.clone(),
-                record.resolution.clone(),
-            )
+            .recorder
+            .record(Finished {
+                delivery_id: id,
+                picked: record.picked,
+                attempt: record.attempt.clone(),
+                body: record.body.clone(),
+                resolution: record.resolution.clone(),
+            })
             .await?;
         if !applied {
             tracing::info!(

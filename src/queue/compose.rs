@@ -2,12 +2,14 @@
 //! rendering of its event (or of all a digest's events), with the message its destination
 //! needs first (a Slack app's build message), ready to send.
 
+use super::handoff::Handoff;
 use crate::actions::Buttons;
 use crate::destination::{Destination, Parent};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData};
 use crate::store::{Delivery, Store, StoreError, StoredEvent, now_ms};
 use chrono::{TimeZone, Utc};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A message ready to send.
@@ -39,6 +41,7 @@ pub async fn compose(
     renderer: &Renderer,
     buttons: &Buttons,
     destination: &dyn Destination,
+    handoff: &Handoff,
     row: &Delivery,
 ) -> Result<Option<Message>, ComposeError> {
     let kind = destination.kind();
@@ -60,40 +63,39 @@ pub async fn compose(
             parent,
         }));
     }
-    let stored = if row.grouped {
+    let now = Utc::now();
+    let (rendered, single) = if row.grouped {
         // Closed first, through the store, so no event joins after its events are read.
         if !store.close_group(row.id, now_ms()).await? {
             return Ok(None);
         }
-        store.group_events(row.id).await?
+        let events = store
+            .group_events(row.id)
+            .await?
+            .into_iter()
+            .map(to_event)
+            .collect::<Result<Vec<Event>, _>>()?;
+        let rendered = kind.render_group(renderer, row.template.as_deref(), &events, now);
+        (rendered, None)
     } else {
-        vec![stored_event(store, row).await?]
-    };
-    let mut events = stored
-        .into_iter()
-        .map(to_event)
-        .collect::<Result<Vec<Event>, _>>()?;
-    let now = Utc::now();
-    let rendered = if row.grouped {
-        kind.render_group(renderer, row.template.as_deref(), &events, now)
-    } else {
-        let mut data = TemplateData::new(&events[0], now);
+        let event = single_event(store, handoff, row).await?;
+        let mut data = TemplateData::new(&event, now);
         data.set_actions(&buttons.for_event(
-            &events[0],
+            &event,
             &row.route,
             destination.name(),
             kind.template_kind(),
         ));
-        kind.render_event(renderer, row.template.as_deref(), &events[0], &data)
-    }
-    .map_err(|e| ComposeError::Render(e.to_string()))?;
+        let rendered = kind.render_event(renderer, row.template.as_deref(), &event, &data);
+        (rendered, Some(event))
+    };
+    let rendered = rendered.map_err(|e| ComposeError::Render(e.to_string()))?;
     let text = match &rendered.body {
         Body::Text(t) => t.clone(),
         Body::Json(v) => v.to_string(),
     };
     let parent = if wants_parent(destination, row) {
-        let event = (!row.grouped).then(|| events.remove(0));
-        parent(store, renderer, destination, row, event).await?
+        parent(store, renderer, destination, row, single).await?
     } else {
         None
     };
@@ -112,12 +114,12 @@ async fn parent(
     renderer: &Renderer,
     destination: &dyn Destination,
     row: &Delivery,
-    event: Option<Event>,
+    event: Option<Arc<Event>>,
 ) -> Result<Option<Parent>, ComposeError> {
     let event = match event {
         Some(event) => event,
         None => match to_event(stored_event(store, row).await?) {
-            Ok(event) => event,
+            Ok(event) => Arc::new(event),
             Err(_) => return Ok(None),
         },
     };
@@ -138,6 +140,19 @@ async fn parent(
 /// A digest has no single build to hang under.
 fn wants_parent(destination: &dyn Destination, row: &Delivery) -> bool {
     !row.grouped && destination.wants_parent(&row.event_name, row.thread_key.is_some())
+}
+
+/// A single message's event: the one intake parsed, when it handed it over, else the stored
+/// body parsed again.
+async fn single_event(
+    store: &dyn Store,
+    handoff: &Handoff,
+    row: &Delivery,
+) -> Result<Arc<Event>, ComposeError> {
+    if let Some(event) = handoff.take(row.event_id) {
+        return Ok(event);
+    }
+    Ok(Arc::new(to_event(stored_event(store, row).await?)?))
 }
 
 async fn stored_event(store: &dyn Store, row: &Delivery) -> Result<StoredEvent, StoreError> {

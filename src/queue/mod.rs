@@ -7,10 +7,12 @@
 mod attempt;
 pub mod cluster;
 mod compose;
+mod handoff;
 mod housekeeping;
 mod pacer;
 mod plan;
 mod policy;
+mod recorder;
 mod worker;
 
 pub use plan::{MutedMessage, Plan, plan};
@@ -67,6 +69,10 @@ struct Running {
 struct Inner {
     store: Arc<dyn Store>,
     client: reqwest::Client,
+    /// Attempt records, batched for all the workers.
+    recorder: recorder::Recorder,
+    /// Parsed events, from intake to the workers.
+    handoff: Arc<handoff::Handoff>,
     metrics: Arc<Metrics>,
     renderer: Arc<ArcSwap<Renderer>>,
     /// Shared with the workers, which read the buttons from it at each attempt.
@@ -106,6 +112,11 @@ impl Queue {
         let (cluster, drained) = Cluster::new(store.clone(), metrics.clone());
         let queue = Self {
             inner: Arc::new(Inner {
+                recorder: recorder::Recorder::start(store.clone()),
+                handoff: Arc::new(handoff::Handoff::new(
+                    handoff::DEFAULT_BUDGET,
+                    metrics.event_reads.clone(),
+                )),
                 store,
                 client: destination::client(),
                 metrics,
@@ -200,6 +211,8 @@ impl Queue {
                 config: config.clone(),
                 client: inner.client.clone(),
                 store: inner.store.clone(),
+                recorder: inner.recorder.clone(),
+                handoff: inner.handoff.clone(),
                 renderer: inner.renderer.clone(),
                 settings: inner.settings.clone(),
                 policy: settings.policy.clone(),
@@ -241,11 +254,17 @@ impl Queue {
     /// inside the store's transaction, once the event's transition is known.
     pub async fn accept(
         &self,
-        event: Event,
+        mut event: Event,
         body: Bytes,
         router: Arc<Router>,
     ) -> Result<Intake, StoreError> {
         let received_at = event.received_at().timestamp_millis();
+        // To the millisecond, as stored: routing, mute windows and templates then see the
+        // same time whether the event is rendered from memory or read back.
+        if let Some(at) = chrono::DateTime::from_timestamp_millis(received_at) {
+            event.set_received_at(at);
+        }
+        let bytes = body.len();
         let dedupe_since = self
             .inner
             .settings
@@ -259,7 +278,9 @@ impl Queue {
             build: transition::outcome(&event),
         };
         let bells = self.inner.bells.load_full();
-        let planned: Arc<Mutex<Plan>> = Arc::default();
+        // The plan, and the event with its transition, come back out of the store's
+        // transaction through here.
+        let planned: Arc<Mutex<(Plan, Option<Event>)>> = Arc::default();
         let planner: Planner = {
             let (planned, bells) = (planned.clone(), bells.clone());
             Box::new(move |transition| {
@@ -268,12 +289,25 @@ impl Queue {
                 let routes = router.route(&event);
                 let p = plan(&routes, &event, |d| bells.contains_key(d));
                 let deliveries = p.deliveries.clone();
-                *planned.lock().expect("the plan lock is never poisoned") = p;
+                *planned.lock().expect("the plan lock is never poisoned") = (p, Some(event));
                 deliveries
             })
         };
         let accepted = self.inner.store.accept(new, planner, dedupe_since).await?;
-        let plan = std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
+        let (plan, event) =
+            std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
+        if let (Accepted::New { event_id, .. }, Some(mut event)) = (&accepted, event) {
+            // Handed to this replica's workers before they are rung, for the messages they
+            // will send now; a digest or a held message reads its events back later.
+            let uses = plan
+                .deliveries
+                .iter()
+                .filter(|d| d.group.is_none() && d.not_before.is_none_or(|t| t <= received_at))
+                .filter(|d| bells.contains_key(&d.destination))
+                .count();
+            event.set_id(*event_id);
+            self.inner.handoff.put(Arc::new(event), uses, bytes);
+        }
         for d in &plan.deliveries {
             if let Some(bell) = bells.get(&d.destination) {
                 bell.notify_one();

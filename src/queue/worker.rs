@@ -11,8 +11,10 @@
 use super::Settings;
 use super::attempt::{Done, Record, Sender};
 use super::cluster::{Drained, Hold, Report};
+use super::handoff::Handoff;
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
+use super::recorder::Recorder;
 use crate::destination::{BuildEnv, DestinationConfig};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
@@ -44,6 +46,10 @@ pub struct Worker {
     pub client: reqwest::Client,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Where attempts are recorded.
+    pub recorder: Recorder,
+    /// Events intake parsed, handed over.
+    pub handoff: Arc<Handoff>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
     /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
@@ -149,6 +155,8 @@ impl Worker {
                 destination,
                 hold,
                 store: self.store.clone(),
+                recorder: self.recorder.clone(),
+                handoff: self.handoff.clone(),
                 renderer: self.renderer.clone(),
                 settings: self.settings.clone(),
                 policy: self.policy.clone(),

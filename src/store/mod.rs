@@ -27,7 +27,9 @@ pub use messages::{MessageIds, MessageRef, Progress};
 pub use operations::{Operations, QueueStat, RetrySelector};
 pub use postgres::PgStore;
 pub use presses::{Claim, Press, Presses};
-pub use queue::{Attempt, Delivery, DeliveryQueue, DeliveryState, Resolution, StoredEvent};
+pub use queue::{
+    Attempt, Delivery, DeliveryQueue, DeliveryState, Finished, Resolution, StoredEvent,
+};
 pub use sqlite::SqliteStore;
 
 use std::path::PathBuf;

@@ -141,6 +141,26 @@ impl Resolution {
     }
 }
 
+/// One attempt's record. It is taken for the delivery as it was picked (`picked`: its
+/// `updated_at` then), with its consequence; `body` keeps the rendered body the first time.
+/// If the delivery changed since (an operator re-queued it, or another replica that took the
+/// destination over finished it first), the attempt is recorded but the delivery is left as it
+/// is, and its answer is `false`. The version is compared for equality, never ordered against
+/// the attempt's time, because replicas' clocks differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The delivery attempted.
+    pub delivery_id: i64,
+    /// Its version when it was picked.
+    pub picked: i64,
+    /// What happened.
+    pub attempt: Attempt,
+    /// The rendered body to keep, when this attempt rendered it.
+    pub body: Option<String>,
+    /// What follows for the delivery.
+    pub resolution: Resolution,
+}
+
 /// The delivery workers' part of the store.
 #[async_trait]
 pub trait DeliveryQueue {
@@ -169,12 +189,12 @@ pub trait DeliveryQueue {
     /// The events of a digest, in the order they arrived.
     async fn group_events(&self, delivery_id: i64) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Records an attempt at the delivery as it was picked (`picked`: its `updated_at` then),
-    /// and its consequence; `body` stores the rendered body the first time. If the delivery
-    /// changed since (an operator re-queued it, or another replica that took the destination
-    /// over finished it first), the attempt is recorded but the delivery is left as it is, and
-    /// the answer is `false`. The version is compared for equality, never ordered against the
-    /// attempt's time, because replicas' clocks differ.
+    /// Records attempts in one transaction, all or none; each answer says whether its
+    /// delivery took the consequence (see [`Finished`]). Attempts at many deliveries share
+    /// one write this way, where a write each made the store's writer the bottleneck.
+    async fn finish_attempts(&self, records: Vec<Finished>) -> Result<Vec<bool>, StoreError>;
+
+    /// Records one attempt: [`finish_attempts`](Self::finish_attempts) with a single record.
     async fn finish_attempt(
         &self,
         delivery_id: i64,
@@ -182,5 +202,16 @@ pub trait DeliveryQueue {
         attempt: Attempt,
         body: Option<String>,
         resolution: Resolution,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let applied = self
+            .finish_attempts(vec![Finished {
+                delivery_id,
+                picked,
+                attempt,
+                body,
+                resolution,
+            }])
+            .await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
 }

@@ -584,8 +584,8 @@ impl FaultyStore {
 }
 
 use kitebridge::store::{
-    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Intake, Leases, MessageIds,
-    MessageRef, NewEvent, Operations, Planner, QueueStat, Resolution, RetrySelector, Ring,
+    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Finished, Intake, Leases,
+    MessageIds, MessageRef, NewEvent, Operations, Planner, QueueStat, RetrySelector, Ring,
     StoreError, StoredEvent, Taken,
 };
 
@@ -626,14 +626,7 @@ impl DeliveryQueue for FaultyStore {
     async fn group_events(&self, id: i64) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.group_events(id).await
     }
-    async fn finish_attempt(
-        &self,
-        id: i64,
-        picked: i64,
-        a: Attempt,
-        body: Option<String>,
-        r: Resolution,
-    ) -> Result<bool, StoreError> {
+    async fn finish_attempts(&self, records: Vec<Finished>) -> Result<Vec<bool>, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.fault()?;
         let left = self.refuse_records.load(SeqCst);
@@ -641,7 +634,7 @@ impl DeliveryQueue for FaultyStore {
             self.refuse_records.store(left - 1, SeqCst);
             return Err(StoreError::Database("database is locked".into()));
         }
-        self.inner.finish_attempt(id, picked, a, body, r).await
+        self.inner.finish_attempts(records).await
     }
 }
 

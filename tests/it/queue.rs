@@ -460,3 +460,53 @@ async fn hanging_attempts_keep_only_their_own_slots() {
         "it did not wait for a hanging attempt's timeout (30 s) nor for an idle poll"
     );
 }
+
+/// A counter's value in `/metrics` text (0 when it has not been counted yet).
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_event_is_parsed_once_while_its_workers_keep_up_and_read_back_after_a_restart() {
+    let rec = Recorder::start().await;
+    rec.script("slack", [Reply::Slow(600)]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let toml = with_store(&config_for(&rec, ""), &db);
+    let memory = "kitebridge_event_reads_total{source=\"memory\"}";
+    let store = "kitebridge_event_reads_total{source=\"store\"}";
+
+    let app = TestApp::spawn(&toml).await;
+    for n in 1..=3 {
+        assert_eq!(app.post_signed(&build_finished(n)).await.0, 202);
+    }
+    // Teams keeps up: its three messages render from the events intake parsed.
+    assert_eq!(rec.wait_for("teams", 3).await.len(), 3);
+    assert_eq!(rec.wait_for("slack", 1).await.len(), 1, "one is in flight");
+    let metrics = app.metrics().await;
+    assert_eq!(counter(&metrics, store), 0, "{metrics}");
+    assert!(counter(&metrics, memory) >= 4, "{metrics}");
+    app.stop().await;
+    let pending = deliveries(&db)
+        .await
+        .into_iter()
+        .filter(|d| d.state == DeliveryState::Pending)
+        .count();
+    assert_eq!(pending, 2, "Slack's last two wait for the next start");
+
+    // After a restart nothing is in memory: they are read back from the store, and sent.
+    let again = TestApp::spawn(&toml).await;
+    assert_eq!(rec.wait_for("slack", 3).await.len(), 3);
+    let metrics = again.metrics().await;
+    assert_eq!(counter(&metrics, store), 2, "{metrics}");
+    assert_eq!(counter(&metrics, memory), 0, "{metrics}");
+    let slack = rec.received_on("slack");
+    for (n, message) in slack.iter().enumerate() {
+        let text = String::from_utf8_lossy(&message.body);
+        assert!(text.contains(&format!("#{}", n + 1)), "{text}");
+    }
+    again.stop().await;
+}

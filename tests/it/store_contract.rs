@@ -2,8 +2,8 @@
 //! and against PostgreSQL (a fresh database each).
 
 use kitebridge::store::{
-    Accepted, Attempt, Carry, Claim, DeliveryState, Group, Left, MessageRef, NewDelivery, NewEvent,
-    Pace, Planner, Press, Progress, Resolution, RetrySelector, Store, now_ms,
+    Accepted, Attempt, Carry, Claim, DeliveryState, Finished, Group, Left, MessageRef, NewDelivery,
+    NewEvent, Pace, Planner, Press, Progress, Resolution, RetrySelector, Store, now_ms,
 };
 use kitebridge::transition::{BuildOutcome, TransitionKind};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ contract!(
     the_same_body_from_many_writers_at_once_is_stored_once,
     an_attempt_ending_after_a_manual_retry_does_not_undo_it,
     attempts_are_matched_by_version_not_by_clock,
+    attempts_recorded_together_are_each_judged_by_their_own_version,
     attempts_retries_and_pruning,
     a_closed_digest_takes_no_more_events,
     a_digest_held_back_after_it_was_picked_is_not_closed,
@@ -338,6 +339,67 @@ async fn attempts_are_matched_by_version_not_by_clock(store: Arc<dyn Store>) {
     let (d, attempts) = store.show(id).await.unwrap();
     assert_eq!((d.state, d.attempts), (DeliveryState::Sent, 3));
     assert_eq!(attempts.len(), 4, "every attempt is in the history");
+}
+
+/// Attempts recorded in one batch (as the workers record them) are kept together, and each
+/// moves its own delivery on only if that delivery is still at the version it was picked at.
+async fn attempts_recorded_together_are_each_judged_by_their_own_version(store: Arc<dyn Store>) {
+    let t = now_ms();
+    let mut delivery_ids = Vec::new();
+    for n in 0..3 {
+        let accepted = store
+            .accept(
+                event(&format!("{{\"n\":{n}}}"), t),
+                fixed(vec![to("a")]),
+                None,
+            )
+            .await
+            .unwrap();
+        delivery_ids.extend(ids(accepted));
+    }
+    let due = store.due("a", t, 10, vec![]).await.unwrap();
+    assert_eq!(due.len(), 3);
+    let record = |i: usize, picked: i64, resolution: Resolution| Finished {
+        delivery_id: due[i].id,
+        picked,
+        attempt: Attempt {
+            at: t + 1,
+            status: Some(200),
+            outcome: "sent".into(),
+            reason: None,
+            latency_ms: 2,
+        },
+        body: Some(format!("body {i}")),
+        resolution,
+    };
+    // The second was re-queued by an operator meanwhile: its record must not undo that.
+    let stale = due[1].updated_at - 1;
+    let applied = store
+        .finish_attempts(vec![
+            record(0, due[0].updated_at, Resolution::Sent),
+            record(1, stale, Resolution::Sent),
+            record(2, due[2].updated_at, Resolution::RetryAt(t + 60_000)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, false, true]);
+    let (first, history) = store.show(delivery_ids[0]).await.unwrap();
+    assert_eq!((first.state, first.attempts), (DeliveryState::Sent, 1));
+    assert_eq!(first.body.as_deref(), Some("body 0"));
+    assert_eq!(history.len(), 1);
+    let (second, history) = store.show(delivery_ids[1]).await.unwrap();
+    assert_eq!((second.state, second.attempts), (DeliveryState::Pending, 0));
+    assert_eq!(
+        history.len(),
+        1,
+        "its attempt is in the history all the same"
+    );
+    let (third, _) = store.show(delivery_ids[2]).await.unwrap();
+    assert_eq!(
+        (third.state, third.next_attempt_at, third.body.as_deref()),
+        (DeliveryState::Pending, t + 60_000, Some("body 2"))
+    );
+    assert!(store.finish_attempts(vec![]).await.unwrap().is_empty());
 }
 
 async fn attempts_retries_and_pruning(store: Arc<dyn Store>) {

@@ -2,12 +2,12 @@
 //! attempts recorded; and how its rows read back.
 
 use super::{PgStore, timed};
-use crate::store::{
-    Attempt, Delivery, DeliveryQueue, DeliveryState, Resolution, StoreError, StoredEvent,
-};
+use crate::store::{Delivery, DeliveryQueue, DeliveryState, Finished, StoreError, StoredEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 pub(super) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.name, d.route, d.destination, d.template, d.state, d.attempts, \
      d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body, \
@@ -166,21 +166,12 @@ impl DeliveryQueue for PgStore {
         .await
     }
 
-    async fn finish_attempt(
-        &self,
-        delivery_id: i64,
-        picked: i64,
-        attempt: Attempt,
-        body: Option<String>,
-        resolution: Resolution,
-    ) -> Result<bool, StoreError> {
-        let (state, next) = resolution.state_and_next(attempt.at);
-        let state = state.as_str();
-        let status = attempt.status.map(i32::from);
+    async fn finish_attempts(&self, records: Vec<Finished>) -> Result<Vec<bool>, StoreError> {
         timed(async {
-            let client = self.bookkeeping().await?;
-            // One statement: the attempt and its consequence are kept together or not at all.
-            let stmt = client
+            let mut client = self.bookkeeping().await?;
+            let tx = client.transaction().await?;
+            // One statement per attempt: the attempt and its consequence are kept together.
+            let stmt = tx
                 .prepare_cached(
                     "WITH attempt AS (INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6)) \
@@ -190,24 +181,34 @@ impl DeliveryQueue for PgStore {
                      WHERE id = $1 AND state = 'pending' AND updated_at = $10",
                 )
                 .await?;
-            let changed = client
-                .execute(
-                    &stmt,
-                    &[
-                        &delivery_id,
-                        &attempt.at,
-                        &status,
-                        &attempt.outcome,
-                        &attempt.reason,
-                        &(attempt.latency_ms as i64),
-                        &state,
-                        &next,
-                        &body,
-                        &picked,
-                    ],
-                )
-                .await?;
-            Ok(changed == 1)
+            let rows: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    let (state, next) = r.resolution.state_and_next(r.attempt.at);
+                    (r, state.as_str(), next, r.attempt.status.map(i32::from), r.attempt.latency_ms as i64)
+                })
+                .collect();
+            // Sent together: the driver pipelines them, so a batch costs one round trip.
+            let changed = try_join_all(rows.iter().map(|(r, state, next, status, latency)| {
+                let a = &r.attempt;
+                let params: [&(dyn ToSql + Sync); 10] = [
+                    &r.delivery_id,
+                    &a.at,
+                    status,
+                    &a.outcome,
+                    &a.reason,
+                    latency,
+                    state,
+                    next,
+                    &r.body,
+                    &r.picked,
+                ];
+                let (tx, stmt) = (&tx, &stmt);
+                async move { tx.execute(stmt, &params).await }
+            }))
+            .await?;
+            tx.commit().await?;
+            Ok(changed.into_iter().map(|n| n == 1).collect())
         })
         .await
     }

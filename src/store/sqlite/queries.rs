@@ -2,8 +2,8 @@
 
 use super::SqliteStore;
 use crate::store::{
-    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Intake, Leases, MessageIds,
-    MessageRef, NewEvent, Operations, Planner, Progress, QueueStat, Resolution, RetrySelector,
+    Accepted, Attempt, Carry, Delivery, DeliveryQueue, DeliveryState, Finished, Intake, Leases,
+    MessageIds, MessageRef, NewEvent, Operations, Planner, Progress, QueueStat, RetrySelector,
     Ring, StoreError, StoredEvent, Taken,
 };
 use async_trait::async_trait;
@@ -174,44 +174,41 @@ impl DeliveryQueue for SqliteStore {
         .await
     }
 
-    async fn finish_attempt(
-        &self,
-        delivery_id: i64,
-        picked: i64,
-        attempt: Attempt,
-        body: Option<String>,
-        resolution: Resolution,
-    ) -> Result<bool, StoreError> {
+    async fn finish_attempts(&self, records: Vec<Finished>) -> Result<Vec<bool>, StoreError> {
         self.write(move |conn| {
-            conn.prepare_cached(
+            let mut insert = conn.prepare_cached(
                 "INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                delivery_id,
-                attempt.at,
-                attempt.status,
-                attempt.outcome,
-                attempt.reason,
-                attempt.latency_ms as i64
-            ])?;
-            let (state, next) = resolution.state_and_next(attempt.at);
-            let state = state.as_str();
-            let changed = conn.prepare_cached(
+            )?;
+            let mut update = conn.prepare_cached(
                 "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3, \
                  updated_at = MAX(?4, updated_at + 1), last_status = ?5, last_error = ?6, body = COALESCE(?7, body) \
                  WHERE id = ?1 AND state = 'pending' AND updated_at = ?8",
-            )?
-            .execute(params![
-                delivery_id,
-                state,
-                next,
-                attempt.at,
-                attempt.status,
-                attempt.reason,
-                body,
-                picked
-            ])?;
-            Ok(changed == 1)
+            )?;
+            let mut applied = Vec::with_capacity(records.len());
+            for r in records {
+                let a = &r.attempt;
+                insert.execute(params![
+                    r.delivery_id,
+                    a.at,
+                    a.status,
+                    a.outcome,
+                    a.reason,
+                    a.latency_ms as i64
+                ])?;
+                let (state, next) = r.resolution.state_and_next(a.at);
+                let changed = update.execute(params![
+                    r.delivery_id,
+                    state.as_str(),
+                    next,
+                    a.at,
+                    a.status,
+                    a.reason,
+                    r.body,
+                    r.picked
+                ])?;
+                applied.push(changed == 1);
+            }
+            Ok(applied)
         })
         .await
     }
