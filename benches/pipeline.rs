@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the per-event work, one core: signature verification, parsing,
 //! routing with 10, 100 and 1,000 routes (by glob lists, and by an `if` expression),
 //! rendering the default Slack and Teams templates, and
-//! the whole verify → parse → route → render path, with 3 KB and 100 KB payloads. (In the
+//! the whole verify → parse → route → render path, with 3 KB and 100 KB payloads; and
+//! recording delivery attempts in the embedded store, batched and one by one. (In the
 //! service the webhook handler verifies, parses and routes, then stores the event; a delivery
 //! worker parses it again and renders.)
 //!
@@ -191,5 +192,108 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches);
+/// Recording 64 attempts in the embedded store (`durability = "normal"`, so the CPU and not
+/// the disk is measured): one batch, as the workers record them, against 64 writes sent at
+/// once (which the store's writer already put in one transaction, a savepoint each).
+fn records(c: &mut Criterion) {
+    use kitebridge::store::{
+        Accepted, Attempt, DeliveryQueue, Finished, Intake, NewDelivery, NewEvent, Resolution,
+        SqliteStore, sqlite::Durability,
+    };
+    const N: usize = 64;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("k.db"), Durability::Normal).unwrap();
+    // N stored deliveries, due now, each with the version an attempt would record.
+    let fresh = |store: &SqliteStore| {
+        rt.block_on(async {
+            let mut picked = Vec::with_capacity(N);
+            for _ in 0..N {
+                let event = NewEvent {
+                    name: "build.finished".into(),
+                    body: bytes::Bytes::from_static(b"{}"),
+                    received_at: kitebridge::store::now_ms(),
+                    build: None,
+                };
+                let plan = Box::new(|_: Option<&kitebridge::transition::Transition>| {
+                    vec![NewDelivery {
+                        route: "r".into(),
+                        destination: "sink".into(),
+                        template: None,
+                        group: None,
+                        not_before: None,
+                        thread_key: None,
+                    }]
+                });
+                let Accepted::New { delivery_ids, .. } =
+                    store.accept(event, plan, None).await.unwrap()
+                else {
+                    unreachable!("no duplicate check")
+                };
+                let (d, _) = kitebridge::store::Operations::show(store, delivery_ids[0])
+                    .await
+                    .unwrap();
+                picked.push(Finished {
+                    delivery_id: d.id,
+                    picked: d.updated_at,
+                    attempt: Attempt {
+                        at: kitebridge::store::now_ms(),
+                        status: Some(200),
+                        outcome: "sent".into(),
+                        reason: None,
+                        latency_ms: 3,
+                    },
+                    body: Some("{\"text\":\"a rendered message of some length\"}".into()),
+                    resolution: Resolution::Sent,
+                });
+            }
+            picked
+        })
+    };
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("64 in one batch", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let records = fresh(&store);
+                let started = std::time::Instant::now();
+                let applied = rt.block_on(store.finish_attempts(records)).unwrap();
+                took += started.elapsed();
+                assert!(applied.iter().all(|a| *a));
+            }
+            took
+        })
+    });
+    g.bench_function("64 writes at once", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let records = fresh(&store);
+                let started = std::time::Instant::now();
+                let applied = rt.block_on(futures_util::future::join_all(records.into_iter().map(
+                    |r| {
+                        store.finish_attempt(
+                            r.delivery_id,
+                            r.picked,
+                            r.attempt,
+                            r.body,
+                            r.resolution,
+                        )
+                    },
+                )));
+                took += started.elapsed();
+                assert!(applied.into_iter().all(|a| a.unwrap()));
+            }
+            took
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches, records);
 criterion_main!(pipeline);

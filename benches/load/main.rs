@@ -6,8 +6,9 @@
 //! Scale with KB_BENCH_EVENTS (default 100000) and KB_BENCH_BACKLOG (default 1000000, 0 skips
 //! the backlog part). The PostgreSQL part uses KB_BENCH_DATABASE_URL (else
 //! KITEBRIDGE_TEST_DATABASE_URL, else the local server) to create a database of its own;
-//! KB_BENCH_ONLY=replicas runs only that part (and the bare endpoint); KB_BENCH_ONLY=embedded
-//! leaves it and the backlog out.
+//! KB_BENCH_ONLY=replicas runs only that part (and the bare endpoint); KB_BENCH_ONLY=backlog
+//! only the backlog part; KB_BENCH_ONLY=embedded leaves both out.
+//! KB_BENCH_BINARY=path measures another build of kitebridge with the same generator.
 //! The report is printed and written to target/load-report.md.
 
 mod generator;
@@ -32,6 +33,14 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The kitebridge to measure: this build's, or KB_BENCH_BINARY (another build of it, to
+/// compare two versions with the same generator).
+fn binary() -> PathBuf {
+    std::env::var_os("KB_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kitebridge")))
 }
 
 fn free_port() -> u16 {
@@ -149,7 +158,7 @@ concurrency = 64
         let config = Self::config(dir, port, sink, routes, storage);
         let log = std::fs::File::create(dir.join("kitebridge.log")).unwrap();
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_kitebridge"))
+        let child = Command::new(binary())
             .args(["serve", "--config", config.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(log)
@@ -289,6 +298,15 @@ async fn run() {
         out("| --- | --- | --- |".into());
         out(format!("| bare axum endpoint | {bare_rate:.0} req/s | |"));
         replicas::run(&bodies, bare_rate, events.min(50_000), &mut out).await;
+        return;
+    }
+
+    // KB_BENCH_ONLY=backlog measures only intake with a backlog (beside the bare endpoint).
+    if std::env::var("KB_BENCH_ONLY").is_ok_and(|v| v == "backlog") {
+        out("| measure | kitebridge | target |".into());
+        out("| --- | --- | --- |".into());
+        out(format!("| bare axum endpoint | {bare_rate:.0} req/s | |"));
+        backlog_run(&bodies, backlog.max(1), events.min(20_000), &mut out).await;
         return;
     }
 
