@@ -162,6 +162,11 @@ impl Event {
         &self.payload
     }
 
+    /// The parsed body, given up.
+    pub fn into_payload(self) -> Value {
+        self.payload
+    }
+
     /// When kitebridge received it.
     pub fn received_at(&self) -> DateTime<Utc> {
         self.received_at

@@ -158,6 +158,13 @@ impl TemplateData {
         )))
     }
 
+    /// [`new`](Self::new) for an event no longer needed: its payload is moved, not copied.
+    pub fn from_event(event: Event, now: DateTime<Utc>) -> Self {
+        Self(handlebars::Context::from(context::template_data_from(
+            event, now,
+        )))
+    }
+
     /// Adds `kb.actions`: the buttons the message shows (see `crate::actions::Buttons`); none
     /// leaves it absent.
     pub fn set_actions<T: serde::Serialize>(&mut self, buttons: &[T]) {

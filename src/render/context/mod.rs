@@ -95,6 +95,20 @@ pub fn template_data(event: &Event, now: DateTime<Utc>) -> Value {
     data
 }
 
+/// [`template_data`] for an event no longer needed: its payload is moved, not copied.
+pub fn template_data_from(event: Event, now: DateTime<Utc>) -> Value {
+    let derived = derive(&event, now);
+    let mut data = event.into_payload();
+    redact(&mut data);
+    if let Value::Object(map) = &mut data {
+        map.insert(
+            "kb".into(),
+            serde_json::to_value(derived).expect("derived data serialises"),
+        );
+    }
+    data
+}
+
 /// The payload as templates see it: without `webhook_url`, at any depth.
 pub fn without_secrets(payload: &Value) -> Value {
     let mut copy = payload.clone();

@@ -123,3 +123,14 @@ fn urls_are_http_only_and_markup_safe() {
     );
     assert_eq!(safe_url("HTTPS://x"), Some("HTTPS://x".into()));
 }
+
+#[test]
+fn the_data_from_an_event_given_up_is_the_data_from_a_borrowed_one() {
+    let samples = crate::render::samples::events();
+    assert!(samples.len() > 10);
+    for (name, event) in samples {
+        let borrowed = template_data(&event, now());
+        assert!(borrowed.get("kb").is_some(), "{name}");
+        assert_eq!(template_data_from(event, now()), borrowed, "{name}");
+    }
+}
