@@ -169,6 +169,38 @@ fn benches(c: &mut Criterion) {
     }
     g.finish();
 
+    // The same for Slack with the event given up to the template data (as a worker does with
+    // an event no other message needs) instead of copied into it.
+    let mut g = c.benchmark_group("render_given");
+    let slack = DestinationKind::parse("slack").unwrap();
+    for (size, body) in payloads() {
+        let ev = event(&body);
+        let template = renderer.select(slack.template_kind(), None, &ev).unwrap();
+        g.throughput(Throughput::Elements(1));
+        // Both from a fresh copy of the event, as a worker has it, so only the data differs.
+        g.bench_function(format!("slack/{size}/copied"), |b| {
+            b.iter_batched(
+                || ev.clone(),
+                |ev| {
+                    let data = TemplateData::new(&ev, Utc::now());
+                    slack.render(&renderer, &template, &data).unwrap()
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("slack/{size}/given"), |b| {
+            b.iter_batched(
+                || ev.clone(),
+                |ev| {
+                    let data = TemplateData::from_event(ev, Utc::now());
+                    slack.render(&renderer, &template, &data).unwrap()
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("path");
     let slack = DestinationKind::parse("slack").unwrap();
     let r = router(100, false);
