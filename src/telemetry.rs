@@ -2,6 +2,7 @@
 //! default or one JSON object per line. The level comes from `KITEBRIDGE_LOG` (or `RUST_LOG`),
 //! default `info`.
 
+use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -18,9 +19,12 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("KITEBRIDGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file, a pipe or the journal would keep
+    // the escape codes (and formatting them was a share of the CPU under load).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
