@@ -112,7 +112,7 @@ impl Queue {
         let (cluster, drained) = Cluster::new(store.clone(), metrics.clone());
         let queue = Self {
             inner: Arc::new(Inner {
-                recorder: recorder::Recorder::start(store.clone()),
+                recorder: recorder::Recorder::start(&store),
                 handoff: Arc::new(handoff::Handoff::new(
                     handoff::DEFAULT_BUDGET,
                     metrics.event_reads.clone(),

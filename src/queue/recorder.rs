@@ -6,7 +6,7 @@
 //! only once its last attempt is on record.
 
 use crate::store::{Finished, Store, StoreError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,9 +29,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the batching task for `store`.
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    pub fn start(store: &Arc<dyn Store>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(store, rx));
+        // Held weakly: the store closes (and its files are left alone) as soon as the queue
+        // and its workers are gone, not whenever this task is next polled.
+        tokio::spawn(batch_loop(Arc::downgrade(store), rx));
         Self { tx }
     }
 
@@ -46,7 +48,7 @@ impl Recorder {
     }
 }
 
-async fn batch_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(Finished, Answer)>) {
+async fn batch_loop(store: Weak<dyn Store>, mut rx: mpsc::UnboundedReceiver<(Finished, Answer)>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -66,7 +68,13 @@ async fn batch_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<(Fini
         // next commit: awaiting each write here held every record back by a whole commit
         // (deliveries then lagged intake by most of a second under load). No two batches hold
         // the same delivery: it is not picked again before its record is answered.
-        let store = store.clone();
+        let Some(store) = store.upgrade() else {
+            // Shut down: the workers that sent these are gone too.
+            for answer in answers {
+                let _ = answer.send(Err(StoreError::Closed));
+            }
+            continue;
+        };
         tokio::spawn(async move {
             match store.finish_attempts(records).await {
                 Ok(applied) => {
