@@ -237,6 +237,18 @@ async fn lists_templates_and_samples_with_secrets_removed() {
     );
 }
 
+/// Waits until the SQLite store at `db` is as a stopped `serve` leaves it: closed, its log
+/// copied in and removed. The last connection's close does that on the store's own thread, a
+/// moment after the service has stopped.
+async fn closed(db: &std::path::Path) {
+    let log = db.with_extension("db-wal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!log.exists(), "the stopped service closed its store");
+}
+
 #[tokio::test]
 async fn stored_events_are_samples_too() {
     let s = studio_with(None, false, true).await;
@@ -253,6 +265,7 @@ async fn stored_events_are_samples_too() {
     assert_eq!(app.post_signed(&fixture("job.finished")).await.0, 202);
     let _ = app.stop().await;
     let db = s.dir.path().join("kitebridge.db");
+    closed(&db).await;
     let before = std::fs::read(&db).unwrap();
 
     let running = studio_on(&config.path, false).await;
@@ -855,6 +868,7 @@ to = ["live"]
     }
     assert_eq!(slack.calls("chat.postMessage").len(), 1, "the live message");
     let _ = app.stop().await;
+    closed(&db).await;
     let before = std::fs::read(&db).unwrap();
 
     let running = studio_on(&path, true).await;
