@@ -15,25 +15,12 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// An attempt's result that the store has not taken yet.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// The delivery's version (`updated_at`) when it was picked for the attempt.
-    pub picked: i64,
-    /// What happened.
-    pub attempt: Attempt,
-    /// The body rendered for it, to keep.
-    pub body: Option<String>,
-    /// What follows for the delivery.
-    pub resolution: Resolution,
-}
-
 /// How one attempt ended, for the worker loop.
 pub enum Done {
     /// Attempted and recorded.
     Recorded(Verdict),
     /// Attempted, but the store refused the record: keep it and try the store again.
-    Unrecorded(Verdict, Record),
+    Unrecorded(Verdict, Finished),
     /// Not attempted: the store could not be read. The delivery is untouched.
     StoreTrouble(StoreError),
     /// Not attempted: the destination's hold ran out first. The delivery is untouched, for
@@ -120,13 +107,14 @@ impl Sender {
                     reason: Some(reason.clone()),
                     latency_ms: started.elapsed().as_millis() as u64,
                 };
-                let record = Record {
+                let record = Finished {
+                    delivery_id: row.id,
                     picked,
                     attempt,
                     body: None,
                     resolution: Resolution::Dead,
                 };
-                return self.record(row.id, record, Verdict::Dead { reason }).await;
+                return self.record(record, Verdict::Dead { reason }).await;
             }
         };
         let latency_ms = started.elapsed().as_millis() as u64;
@@ -167,14 +155,15 @@ impl Sender {
             reason,
             latency_ms,
         };
-        let record = Record {
+        let record = Finished {
+            delivery_id: row.id,
             picked,
             attempt,
             // Kept for retries and for `deliveries show`, which shows what was sent.
             body: rendered,
             resolution,
         };
-        self.record(row.id, record, verdict).await
+        self.record(record, verdict).await
     }
 
     fn count(&self, outcome: &Outcome, verdict: &Verdict, latency_ms: u64, age_ms: i64) {
@@ -202,8 +191,9 @@ impl Sender {
         }
     }
 
-    async fn record(&self, id: i64, record: Record, verdict: Verdict) -> Done {
-        match self.store_record(id, &record).await {
+    async fn record(&self, record: Finished, verdict: Verdict) -> Done {
+        let id = record.delivery_id;
+        match self.store_record(&record).await {
             Ok(_) => Done::Recorded(verdict),
             Err(e) => {
                 // Kept in memory and retried; the message is not picked again meanwhile. If the
@@ -215,20 +205,11 @@ impl Sender {
     }
 
     /// Hands one record to the store; says so when the delivery had changed meanwhile.
-    pub async fn store_record(&self, id: i64, record: &Record) -> Result<(), StoreError> {
-        let applied = self
-            .recorder
-            .record(Finished {
-                delivery_id: id,
-                picked: record.picked,
-                attempt: record.attempt.clone(),
-                body: record.body.clone(),
-                resolution: record.resolution.clone(),
-            })
-            .await?;
+    pub async fn store_record(&self, record: &Finished) -> Result<(), StoreError> {
+        let applied = self.recorder.record(record.clone()).await?;
         if !applied {
             tracing::info!(
-                delivery = id,
+                delivery = record.delivery_id,
                 destination = self.destination.name(),
                 "the delivery changed during the attempt (re-queued, or finished by the replica \
                  that holds the destination now): the attempt is in its history, its state stands"

@@ -64,6 +64,7 @@ pub async fn compose(
         }));
     }
     let now = Utc::now();
+    let wants_parent = wants_parent(destination, row);
     let (rendered, single) = if row.grouped {
         // Closed first, through the store, so no event joins after its events are read.
         if !store.close_group(row.id, now_ms()).await? {
@@ -84,7 +85,7 @@ pub async fn compose(
             buttons.for_event(&event, &row.route, destination.name(), kind.template_kind());
         // The event no one else needs gives its payload to the template data, where a copy
         // of the whole JSON tree was made for every message.
-        let (mut data, event) = match wants_parent(destination, row) {
+        let (mut data, event) = match wants_parent {
             true => (TemplateData::new(&event, now), Some(event)),
             false => match Arc::try_unwrap(event) {
                 Ok(owned) => (TemplateData::from_event(owned, now), None),
@@ -103,10 +104,9 @@ pub async fn compose(
         Body::Text(t) => t.clone(),
         Body::Json(v) => v.to_string(),
     };
-    let parent = if wants_parent(destination, row) {
-        parent(store, renderer, destination, row, single).await?
-    } else {
-        None
+    let parent = match single {
+        Some(event) => parent(store, renderer, destination, row, Some(event)).await?,
+        None => None,
     };
     Ok(Some(Message {
         body: rendered.body,

@@ -9,7 +9,7 @@
 //! for the next holder.
 
 use super::Settings;
-use super::attempt::{Done, Record, Sender};
+use super::attempt::{Done, Sender};
 use super::cluster::{Drained, Hold, Report};
 use super::handoff::Handoff;
 use super::pacer::Pacer;
@@ -18,7 +18,7 @@ use super::recorder::Recorder;
 use crate::destination::{BuildEnv, DestinationConfig};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
-use crate::store::{Carry, Delivery, Left, Pace, Store, now_ms};
+use crate::store::{Carry, Delivery, Finished, Left, Pace, Store, now_ms};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ struct State {
     /// Due deliveries read from the store ahead of a free slot, in the order they came due.
     /// Dropped with the hold: they are still pending in the store for the next holder.
     ahead: VecDeque<Delivery>,
-    unrecorded: HashMap<i64, Record>,
+    unrecorded: HashMap<i64, Finished>,
     /// This replica's own trouble (its store reads failed): wait before looking again.
     paused_until: Instant,
     /// The destination's pause (a `Retry-After`, a run of failures), ms: kept with the lease.
@@ -262,8 +262,8 @@ impl Worker {
         }
         if st.ahead.len() < free {
             // An unpaced destination reads ahead: one look at the queue then serves the next
-            // few slots that free up, where a look per slot made these queries the workers'
-            // biggest cost under load. A paced one reads only what it can send now.
+            // few slots that free up, instead of a look per freed slot. A paced one reads only
+            // what it can send now.
             let ahead = if st.pacer.tokens(now).is_none() {
                 READ_AHEAD
             } else {
@@ -294,10 +294,7 @@ impl Worker {
                 _ => now + IDLE_POLL,
             };
         }
-        for _ in 0..free {
-            if st.ahead.is_empty() {
-                break;
-            }
+        for _ in 0..free.min(st.ahead.len()) {
             if let Err(wait) = st.pacer.take(Instant::now()) {
                 return Instant::now() + wait;
             }
@@ -378,7 +375,7 @@ impl Worker {
     async fn flush_records(&self, st: &mut State) -> bool {
         let ids: Vec<i64> = st.unrecorded.keys().copied().collect();
         for id in ids {
-            match st.sender.store_record(id, &st.unrecorded[&id]).await {
+            match st.sender.store_record(&st.unrecorded[&id]).await {
                 Ok(()) => {
                     st.unrecorded.remove(&id);
                     st.busy.remove(&id);
