@@ -416,19 +416,25 @@ async fn send_test_posts_to_the_destination_and_reports_the_answer() {
     );
 }
 
-#[tokio::test]
-async fn serve_logs_one_json_line_per_event_and_per_delivery() {
-    let rec = Recorder::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
+/// The test config to `rec`, listening on a free port, written into `dir`.
+fn serve_config(rec: &Recorder, dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("k.toml");
     std::fs::write(
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            config_for(&rec, "")
+            config_for(rec, "")
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn serve_logs_one_json_line_per_event_and_per_delivery() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serve_config(&rec, dir.path());
     let mut running = start_binary(&cfg).await;
     let addr = running.addr;
     let mut seen: Vec<serde_json::Value> = running
@@ -582,26 +588,12 @@ fn render_explains_every_route() {
 
 #[tokio::test]
 async fn text_logs_into_a_pipe_carry_no_colour_codes() {
-    use tokio::io::AsyncBufReadExt;
     let rec = Recorder::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("k.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            config_for(&rec, "")
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let cfg = serve_config(&rec, dir.path());
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_kitebridge"));
+    serve.args(["serve", "--config", cfg.to_str().unwrap()]);
+    let (mut child, mut lines) = spawn_logging(serve);
     let mut seen = Vec::new();
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await

@@ -521,8 +521,13 @@ pub fn serve_args(config: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// Starts `cmd` (a `kitebridge serve` with JSON logs) and waits for its `listening` line.
-pub async fn start_command(mut cmd: tokio::process::Command) -> Running {
+/// Spawns `cmd` with its stderr (kitebridge's log) to read line by line; killed when dropped.
+pub fn spawn_logging(
+    mut cmd: tokio::process::Command,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut child = cmd
         .stderr(std::process::Stdio::piped())
@@ -530,7 +535,13 @@ pub async fn start_command(mut cmd: tokio::process::Command) -> Running {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Starts `cmd` (a `kitebridge serve` with JSON logs) and waits for its `listening` line.
+pub async fn start_command(cmd: tokio::process::Command) -> Running {
+    let (child, mut lines) = spawn_logging(cmd);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut startup = Vec::new();
     while tokio::time::Instant::now() < deadline {
