@@ -66,7 +66,7 @@ fn delivery(row: &Row<'_>) -> rusqlite::Result<Delivery> {
 
 /// The queue query: due messages of one destination, oldest first, with the event itself
 /// for messages that still need rendering from it. Built once: every worker turn runs it.
-static DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(super) static DUE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {DELIVERY_COLUMNS}, \
          CASE WHEN d.body IS NULL AND d.group_key IS NULL THEN e.body END, e.received_at, e.transition \

@@ -275,3 +275,31 @@ async fn a_snapshot_reads_claims_and_presses() {
         },
     ])));
 }
+
+/// Every connection plans a statement once: binding a new `LIMIT` (or anything else) must not
+/// make SQLite parse and plan the queue's query again on each look.
+#[test]
+fn statements_are_planned_once_whatever_is_bound() {
+    use rusqlite::StatementStatus;
+    use rusqlite::config::DbConfig;
+    let (dir, store) = store();
+    let path = dir.path().join("k.db");
+    let writer_side = open(&path, Durability::Full).unwrap();
+    let read_only = open_read_only(&path, Durability::Full).unwrap();
+    for conn in [&writer_side, &read_only] {
+        assert!(
+            conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
+                .unwrap()
+        );
+        let mut stmt = conn.prepare(&super::queries::DUE_SQL).unwrap();
+        for limit in 1..=5_i64 {
+            let rows = stmt
+                .query_map(rusqlite::params!["d", now_ms(), limit, "[]"], |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(rows, 0);
+        }
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
+    drop(store);
+}
