@@ -327,5 +327,65 @@ fn records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches, records);
+/// Taking in one new event (`durability = "normal"`, so the CPU and not the disk is measured)
+/// into a store holding 100,000 events of the last ten minutes, with the duplicate check of a
+/// ten-minute window (one index probe per minute) and without it.
+fn dedupe(c: &mut Criterion) {
+    use kitebridge::store::{Intake, NewEvent, SqliteStore, now_ms, sqlite::Durability};
+    use sha2::Digest as _;
+    const STORED: i64 = 100_000;
+    const WINDOW: i64 = 600_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    drop(SqliteStore::open(&path, Durability::Normal).unwrap());
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        let now = now_ms();
+        let mut insert = tx
+            .prepare("INSERT INTO events (name, body, body_hash, received_at) VALUES ('ping', ?1, ?2, ?3)")
+            .unwrap();
+        for i in 0..STORED {
+            let body = format!("{{\"stored\":{i}}}");
+            let hash = sha2::Sha256::digest(body.as_bytes()).to_vec();
+            insert
+                .execute(rusqlite::params![
+                    body,
+                    hash,
+                    now - WINDOW + i * WINDOW / STORED
+                ])
+                .unwrap();
+        }
+        drop(insert);
+        tx.commit().unwrap();
+    }
+    let store = SqliteStore::open(&path, Durability::Normal).unwrap();
+    let mut n = 0_u64;
+    let mut g = c.benchmark_group("dedupe");
+    for (name, window) in [("window 10m", Some(WINDOW)), ("off", None)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let now = now_ms();
+                let event = NewEvent {
+                    name: "ping".into(),
+                    body: bytes::Bytes::from(format!("{{\"new\":{n}}}")),
+                    received_at: now,
+                    build: None,
+                };
+                let since = window.map(|w| now - w);
+                rt.block_on(store.accept(event, Box::new(|_| Vec::new()), since))
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches, records, dedupe);
 criterion_main!(pipeline);

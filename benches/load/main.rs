@@ -461,8 +461,10 @@ async fn backlog_run(bodies: &Arc<Bodies>, n: u64, intake: u64, out: &mut impl F
 }
 
 /// Writes `n` events, each with one pending delivery, straight into a new store, as intake
-/// writes them (schema v2: the body's SHA-256 as its duplicate key, so the index is as
-/// scattered as in service).
+/// writes them: with the body's SHA-256 and its arrival time, so the store's own indexes
+/// (the duplicate check's among them) hold them as in service. They arrive 1 ms apart,
+/// ending when the prefill ends: denser than any real backlog, so the most recent minutes,
+/// which the duplicate check keys by, are as full as they can be.
 fn prefill(db: &Path, bodies: &Bodies, n: u64) {
     drop(
         kitebridge::store::SqliteStore::open(db, kitebridge::store::sqlite::Durability::Normal)

@@ -41,6 +41,7 @@ macro_rules! contract {
 contract!(
     concurrent_events_are_each_stored_with_their_deliveries,
     identical_bodies_within_the_window_are_stored_once,
+    a_copy_is_found_across_the_minutes_of_a_long_window,
     the_same_body_from_many_writers_at_once_is_stored_once,
     an_attempt_ending_after_a_manual_retry_does_not_undo_it,
     attempts_are_matched_by_version_not_by_clock,
@@ -206,6 +207,53 @@ async fn identical_bodies_within_the_window_are_stored_once(store: Arc<dyn Store
     let all = store.due("a", t + 5000, 10, vec![]).await.unwrap();
     let rest = store.due("a", t + 5000, 1, vec![all[0].id]).await.unwrap();
     assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), [all[1].id]);
+}
+
+async fn a_copy_is_found_across_the_minutes_of_a_long_window(store: Arc<dyn Store>) {
+    const MINUTE: i64 = 60_000;
+    // The first copy arrives in the last second of a minute, the others minutes later.
+    let t0 = (now_ms() / MINUTE - 30) * MINUTE + MINUTE - 500;
+    let window = 10 * MINUTE;
+    let body = "{\"across\":\"minutes\"}";
+    let accept = |at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .accept(event(body, at), fixed(vec![to("a")]), Some(at - window))
+                .await
+                .unwrap()
+        }
+    };
+    let Accepted::New { event_id, .. } = accept(t0).await else {
+        panic!("the first copy is new")
+    };
+    for later in [1_000, 4 * MINUTE, window - 1] {
+        assert_eq!(
+            accept(t0 + later).await,
+            Accepted::Duplicate { event_id },
+            "{later} ms later, inside the window"
+        );
+    }
+    let Accepted::New { event_id: next, .. } = accept(t0 + window + 1).await else {
+        panic!("a copy just outside the window is new")
+    };
+    // And a different body received in the same millisecond is not taken for a copy.
+    assert!(matches!(
+        store
+            .accept(
+                event("{\"across\":\"minute\"}", t0 + window + 1),
+                fixed(vec![to("a")]),
+                Some(t0 + 1)
+            )
+            .await
+            .unwrap(),
+        Accepted::New { .. }
+    ));
+    assert_eq!(
+        accept(t0 + window + 2).await,
+        Accepted::Duplicate { event_id: next },
+        "the later copy is now the one to match"
+    );
 }
 
 async fn the_same_body_from_many_writers_at_once_is_stored_once(store: Arc<dyn Store>) {

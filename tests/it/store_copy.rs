@@ -475,7 +475,7 @@ async fn store_copy_refuses_with_one_line_naming_the_file_or_the_store() {
     let conn = rusqlite::Connection::open(&newer).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     let want = format!(
-        "{}: the store has schema version 99, newer than this kitebridge knows (4)",
+        "{}: the store has schema version 99, newer than this kitebridge knows (5)",
         newer.display()
     );
     starts(refuse(&newer).await, want);

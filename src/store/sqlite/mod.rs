@@ -284,11 +284,12 @@ impl SqliteStore {
 }
 
 /// The schema, one step per version; `PRAGMA user_version` records how far a database is.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../schema/v1.sql"),
     include_str!("../schema/v2.sql"),
     include_str!("../schema/v3.sql"),
     include_str!("../schema/v4.sql"),
+    include_str!("../schema/v5.sql"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {

@@ -303,3 +303,67 @@ fn statements_are_planned_once_whatever_is_bound() {
     }
     drop(store);
 }
+
+/// The index only picks candidates by the hash's first bytes; the whole hash decides.
+#[test]
+fn a_body_sharing_the_first_bytes_of_the_hash_is_no_copy() {
+    let (dir, store) = store();
+    let conn = open(&dir.path().join("k.db"), Durability::Full).unwrap();
+    let at = 1_700_000_000_000_i64;
+    let hash = [7_u8; 32];
+    let mut near = hash;
+    near[31] = 8;
+    conn.execute(
+        "INSERT INTO events (id, name, body, body_hash, received_at) VALUES (1, 'ping', x'7b7d', ?1, ?2)",
+        rusqlite::params![&near[..], at],
+    )
+    .unwrap();
+    let find = |hash: &[u8]| super::intake::earlier_copy(&conn, hash, at - 60_000, at + 1).unwrap();
+    assert_eq!(find(&hash), None, "same first bytes, another body");
+    assert_eq!(find(&near), Some(1));
+    drop(store);
+}
+
+/// A store of schema 4 (the hash-keyed duplicate index) moves to the minute-keyed one, and
+/// the bodies it already holds are still found as copies.
+#[tokio::test]
+async fn a_version_4_store_keeps_finding_its_copies_after_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let at = now_ms();
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute(
+            "INSERT INTO events (id, name, body, body_hash, received_at) VALUES (1, 'build.finished', ?1, ?2, ?3)",
+            rusqlite::params![
+                &b"{\"old\":1}"[..],
+                <sha2::Sha256 as sha2::Digest>::digest(b"{\"old\":1}").to_vec(),
+                at - 1000
+            ],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path, Durability::Full).unwrap();
+    let again = store
+        .accept(
+            event("{\"old\":1}", at),
+            fixed(vec![to("a")]),
+            Some(at - 60_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Accepted::Duplicate { event_id: 1 });
+    let conn = Connection::open(&path).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["events_by_minute", "events_by_time"]);
+}
