@@ -451,7 +451,7 @@ async fn backlog_run(bodies: &Arc<Bodies>, n: u64, intake: u64, out: &mut impl F
     let filled = started.elapsed();
     let (rate, before, after, peak) = measure(full.path().to_path_buf(), 30_000_000).await;
     out(format!(
-        "| intake with {n} deliveries pending (destination down; filled in {:.0} s), {intake} events | {rate:.0}/s vs {empty_rate:.0}/s with an empty queue ({:+.0}%) | within 20% |",
+        "| intake with {n} deliveries pending (destination down; filled in {:.0} s), {intake} events | {rate:.0}/s vs {empty_rate:.0}/s with an empty queue ({:+.0}%) | within 10% |",
         filled.as_secs_f64(),
         (rate / empty_rate - 1.0) * 100.0
     ));
