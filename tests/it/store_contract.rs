@@ -254,6 +254,37 @@ async fn a_copy_is_found_across_the_minutes_of_a_long_window(store: Arc<dyn Stor
         Accepted::Duplicate { event_id: next },
         "the later copy is now the one to match"
     );
+    // Two requests stamped a moment apart can reach the store in either order: a copy
+    // stamped a minute later than the one arriving now is still a copy, and so is one
+    // stamped exactly at the window's start.
+    let body = "{\"out of\":\"order\"}";
+    let at = t0 + 3 * window;
+    let Accepted::New {
+        event_id: ahead, ..
+    } = store
+        .accept(
+            event(body, at + MINUTE + 1),
+            fixed(vec![to("a")]),
+            Some(at + MINUTE + 1 - window),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the first copy to arrive is new")
+    };
+    for (stamped, since) in [
+        (at, at - window),
+        (at + MINUTE + 1 + window, at + MINUTE + 1),
+    ] {
+        assert_eq!(
+            store
+                .accept(event(body, stamped), fixed(vec![to("a")]), Some(since))
+                .await
+                .unwrap(),
+            Accepted::Duplicate { event_id: ahead },
+            "stamped {stamped}, window from {since}"
+        );
+    }
 }
 
 async fn the_same_body_from_many_writers_at_once_is_stored_once(store: Arc<dyn Store>) {

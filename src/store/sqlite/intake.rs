@@ -48,7 +48,8 @@ fn transition(conn: &Connection, event: &NewEvent) -> rusqlite::Result<Option<Tr
 /// `events_by_minute`, whose expression this must match).
 const KEY_MINUTE_MS: i64 = 60_000;
 
-/// The first event received from `since` (up to `now`) whose body has the SHA-256 `hash`.
+/// The first event received at or after `since` whose body has the SHA-256 `hash`; `now` is
+/// the new event's own time.
 pub(super) fn earlier_copy(
     conn: &Connection,
     hash: &[u8],
@@ -56,22 +57,29 @@ pub(super) fn earlier_copy(
     now: i64,
 ) -> rusqlite::Result<Option<i64>> {
     // One probe of the index per minute of the window: each lands on the few keys of that
-    // minute with these first bytes, never on the whole store.
-    // Divided as SQLite divides integers, so each minute is the index's own.
-    let minutes: Vec<i64> = (since / KEY_MINUTE_MS..=now / KEY_MINUTE_MS).collect();
+    // minute with these first bytes, never on the whole store. Divided as SQLite divides
+    // integers, so each minute is the index's own.
+    let last = now / KEY_MINUTE_MS;
+    let minutes: Vec<i64> = (since / KEY_MINUTE_MS..=last).collect();
     let minutes = serde_json::to_string(&minutes).expect("numbers serialise");
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM events INDEXED BY events_by_minute \
+    let mut within = conn.prepare_cached(
+        "SELECT min(id) FROM events INDEXED BY events_by_minute \
          WHERE received_at / 60000 IN (SELECT value FROM json_each(?1)) \
          AND substr(body_hash, 1, 8) = substr(?2, 1, 8) AND body_hash = ?2 AND received_at >= ?3",
     )?;
-    let ids = stmt.query_map(params![minutes, hash, since], |r| r.get::<_, i64>(0))?;
-    let mut first = None;
-    for id in ids {
-        let id = id?;
-        first = Some(first.map_or(id, |f: i64| f.min(id)));
-    }
-    Ok(first)
+    let first: Option<i64> = within.query_row(params![minutes, hash, since], |r| r.get(0))?;
+    // A copy stamped in a later minute than this event: times are taken before the writer
+    // puts concurrent requests in order, and clocks step back. Normally there is no such row,
+    // so this range of the index is empty.
+    let mut after = conn.prepare_cached(
+        "SELECT min(id) FROM events INDEXED BY events_by_minute \
+         WHERE received_at / 60000 > ?1 AND body_hash = ?2",
+    )?;
+    let later: Option<i64> = after.query_row(params![last, hash], |r| r.get(0))?;
+    Ok(match (first, later) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }
 
 /// Stores `event` (whose body has the SHA-256 `hash`) and what `plan` decides for it.

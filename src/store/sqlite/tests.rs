@@ -286,6 +286,18 @@ fn statements_are_planned_once_whatever_is_bound() {
     let path = dir.path().join("k.db");
     let writer_side = open(&path, Durability::Full).unwrap();
     let read_only = open_read_only(&path, Durability::Full).unwrap();
+    // Without the guarantee, SQLite does re-plan this query on each new LIMIT.
+    let plain = Connection::open(&path).unwrap();
+    let mut stmt = plain.prepare(&super::queries::DUE_SQL).unwrap();
+    for limit in 1..=5_i64 {
+        let rows = stmt
+            .query_map(rusqlite::params!["d", now_ms(), limit, "[]"], |_| Ok(()))
+            .unwrap()
+            .count();
+        assert_eq!(rows, 0);
+    }
+    assert_eq!(stmt.get_status(StatementStatus::RePrepare), 5);
+    drop(stmt);
     for conn in [&writer_side, &read_only] {
         assert!(
             conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
