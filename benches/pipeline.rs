@@ -224,6 +224,15 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A runtime of one thread to drive the store with: the store's own threads do its work.
+fn store_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Recording 64 attempts in the embedded store (`durability = "normal"`, so the CPU and not
 /// the disk is measured): one batch, as the workers record them, against 64 writes sent at
 /// once (which the store's writer already put in one transaction, a savepoint each).
@@ -233,11 +242,7 @@ fn records(c: &mut Criterion) {
         SqliteStore, sqlite::Durability,
     };
     const N: usize = 64;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = store_runtime();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("k.db"), Durability::Normal).unwrap();
     // N stored deliveries, due now, each with the version an attempt would record.
@@ -335,11 +340,7 @@ fn dedupe(c: &mut Criterion) {
     use sha2::Digest as _;
     const STORED: i64 = 100_000;
     const WINDOW: i64 = 600_000;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = store_runtime();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k.db");
     drop(SqliteStore::open(&path, Durability::Normal).unwrap());

@@ -149,6 +149,23 @@ impl Check<'_> {
                 ),
             );
         }
+        // The embedded store looks for a copy with one probe of its index per minute of the
+        // window: cheap for minutes, a real cost per event for days.
+        if let (None, Some(window), Some(t)) = (
+            raw.storage.url.as_ref(),
+            dedupe_window,
+            raw.storage.dedupe_window.as_ref(),
+        ) && window > Duration::from_secs(3600)
+        {
+            self.warning(
+                t.span(),
+                format!(
+                    "storage.dedupe_window ({}) makes each event look for a copy in {} minutes of the embedded store, one probe each, about 3 µs apiece: windows over an hour slow intake",
+                    humantime::format_duration(window),
+                    window.as_secs() / 60 + 1
+                ),
+            );
+        }
         let policy = self.policy(&raw.delivery);
         let shutdown_deadline = self.duration(
             raw.delivery.shutdown_deadline.as_ref(),

@@ -875,6 +875,32 @@ fn an_empty_signing_key_turns_buttons_off_with_a_warning() {
     );
 }
 
+/// A duplicate window of days makes every event probe the embedded store's index for each
+/// of its minutes: warned about, with the line; an hour or a shared store is not.
+#[test]
+fn a_long_duplicate_window_on_the_embedded_store_is_warned_about() {
+    let config = |storage: &str| {
+        parse(&format!("[buildkite]\ntoken = \"t\"\n[storage]\n{storage}")).unwrap()
+    };
+    let long = config("dedupe_window = \"1d\"\n");
+    assert!(
+        long.warnings.iter().any(|w| w.contains(":4: warning: storage.dedupe_window (1day) makes each event look for a copy in 1441 minutes")),
+        "{:?}",
+        long.warnings
+    );
+    for quiet in [
+        "dedupe_window = \"1h\"\n",
+        "url = \"postgres://kb@127.0.0.1/kb\"\ndedupe_window = \"1d\"\n",
+    ] {
+        let c = config(quiet);
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("dedupe_window")),
+            "{quiet}: {:?}",
+            c.warnings
+        );
+    }
+}
+
 /// `events`/`states` entries that can match no Buildkite name are warned about; globs and
 /// exclusions are judged by what they could match, and `${…}` entries not at all.
 #[test]
