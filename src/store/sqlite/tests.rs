@@ -286,23 +286,8 @@ fn statements_are_planned_once_whatever_is_bound() {
     let path = dir.path().join("k.db");
     let writer_side = open(&path, Durability::Full).unwrap();
     let read_only = open_read_only(&path, Durability::Full).unwrap();
-    // Without the guarantee, SQLite does re-plan this query on each new LIMIT.
-    let plain = Connection::open(&path).unwrap();
-    let mut stmt = plain.prepare(&super::queries::DUE_SQL).unwrap();
-    for limit in 1..=5_i64 {
-        let rows = stmt
-            .query_map(rusqlite::params!["d", now_ms(), limit, "[]"], |_| Ok(()))
-            .unwrap()
-            .count();
-        assert_eq!(rows, 0);
-    }
-    assert_eq!(stmt.get_status(StatementStatus::RePrepare), 5);
-    drop(stmt);
-    for conn in [&writer_side, &read_only] {
-        assert!(
-            conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
-                .unwrap()
-        );
+    // The queue's query run with five limits: how often SQLite planned it again.
+    let re_prepares = |conn: &Connection| {
         let mut stmt = conn.prepare(&super::queries::DUE_SQL).unwrap();
         for limit in 1..=5_i64 {
             let rows = stmt
@@ -311,7 +296,16 @@ fn statements_are_planned_once_whatever_is_bound() {
                 .count();
             assert_eq!(rows, 0);
         }
-        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+        stmt.get_status(StatementStatus::RePrepare)
+    };
+    // Without the guarantee, SQLite does plan it again for each new LIMIT.
+    assert_eq!(re_prepares(&Connection::open(&path).unwrap()), 5);
+    for conn in [&writer_side, &read_only] {
+        assert!(
+            conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
+                .unwrap()
+        );
+        assert_eq!(re_prepares(conn), 0);
     }
     drop(store);
 }
