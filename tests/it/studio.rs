@@ -238,8 +238,8 @@ async fn lists_templates_and_samples_with_secrets_removed() {
 }
 
 /// Waits until the SQLite store at `db` is as a stopped `serve` leaves it: closed, its log
-/// copied in and removed. The last connection's close does that on the store's own thread, a
-/// moment after the service has stopped.
+/// copied in and removed. That happens when its last handle goes, which may be with a task
+/// that ends just after the stop.
 async fn closed(db: &std::path::Path) {
     let log = db.with_extension("db-wal");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

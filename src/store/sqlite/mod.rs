@@ -76,8 +76,31 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     /// One process has the file to itself, so its leases are local.
     leases: LocalLeases,
-    /// Dropped with the last handle, which stops the checkpointer.
-    _alive: Arc<()>,
+    /// Dropped with the last handle (after the writer's queue, declared above): stops the
+    /// store's threads and waits for them.
+    _threads: Arc<Threads>,
+}
+
+/// The writer and checkpointer threads of an open store. When the last handle goes they are
+/// stopped and joined, so the store is closed on disk (its log copied in and removed) by the
+/// time the drop returns, not a moment after the service has exited.
+#[derive(Debug, Default)]
+struct Threads {
+    /// Dropping it wakes the checkpointer to stop.
+    stop: Option<mpsc::Sender<()>>,
+    running: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop.take();
+        for thread in self.running.drain(..) {
+            // A write that held the last handle drops it on the writer thread itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
@@ -136,28 +159,35 @@ impl SqliteStore {
         writer_conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         writer_conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let reader = open(path, durability)?;
-        let alive = Arc::new(());
         let checkpointer = open(path, durability)?;
-        let watch = Arc::downgrade(&alive);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let mut threads = Threads {
+            stop: Some(stop),
+            running: Vec::with_capacity(2),
+        };
         let (tx, rx) = mpsc::channel::<Job>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
-        std::thread::Builder::new()
-            .name("kitebridge-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpointer, &watch, &counter))
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
+        threads.running.push(
+            std::thread::Builder::new()
+                .name("kitebridge-checkpoint".into())
+                .spawn(move || checkpoint_loop(&checkpointer, &stopped, &counter))
+                .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?,
+        );
         let counter = commits.clone();
-        std::thread::Builder::new()
-            .name("kitebridge-store".into())
-            .spawn(move || write_loop(writer_conn, rx, &counter))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?;
+        threads.running.push(
+            std::thread::Builder::new()
+                .name("kitebridge-store".into())
+                .spawn(move || write_loop(writer_conn, rx, &counter))
+                .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?,
+        );
         Ok(Self::with_parts(
             path,
             Some(tx),
             reader,
             durability,
             commits,
-            alive,
+            threads,
         ))
     }
 
@@ -167,7 +197,7 @@ impl SqliteStore {
         reader: Connection,
         durability: Durability,
         commits: Arc<AtomicU64>,
-        alive: Arc<()>,
+        threads: Threads,
     ) -> Self {
         Self {
             path: path.to_path_buf(),
@@ -178,7 +208,7 @@ impl SqliteStore {
             durability,
             commits,
             leases: LocalLeases::default(),
-            _alive: alive,
+            _threads: Arc::new(threads),
         }
     }
 
@@ -202,7 +232,7 @@ impl SqliteStore {
             reader,
             durability,
             Arc::new(AtomicU64::new(0)),
-            Arc::new(()),
+            Threads::default(),
         ))
     }
 
@@ -330,12 +360,12 @@ fn in_savepoint<T>(
 
 /// Copies the log into the database file until the store is dropped. Passive: it never makes
 /// the writer or a reader wait.
-fn checkpoint_loop(conn: &Connection, alive: &std::sync::Weak<()>, commits: &AtomicU64) {
+fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>, commits: &AtomicU64) {
     let mut failing = false;
     let mut seen = 0;
     loop {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        if alive.upgrade().is_none() {
+        // Nothing is ever sent: the store going away disconnects this and ends the loop.
+        if stop.recv_timeout(CHECKPOINT_EVERY) != Err(mpsc::RecvTimeoutError::Timeout) {
             return;
         }
         let now = commits.load(Ordering::Relaxed);

@@ -373,3 +373,19 @@ async fn a_version_4_store_keeps_finding_its_copies_after_the_migration() {
         .unwrap();
     assert_eq!(indexes, ["events_by_minute", "events_by_time"]);
 }
+
+/// The last handle's drop closes the store on disk before it returns: the log is copied in
+/// and removed, so a stopped service leaves one file.
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_store_on_disk() {
+    let (dir, store) = store();
+    let at = now_ms();
+    store
+        .accept(event("{\"closing\":1}", at), fixed(vec![to("a")]), None)
+        .await
+        .unwrap();
+    let log = dir.path().join("k.db-wal");
+    assert!(log.exists(), "the write went to the log");
+    drop(store);
+    assert!(!log.exists(), "closed when the drop returned");
+}
