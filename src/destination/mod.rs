@@ -153,6 +153,16 @@ impl DestinationKind {
         data: &TemplateData,
     ) -> Result<Rendered, RenderError> {
         let template = renderer.select(self.template_kind(), explicit, event)?;
+        self.render_selected(renderer, template, data)
+    }
+
+    /// Renders the already selected `template` with `data`, brought within the kind's limits.
+    pub fn render_selected(
+        self,
+        renderer: &Renderer,
+        template: String,
+        data: &TemplateData,
+    ) -> Result<Rendered, RenderError> {
         let body = self.render(renderer, &template, data)?;
         Ok(Rendered { template, body })
     }
@@ -168,8 +178,7 @@ impl DestinationKind {
         let kind = self.template_kind();
         let template = renderer.select_group(kind, explicit, events)?;
         let data = TemplateData::group(events, now);
-        let body = self.render(renderer, &template, &data)?;
-        Ok(Rendered { template, body })
+        self.render_selected(renderer, template, &data)
     }
 
     /// Renders template `name` with `data`, brought within the kind's limits.

@@ -4,7 +4,7 @@
 
 use super::handoff::Handoff;
 use crate::actions::Buttons;
-use crate::destination::{Destination, Parent, Rendered};
+use crate::destination::{Destination, Parent};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData};
 use crate::store::{Delivery, Store, StoreError, StoredEvent, now_ms};
@@ -80,23 +80,22 @@ pub async fn compose(
         (rendered, None)
     } else {
         let event = single_event(store, handoff, row).await?;
+        // Selected while the event is at hand: it may be given up to the template data.
         let template = renderer.select(kind.template_kind(), row.template.as_deref(), &event);
         let actions =
             buttons.for_event(&event, &row.route, destination.name(), kind.template_kind());
         // The event no one else needs gives its payload to the template data, where a copy
         // of the whole JSON tree was made for every message.
-        let (mut data, event) = match wants_parent {
-            true => (TemplateData::new(&event, now), Some(event)),
-            false => match Arc::try_unwrap(event) {
+        let (mut data, event) = if wants_parent {
+            (TemplateData::new(&event, now), Some(event))
+        } else {
+            match Arc::try_unwrap(event) {
                 Ok(owned) => (TemplateData::from_event(owned, now), None),
                 Err(shared) => (TemplateData::new(&shared, now), None),
-            },
+            }
         };
         data.set_actions(&actions);
-        let rendered = template.and_then(|template| {
-            let body = kind.render(renderer, &template, &data)?;
-            Ok(Rendered { template, body })
-        });
+        let rendered = template.and_then(|t| kind.render_selected(renderer, t, &data));
         (rendered, event)
     };
     let rendered = rendered.map_err(|e| ComposeError::Render(e.to_string()))?;
