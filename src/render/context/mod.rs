@@ -83,30 +83,25 @@ pub struct Derived {
 
 /// The payload with secrets removed and `kb` added: what templates render.
 pub fn template_data(event: &Event, now: DateTime<Utc>) -> Value {
-    let mut data = event.payload().clone();
-    redact(&mut data);
-    let derived = derive(event, now);
-    if let Value::Object(map) = &mut data {
-        map.insert(
-            "kb".into(),
-            serde_json::to_value(derived).expect("derived data serialises"),
-        );
-    }
-    data
+    with_derived(event.payload().clone(), derive(event, now))
 }
 
 /// [`template_data`] for an event no longer needed: its payload is moved, not copied.
 pub fn template_data_from(event: Event, now: DateTime<Utc>) -> Value {
     let derived = derive(&event, now);
-    let mut data = event.into_payload();
-    redact(&mut data);
-    if let Value::Object(map) = &mut data {
+    with_derived(event.into_payload(), derived)
+}
+
+/// `payload` redacted, with `derived` added as `kb`.
+fn with_derived(mut payload: Value, derived: Derived) -> Value {
+    redact(&mut payload);
+    if let Value::Object(map) = &mut payload {
         map.insert(
             "kb".into(),
             serde_json::to_value(derived).expect("derived data serialises"),
         );
     }
-    data
+    payload
 }
 
 /// The payload as templates see it: without `webhook_url`, at any depth.
