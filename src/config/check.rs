@@ -160,7 +160,7 @@ impl Check<'_> {
             self.warning(
                 t.span(),
                 format!(
-                    "storage.dedupe_window ({}) makes each event look for a copy in {} minutes of the embedded store, one probe each, about 3 µs apiece: windows over an hour slow intake",
+                    "storage.dedupe_window ({}) makes each event look for a copy in {} minutes of the embedded store, one index probe each: windows over an hour slow intake",
                     humantime::format_duration(window),
                     window.as_secs() / 60 + 1
                 ),

@@ -76,10 +76,7 @@ pub(super) fn earlier_copy(
          WHERE received_at / 60000 > ?1 AND body_hash = ?2",
     )?;
     let later: Option<i64> = after.query_row(params![last, hash], |r| r.get(0))?;
-    Ok(match (first, later) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    Ok(first.into_iter().chain(later).min())
 }
 
 /// Stores `event` (whose body has the SHA-256 `hash`) and what `plan` decides for it.
