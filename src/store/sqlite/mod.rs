@@ -62,11 +62,6 @@ type Job = Box<dyn FnOnce(Option<&Connection>) -> Finish + Send>;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    /// The writer thread's queue; `None` for a store opened by
-    /// [`SqliteStore::open_read_only`], whose read connections SQLite keeps from writing.
-    writer: Option<mpsc::Sender<Job>>,
-    /// Read connections, checked out one per read so readers never wait on each other.
-    readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
     read_slots: Arc<tokio::sync::Semaphore>,
     /// A slot of its own for the slow whole-queue counts behind `/metrics` and the depth log,
@@ -76,26 +71,43 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     /// One process has the file to itself, so its leases are local.
     leases: LocalLeases,
-    /// Dropped with the last handle (after the writer's queue, declared above): stops the
-    /// store's threads and waits for them.
-    _threads: Arc<Threads>,
+    /// The connections and threads, closed by the last handle.
+    open: Arc<Open>,
 }
 
-/// The writer and checkpointer threads of an open store. When the last handle goes they are
-/// stopped and joined, so the store is closed on disk (its log copied in and removed) by the
-/// time the drop returns, not a moment after the service has exited.
-#[derive(Debug, Default)]
-struct Threads {
+/// An open store's connections and threads. When the last handle goes they are closed one
+/// after another, the writer's last, so the store is closed on disk (its log copied in and
+/// removed) by the time the drop returns, not a moment after the service has exited.
+///
+/// The order matters: SQLite removes the log only when the connection closing last has the
+/// file to itself. Closed at the same moment on several threads, each connection could see
+/// another still open, and the log was left behind now and then.
+#[derive(Debug)]
+struct Open {
+    /// The writer thread's queue; `None` for a store opened by
+    /// [`SqliteStore::open_read_only`], whose read connections SQLite keeps from writing.
+    writer: Option<mpsc::Sender<Job>>,
+    /// Read connections, checked out one per read so readers never wait on each other.
+    readers: Mutex<Vec<Connection>>,
     /// Dropping it wakes the checkpointer to stop.
     stop: Option<mpsc::Sender<()>>,
-    running: Vec<std::thread::JoinHandle<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    write_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Threads {
+impl Drop for Open {
     fn drop(&mut self) {
+        if let Ok(readers) = self.readers.get_mut() {
+            readers.clear();
+        }
         self.stop.take();
-        for thread in self.running.drain(..) {
-            // A write that held the last handle drops it on the writer thread itself.
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+        self.writer.take();
+        if let Some(thread) = self.write_thread.take() {
+            // A write that held the last handle drops it on the writer thread itself, which
+            // closes its connection as soon as that write returns.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
@@ -161,54 +173,44 @@ impl SqliteStore {
         let reader = open(path, durability)?;
         let checkpointer = open(path, durability)?;
         let (stop, stopped) = mpsc::channel::<()>();
-        let mut threads = Threads {
-            stop: Some(stop),
-            running: Vec::with_capacity(2),
-        };
         let (tx, rx) = mpsc::channel::<Job>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
-        threads.running.push(
-            std::thread::Builder::new()
-                .name("kitebridge-checkpoint".into())
-                .spawn(move || checkpoint_loop(&checkpointer, &stopped, &counter))
-                .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?,
-        );
+        let checkpointer = std::thread::Builder::new()
+            .name("kitebridge-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &stopped, &counter))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
+        let mut parts = Open {
+            writer: Some(tx),
+            readers: Mutex::new(vec![reader]),
+            stop: Some(stop),
+            checkpointer: Some(checkpointer),
+            write_thread: None,
+        };
         let counter = commits.clone();
-        threads.running.push(
+        parts.write_thread = Some(
             std::thread::Builder::new()
                 .name("kitebridge-store".into())
                 .spawn(move || write_loop(writer_conn, rx, &counter))
                 .map_err(|e| StoreError::Database(format!("cannot start the writer: {e}")))?,
         );
-        Ok(Self::with_parts(
-            path,
-            Some(tx),
-            reader,
-            durability,
-            commits,
-            threads,
-        ))
+        Ok(Self::with_parts(path, parts, durability, commits))
     }
 
     fn with_parts(
         path: &Path,
-        writer: Option<mpsc::Sender<Job>>,
-        reader: Connection,
+        open: Open,
         durability: Durability,
         commits: Arc<AtomicU64>,
-        threads: Threads,
     ) -> Self {
         Self {
             path: path.to_path_buf(),
-            writer,
-            readers: Arc::new(Mutex::new(vec![reader])),
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             ops_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             durability,
             commits,
             leases: LocalLeases::default(),
-            _threads: Arc::new(threads),
+            open: Arc::new(open),
         }
     }
 
@@ -226,13 +228,18 @@ impl SqliteStore {
                 MIGRATIONS.len()
             )));
         }
+        let parts = Open {
+            writer: None,
+            readers: Mutex::new(vec![reader]),
+            stop: None,
+            checkpointer: None,
+            write_thread: None,
+        };
         Ok(Self::with_parts(
             path,
-            None,
-            reader,
+            parts,
             durability,
             Arc::new(AtomicU64::new(0)),
-            Threads::default(),
         ))
     }
 
@@ -246,7 +253,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let Some(writer) = &self.writer else {
+        let Some(writer) = &self.open.writer else {
             return Err(StoreError::Database("the store is open read-only".into()));
         };
         let (tx, rx) = oneshot::channel();
@@ -284,11 +291,13 @@ impl SqliteStore {
         slots: &Arc<tokio::sync::Semaphore>,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (readers, path, durability, read_only) = (
-            self.readers.clone(),
+        // The blocking task holds the store open: a read whose caller has gone still
+        // returns its connection before the store can close.
+        let (held, path, durability, read_only) = (
+            self.open.clone(),
             self.path.clone(),
             self.durability,
-            self.writer.is_none(),
+            self.open.writer.is_none(),
         );
         let slot = slots
             .clone()
@@ -298,14 +307,17 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             // With a slot held, a connection is idle or not opened yet.
-            let spare = readers.lock().map_err(|_| StoreError::Closed)?.pop();
+            let spare = held.readers.lock().map_err(|_| StoreError::Closed)?.pop();
             let conn = match spare {
                 Some(conn) => conn,
                 None if read_only => open_read_only(&path, durability)?,
                 None => open(&path, durability)?,
             };
             let result = f(&conn);
-            readers.lock().map_err(|_| StoreError::Closed)?.push(conn);
+            held.readers
+                .lock()
+                .map_err(|_| StoreError::Closed)?
+                .push(conn);
             result
         })
         .await
