@@ -399,9 +399,10 @@ async fn one_slack_message_per_build_updated_in_place_with_failed_jobs_in_its_th
         fixture("build.finished.passed"),
     ];
     for body in events {
-        assert_eq!(post_signed_to(second.addr, &body).await.unwrap(), 202);
-        // One at a time, as Buildkite sends a build's events over minutes.
+        // One at a time, as Buildkite sends a build's events over minutes. Counted before the
+        // post: its call may arrive before the answer does.
         let before = calls(&rec).len();
+        assert_eq!(post_signed_to(second.addr, &body).await.unwrap(), 202);
         assert_eq!(wait_calls(&rec, before + 1).await.len(), before + 1);
     }
     let calls = calls(&rec);
