@@ -226,7 +226,8 @@ async fn a_muted_route_holds_its_message_until_the_window_ends() {
             &rec,
             "name = \"quiet\"\nto = [\"slack\"]\nmute = [\"quiet\"]"
         ),
-        window_around_now(3, "hold")
+        // Long enough that a slow start and post still leave more than the second checked.
+        window_around_now(6, "hold")
     );
     let app = TestApp::spawn(&toml).await;
     let sent = std::time::Instant::now();
