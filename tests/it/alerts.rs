@@ -187,7 +187,7 @@ async fn five_job_failures_within_the_window_give_one_message_even_across_a_rest
     let toml = with_store(
         &only_slack(
             &rec,
-            "name = \"failed jobs\"\nevents = [\"job.finished\"]\nstates = [\"failed\"]\nto = [\"slack\"]\ngroup_window = \"3s\"\ngroup_by = [\"build.id\"]",
+            "name = \"failed jobs\"\nevents = [\"job.finished\"]\nstates = [\"failed\"]\nto = [\"slack\"]\ngroup_window = \"6s\"\ngroup_by = [\"build.id\"]",
         ),
         &dir.path().join("k.db"),
     );
@@ -203,7 +203,7 @@ async fn five_job_failures_within_the_window_give_one_message_even_across_a_rest
     }
     assert_one_digest_of_five_shards(&rec).await;
     assert!(
-        started.elapsed() >= Duration::from_secs(3),
+        started.elapsed() >= Duration::from_secs(6),
         "held for the window"
     );
 }

@@ -305,7 +305,7 @@ async fn a_digest_survives_a_kill_9_inside_its_window() {
         &rec,
         dir.path(),
         "[[routes]]\nname = \"failed jobs\"\nevents = [\"job.finished\"]\nto = [\"slack\"]\n\
-         group_window = \"3s\"\ngroup_by = [\"build.id\"]\n",
+         group_window = \"6s\"\ngroup_by = [\"build.id\"]\n",
     );
     let mut running = start_binary(&cfg).await;
     for n in 1..=3 {

@@ -375,7 +375,7 @@ async fn a_digest_arrives_as_one_signed_envelope_of_its_events() {
     let rec = Recorder::start().await;
     let toml = config(&rec, "").replace(
         "events = [\"*\"]",
-        "events = [\"job.finished\"]\ngroup_window = \"1s\"\ngroup_by = [\"build.id\"]",
+        "events = [\"job.finished\"]\ngroup_window = \"3s\"\ngroup_by = [\"build.id\"]",
     );
     let app = TestApp::spawn(&toml).await;
     for n in 1..=3 {
