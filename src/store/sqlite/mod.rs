@@ -97,9 +97,11 @@ struct Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        if let Ok(readers) = self.readers.get_mut() {
-            readers.clear();
-        }
+        // Closed first even if a read panicked while it held the pool.
+        self.readers
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         self.stop.take();
         if let Some(thread) = self.checkpointer.take() {
             let _ = thread.join();
@@ -180,6 +182,8 @@ impl SqliteStore {
             .name("kitebridge-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpointer, &stopped, &counter))
             .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
+        // Owned before the writer starts: should it fail to, dropping this stops the
+        // checkpointer again.
         let mut parts = Open {
             writer: Some(tx),
             readers: Mutex::new(vec![reader]),
