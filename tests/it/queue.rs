@@ -486,18 +486,19 @@ async fn an_event_is_parsed_once_while_its_workers_keep_up_and_read_back_after_a
     // time, each sent before the next event comes: a worker still looking at the queue as an
     // event commits can find it a moment before intake hands it over, and reads it back (one
     // parse more; nothing is lost).
+    let sent = |all: &[kitebridge::store::Delivery]| {
+        all.iter()
+            .filter(|d| d.destination == "teams" && d.state == DeliveryState::Sent)
+            .count()
+    };
     for n in 1..=3 {
-        assert_eq!(app.post_signed(&build_finished(n)).await.0, 202);
-        let sent = |all: &[kitebridge::store::Delivery]| {
-            all.iter()
-                .filter(|d| d.destination == "teams" && d.state == DeliveryState::Sent)
-                .count()
-        };
+        assert_eq!(app.post_signed(&build_finished(n as u64)).await.0, 202);
         assert_eq!(
-            sent(&wait_for_deliveries(&db, |all| sent(all) >= n as usize).await),
-            n as usize
+            sent(&wait_for_deliveries(&db, |all| sent(all) >= n).await),
+            n
         );
     }
+    assert_eq!(rec.wait_for("teams", 3).await.len(), 3);
     assert_eq!(rec.wait_for("slack", 1).await.len(), 1, "one is in flight");
     let metrics = app.metrics().await;
     assert_eq!(counter(&metrics, store), 0, "{metrics}");
