@@ -279,23 +279,30 @@ impl Queue {
         };
         let bells = self.inner.bells.load_full();
         // The plan, and the event with its transition, come back out of the store's
-        // transaction through here.
-        let planned: Arc<Mutex<(Plan, Option<Event>)>> = Arc::default();
+        // transaction through here (the store may plan again if it takes the event again).
+        let planned: Arc<Mutex<(Plan, Option<Event>)>> =
+            Arc::new(Mutex::new((Plan::default(), Some(event))));
         let planner: Planner = {
             let (planned, bells) = (planned.clone(), bells.clone());
             Box::new(move |transition| {
-                let mut event = event;
+                let mut slot = planned.lock().expect("the plan lock is never poisoned");
+                let (kept, event) = &mut *slot;
+                let event = event
+                    .as_mut()
+                    .expect("the event stays until the store answers");
                 event.set_transition(transition.cloned());
-                let routes = router.route(&event);
-                let p = plan(&routes, &event, |d| bells.contains_key(d));
-                let deliveries = p.deliveries.clone();
-                *planned.lock().expect("the plan lock is never poisoned") = (p, Some(event));
-                deliveries
+                let routes = router.route(event);
+                *kept = plan(&routes, event, |d| bells.contains_key(d));
+                kept.deliveries.clone()
             })
         };
         let accepted = self.inner.store.accept(new, planner, dedupe_since).await?;
-        let (plan, event) =
+        let (mut plan, event) =
             std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
+        if matches!(accepted, Accepted::Duplicate { .. }) {
+            // Planned in a transaction that failed, then found a duplicate when taken again.
+            plan = Plan::default();
+        }
         if let (Accepted::New { event_id, .. }, Some(mut event)) = (&accepted, event) {
             // Handed to this replica's workers before they are rung, for the messages they
             // will send now; a digest or a held message reads its events back later.

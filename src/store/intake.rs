@@ -45,8 +45,10 @@ pub struct Group {
 }
 
 /// Decides an event's deliveries once its transition is known (inside the store's
-/// transaction, so concurrent events of one branch see each other in order).
-pub type Planner = Box<dyn FnOnce(Option<&Transition>) -> Vec<NewDelivery> + Send>;
+/// transaction, so concurrent events of one branch see each other in order). A store may call
+/// it again when it takes the event again after a failed transaction; the last call's plan
+/// is the one kept.
+pub type Planner = Box<dyn FnMut(Option<&Transition>) -> Vec<NewDelivery> + Send + Sync>;
 
 /// What `accept` did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -227,7 +227,7 @@ async fn a_replica_hears_when_another_stores_work_for_a_destination() {
                 not_before: None,
                 thread_key: None,
             };
-            b.accept(event, Box::new(move |_| vec![d]), None)
+            b.accept(event, Box::new(move |_| vec![d.clone()]), None)
                 .await
                 .unwrap();
             if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
@@ -327,6 +327,96 @@ async fn a_connection_given_up_on_is_closed_not_reused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.probe().await.unwrap();
+}
+
+/// Events that arrive while the intake is busy are written together, in one transaction. One
+/// the database refuses (its message's build key holds a NUL, which PostgreSQL's text cannot
+/// hold; the pipeline's slug comes from the body, where `\u0000` is valid JSON) makes the
+/// whole batch fail, and then each event is taken again alone: it fails, the rest are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_fails_alone_not_its_batch() {
+    use kitebridge::transition::BuildOutcome;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = TestDb::new().await;
+    // Two connections: one intake writer, so what waits behind it is one batch.
+    let mut options = db.options(Duration::from_secs(2));
+    options.max_connections = 2;
+    let store = Arc::new(PgStore::connect(options, Schema::Migrate).await.unwrap());
+    let build = |branch: &str| BuildOutcome {
+        pipeline: "web".into(),
+        branch: branch.into(),
+        number: 1,
+        failed: true,
+        finished_at: None,
+    };
+
+    // The writer is held on the branch history table while the batch gathers.
+    let mut blocker = db.connect().await;
+    let hold = blocker.transaction().await.unwrap();
+    hold.batch_execute("LOCK TABLE build_states IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let first = {
+        let store = store.clone();
+        let mut e = ping(0);
+        e.build = Some(build("held"));
+        tokio::spawn(async move { store.accept(e, Box::new(|_| Vec::new()), None).await })
+    };
+    let waiting =
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'build_states'::regclass AND NOT granted";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while db.count(waiting).await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let planned = Arc::new(AtomicUsize::new(0));
+    let mut batch = Vec::new();
+    for n in 1..=10u32 {
+        let (store, planned) = (store.clone(), planned.clone());
+        batch.push(tokio::spawn(async move {
+            let plan = move |_: Option<&kitebridge::transition::Transition>| {
+                planned.fetch_add(1, Ordering::SeqCst);
+                vec![NewDelivery {
+                    route: "r".into(),
+                    destination: "d".into(),
+                    template: None,
+                    group: None,
+                    not_before: None,
+                    thread_key: (n == 5).then(|| "web\u{0}#1".to_string()),
+                }]
+            };
+            store.accept(ping(n), Box::new(plan), None).await
+        }));
+    }
+    // They are handed in at once; give the handlers a moment to queue behind the writer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.rollback().await.unwrap();
+    first.await.unwrap().unwrap();
+
+    let mut stored = 0;
+    for (n, task) in (1..=10).zip(batch) {
+        match task.await.unwrap() {
+            Ok(kitebridge::store::Accepted::New { delivery_ids, .. }) => {
+                assert_ne!(n, 5);
+                assert_eq!(delivery_ids.len(), 1);
+                stored += 1;
+            }
+            Ok(other) => panic!("event {n}: {other:?}"),
+            Err(e) => {
+                assert_eq!(n, 5, "{e}");
+                assert!(e.to_string().contains("0x00"), "{e}");
+            }
+        }
+    }
+    assert_eq!(stored, 9);
+    // All ten were planned in the refused batch, then again alone.
+    assert_eq!(planned.load(Ordering::SeqCst), 10 * 2);
+    assert_eq!(db.count("SELECT COUNT(*) FROM events").await, 10);
+    assert_eq!(db.count("SELECT COUNT(*) FROM deliveries").await, 9);
 }
 
 fn ping(n: u32) -> NewEvent {

@@ -119,7 +119,7 @@ fn grouped(dest: &str, key: &str, window_ms: i64, not_before: Option<i64>) -> Ne
 
 /// A plan that ignores the transition.
 fn fixed(deliveries: Vec<NewDelivery>) -> Planner {
-    Box::new(move |_| deliveries)
+    Box::new(move |_| deliveries.clone())
 }
 
 fn ids(a: Accepted) -> Vec<i64> {

@@ -1,95 +1,379 @@
-//! Taking in one event on PostgreSQL, in one transaction: the duplicate check by a unique key,
-//! the branch's build history and each digest's membership under advisory locks, then the
-//! event, its deliveries and a `NOTIFY` per destination, all or nothing.
+//! Taking in events on PostgreSQL, in batches. Whatever the webhook handlers hand in while the
+//! store's writers are busy waits for the next free one, which takes it all (up to
+//! [`MAX_BATCH`]) in one transaction: one commit and one flush of the log, and a handful of
+//! statements and round trips whatever the batch's size. In it, all or nothing: the duplicate
+//! check by a unique key, each branch's build history and each digest's membership under
+//! advisory locks, then the events, their deliveries and a `NOTIFY` per destination.
 //!
-//! Statements that do not depend on each other's answers are sent together (the driver
-//! pipelines them on the connection), so an event costs few round trips.
+//! Every transaction takes its locks in one order (body hashes, then branches, then digest
+//! groups, each sorted), so two replicas' batches never wait for each other in a circle. A
+//! batch the database refuses is taken again one event at a time, so one event's failure is
+//! its own; a database that does not answer fails the batch as it would each event.
 
-use super::{CHANNEL, PgStore, lock_key, timed};
+use super::{CHANNEL, Conn, PgStore, lock_key, timed};
 use crate::store::{Accepted, Intake, NewDelivery, NewEvent, Planner, StoreError};
 use crate::transition::{LastBuild, Transition, next};
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
-use futures_util::future::try_join_all;
+use deadpool_postgres::{Pool, Transaction};
 use sha2::Digest as _;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-/// Claims `hash` for a new event unless a copy was received at or after `since`; returns the
-/// new event's id, or the earlier copy's id as `Err`.
-async fn claim(
-    tx: &Transaction<'_>,
-    hash: &[u8],
-    received_at: i64,
+/// Most events in one transaction: enough that a busy store commits rarely, few enough that
+/// a batch's statements stay small.
+const MAX_BATCH: usize = 64;
+
+/// Events waiting for a writer, beyond which handlers wait to hand theirs in.
+const QUEUE: usize = 1024;
+
+/// One event handed to the writers, with where its answer goes.
+struct Job {
+    event: NewEvent,
+    hash: Vec<u8>,
+    plan: Planner,
     since: Option<i64>,
-) -> Result<Result<i64, i64>, StoreError> {
-    let Some(since) = since else {
-        let next = tx
-            .prepare_cached("SELECT nextval(pg_get_serial_sequence('events', 'id'))")
+    reply: oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+impl Job {
+    /// The duplicate window in ms (`None`: no check). Jobs with different windows (a reload
+    /// between them) go in different batches, as the claim statement takes one window.
+    fn window(&self) -> Option<i64> {
+        self.since.map(|s| self.event.received_at - s)
+    }
+}
+
+/// The batching intake of one store, shared by its clones. The writers start with the first
+/// event, on the runtime that takes it, and stop when the last clone of the store is gone.
+pub(super) struct Batcher {
+    writers: usize,
+    queue: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Batcher {
+    /// An intake that writes with up to `writers` transactions at once.
+    pub(super) fn new(writers: usize) -> Self {
+        Self {
+            writers: writers.max(1),
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Keeps `event` and what `plan` decides for it, in the next batch.
+    pub(super) async fn accept(
+        &self,
+        pool: &Pool,
+        event: NewEvent,
+        plan: Planner,
+        since: Option<i64>,
+    ) -> Result<Accepted, StoreError> {
+        let queue = self.queue.get_or_init(|| start(pool.clone(), self.writers));
+        let hash = sha2::Sha256::digest(&event.body).to_vec();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            event,
+            hash,
+            plan,
+            since,
+            reply,
+        };
+        let stopped = || StoreError::Database("the store's intake has stopped".into());
+        queue.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Starts `writers` tasks taking batches from one queue.
+fn start(pool: Pool, writers: usize) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..writers {
+        let (rx, pool) = (rx.clone(), pool.clone());
+        tokio::spawn(async move {
+            while let Some(jobs) = gather(&rx).await {
+                take(&pool, jobs).await;
+            }
+        });
+    }
+    tx
+}
+
+/// Waits for an event, then takes whatever else is waiting; `None` once the store is gone.
+async fn gather(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut jobs = vec![first];
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// Writes `jobs` and answers each: in batches of equal windows and distinct bodies (a second
+/// copy of a body goes in the batch after the first's, so it finds the first), each batch
+/// again one event at a time if the database refused it.
+async fn take(pool: &Pool, jobs: Vec<Job>) {
+    let mut pending = jobs;
+    while !pending.is_empty() {
+        let (mut now, later) = split(pending);
+        pending = later;
+        match timed_batch(pool, &mut now).await {
+            Ok(answers) => {
+                for (job, answer) in now.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) if now.len() > 1 && e.refused() => {
+                tracing::warn!(events = now.len(), error = %e.store(), "storage: a batch of events was refused; taking them one at a time");
+                for job in now {
+                    let mut one = vec![job];
+                    let answer = timed_batch(pool, &mut one)
+                        .await
+                        .map(|mut a| a.remove(0))
+                        .map_err(Failure::store);
+                    let job = one.pop().expect("the one job taken again");
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                let e = e.store();
+                for job in now {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The first batch to write out of `jobs` (the first job's window, each body once, in the
+/// order given), and the rest.
+fn split(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
+    let window = jobs[0].window();
+    let mut seen = HashSet::new();
+    let (mut now, mut later) = (Vec::new(), Vec::new());
+    for job in jobs {
+        if job.window() == window && seen.insert(job.hash.clone()) {
+            now.push(job);
+        } else {
+            later.push(job);
+        }
+    }
+    (now, later)
+}
+
+/// Why a batch was not written.
+enum Failure {
+    /// The database answered with an error (a deadlock, a constraint): worth trying its
+    /// events one by one.
+    Refused(StoreError),
+    /// No connection, no answer in time, a broken connection: one by one would fail alike.
+    Unavailable(StoreError),
+}
+
+impl Failure {
+    fn refused(&self) -> bool {
+        matches!(self, Failure::Refused(_))
+    }
+
+    fn store(self) -> StoreError {
+        match self {
+            Failure::Refused(e) | Failure::Unavailable(e) => e,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let refused = e.as_db_error().is_some();
+        let e = StoreError::from(e);
+        if refused {
+            Failure::Refused(e)
+        } else {
+            Failure::Unavailable(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Failure {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Failure::Unavailable(e.into())
+    }
+}
+
+/// [`batch`] within the operation timeout; one that runs out is abandoned (its connection
+/// closed, its transaction with it).
+async fn timed_batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> {
+    timed(async { Ok(batch(pool, jobs).await) })
+        .await
+        .unwrap_or_else(|e| Err(Failure::Unavailable(e)))
+}
+
+/// A new event's id, or the id of the earlier copy that makes it a duplicate.
+type Claim = Result<i64, i64>;
+
+/// Claims an id for each job, in the jobs' order. With a duplicate window (one for the whole
+/// batch), each body's key is claimed unless a copy was received within the window before
+/// it; a concurrent transaction claiming the same body makes this wait for its outcome, and
+/// the keys are claimed in the order of their hashes.
+async fn claim(tx: &Transaction<'_>, jobs: &[Job]) -> Result<Vec<Claim>, Failure> {
+    let Some(window) = jobs[0].window() else {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, $1::bigint)",
+            )
             .await?;
-        let id = tx.query_one(&next, &[]).await?.get(0);
-        return Ok(Ok(id));
+        let mut ids: Vec<i64> = tx
+            .query(&stmt, &[&(jobs.len() as i64)])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ids.sort_unstable();
+        return Ok(ids.into_iter().map(Ok).collect());
     };
-    // A concurrent transaction claiming the same hash makes this wait for its outcome; then
-    // the key is either ours or names the copy that arrived first.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|a, b| jobs[*a].hash.cmp(&jobs[*b].hash));
+    let hashes: Vec<&[u8]> = order.iter().map(|&i| &jobs[i].hash[..]).collect();
+    let received: Vec<i64> = order.iter().map(|&i| jobs[i].event.received_at).collect();
     let stmt = tx
         .prepare_cached(
             "INSERT INTO dedupe_keys (body_hash, event_id, received_at) \
-             VALUES ($1, nextval(pg_get_serial_sequence('events', 'id')), $2) \
+             SELECT h, nextval(pg_get_serial_sequence('events', 'id')), r FROM unnest($1::bytea[], $2::bigint[]) AS t(h, r) \
              ON CONFLICT (body_hash) DO UPDATE SET event_id = EXCLUDED.event_id, received_at = EXCLUDED.received_at \
-             WHERE dedupe_keys.received_at < $3 RETURNING event_id",
+             WHERE dedupe_keys.received_at < EXCLUDED.received_at - $3 RETURNING body_hash, event_id",
         )
         .await?;
-    if let Some(row) = tx.query_opt(&stmt, &[&hash, &received_at, &since]).await? {
-        return Ok(Ok(row.get(0)));
+    let mut ids: HashMap<Vec<u8>, i64> = tx
+        .query(&stmt, &[&hashes, &received, &window])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let earlier: Vec<&[u8]> = hashes
+        .iter()
+        .copied()
+        .filter(|h| !ids.contains_key(*h))
+        .collect();
+    let mut firsts = HashMap::new();
+    if !earlier.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT body_hash, event_id FROM dedupe_keys WHERE body_hash = ANY($1::bytea[])",
+            )
+            .await?;
+        for r in tx.query(&stmt, &[&earlier]).await? {
+            firsts.insert(r.get::<_, Vec<u8>>(0), r.get::<_, i64>(1));
+        }
     }
-    let earlier = tx
-        .prepare_cached("SELECT event_id FROM dedupe_keys WHERE body_hash = $1")
-        .await?;
-    let first: i64 = tx.query_one(&earlier, &[&hash]).await?.get(0);
-    Ok(Err(first))
+    jobs.iter()
+        .map(|j| match (ids.remove(&j.hash), firsts.get(&j.hash)) {
+            (Some(id), _) => Ok(Ok(id)),
+            (None, Some(first)) => Ok(Err(*first)),
+            (None, None) => Err(Failure::Unavailable(StoreError::Database(
+                "a duplicate's first copy vanished while it was checked".into(),
+            ))),
+        })
+        .collect()
 }
 
-/// Works out the transition of a counting build, with its branch locked so concurrent builds
-/// of it are taken one after the other; returns it with what to record as the branch's last
-/// build (the caller writes that with the event, in one round trip).
-async fn transition(
+/// The transitions of the batch's counting builds, in the jobs' order, with their branches
+/// locked (in the order of their keys) so concurrent builds of one branch are taken one after
+/// the other; returns them with each changed branch's new last build.
+async fn transitions(
     tx: &Transaction<'_>,
-    event: &NewEvent,
-) -> Result<Option<(Transition, LastBuild)>, StoreError> {
-    let Some(build) = &event.build else {
-        return Ok(None);
-    };
-    let key = lock_key("branch", &[&build.pipeline, &build.branch]);
-    let select = tx
-        .prepare_cached(
-            "SELECT number, failed, consecutive_failures, finished_at FROM build_states WHERE pipeline = $1 AND branch = $2",
-        )
-        .await?;
-    // Sent together, both prepared already so they run in the order sent: the lock is
-    // granted before the read takes its snapshot, in one round trip. (A statement given as
-    // text is prepared first, which would let the read overtake the lock.)
-    let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await?;
-    let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
-    let read_params: [&(dyn ToSql + Sync); 2] = [&build.pipeline, &build.branch];
-    let (_, last) = futures_util::try_join!(
-        tx.execute(&lock, &lock_params),
-        tx.query_opt(&select, &read_params)
-    )?;
-    let last = last.map(|r| LastBuild {
-        number: r.get::<_, i64>(0) as u64,
-        failed: r.get(1),
-        consecutive_failures: r.get::<_, i64>(2) as u32,
-        finished_at: r.get(3),
-    });
-    Ok(next(last.as_ref(), build))
+    jobs: &[&Job],
+) -> Result<
+    (
+        Vec<Option<Transition>>,
+        BTreeMap<(String, String), BranchState>,
+    ),
+    Failure,
+> {
+    // By lock key, then name: two branches sharing a key by chance are both read.
+    let branches: BTreeSet<(i64, &str, &str)> = jobs
+        .iter()
+        .filter_map(|j| j.event.build.as_ref())
+        .map(|b| {
+            let key = lock_key("branch", &[&b.pipeline, &b.branch]);
+            (key, b.pipeline.as_str(), b.branch.as_str())
+        })
+        .collect();
+    let mut found: HashMap<(String, String), LastBuild> = HashMap::new();
+    if !branches.is_empty() {
+        let keys: Vec<i64> = branches.iter().map(|(k, _, _)| *k).collect();
+        let pipelines: Vec<&str> = branches.iter().map(|(_, p, _)| *p).collect();
+        let names: Vec<&str> = branches.iter().map(|(_, _, b)| *b).collect();
+        let lock = tx.prepare_cached(LOCK_ALL).await?;
+        let read = tx
+            .prepare_cached(
+                "SELECT s.pipeline, s.branch, s.number, s.failed, s.consecutive_failures, s.finished_at \
+                 FROM build_states s JOIN unnest($1::text[], $2::text[]) AS b(pipeline, branch) \
+                 ON s.pipeline = b.pipeline AND s.branch = b.branch",
+            )
+            .await?;
+        // Sent together, both prepared already so they run in the order sent: the locks are
+        // granted before the read takes its snapshot, in one round trip.
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&keys];
+        let read_params: [&(dyn ToSql + Sync); 2] = [&pipelines, &names];
+        let (_, rows) = futures_util::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query(&read, &read_params)
+        )?;
+        for r in rows {
+            found.insert(
+                (r.get(0), r.get(1)),
+                LastBuild {
+                    number: r.get::<_, i64>(2) as u64,
+                    failed: r.get(3),
+                    consecutive_failures: r.get::<_, i64>(4) as u32,
+                    finished_at: r.get(5),
+                },
+            );
+        }
+    }
+    let mut changed = BTreeMap::new();
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let Some(b) = &job.event.build else {
+            out.push(None);
+            continue;
+        };
+        let at = (b.pipeline.clone(), b.branch.clone());
+        match next(found.get(&at), b) {
+            Some((t, last)) => {
+                changed.insert(
+                    at.clone(),
+                    BranchState {
+                        last: last.clone(),
+                        at: job.event.received_at,
+                    },
+                );
+                found.insert(at, last);
+                out.push(Some(t));
+            }
+            None => out.push(None),
+        }
+    }
+    Ok((out, changed))
 }
 
-/// Adds the event to its group's open digest, or opens one; the group is locked so two
-/// replicas never open two digests for it, and the digest's row is locked so a worker closing
-/// it either sees this event or makes this one open the next digest.
+/// A branch's new last build, and when the event that made it was received.
+struct BranchState {
+    last: LastBuild,
+    at: i64,
+}
+
+/// Takes the advisory locks on an array of keys, in the array's order.
+const LOCK_ALL: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k";
+
+/// Adds an event to its group's open digest, or opens one. The group is locked already (so
+/// two replicas never open two digests for it), and the digest's row is locked here so a
+/// worker closing it either sees this event or makes this one open the next digest.
 async fn join_group(
     tx: &Transaction<'_>,
     event_id: i64,
@@ -97,11 +381,7 @@ async fn join_group(
     d: &NewDelivery,
     key: &str,
     window_ms: i64,
-) -> Result<i64, StoreError> {
-    let key_lock = lock_key("group", &[&d.destination, &d.route, key]);
-    let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await?;
+) -> Result<i64, Failure> {
     let open = tx
         .prepare_cached(
             "SELECT id FROM deliveries WHERE destination = $1 AND route = $2 AND group_key = $3 \
@@ -109,14 +389,10 @@ async fn join_group(
              ORDER BY id DESC LIMIT 1 FOR UPDATE",
         )
         .await?;
-    // In one round trip, in this order (both prepared): the group's lock, then the look.
-    let lock_params: [&(dyn ToSql + Sync); 1] = [&key_lock];
-    let open_params: [&(dyn ToSql + Sync); 3] = [&d.destination, &d.route, &key];
-    let (_, open) = futures_util::try_join!(
-        tx.execute(&lock, &lock_params),
-        tx.query_opt(&open, &open_params)
-    )?;
-    let open: Option<i64> = open.map(|r| r.get(0));
+    let open: Option<i64> = tx
+        .query_opt(&open, &[&d.destination, &d.route, &key])
+        .await?
+        .map(|r| r.get(0));
     let id = match open {
         Some(id) => {
             // A held event holds the whole digest (and keeps it open) until it may be sent.
@@ -166,127 +442,219 @@ async fn join_group(
     Ok(id)
 }
 
-/// Stores `event` (whose body has the SHA-256 `hash`) and what `plan` decides for it.
-pub(super) async fn accept(
-    store: &PgStore,
-    event: NewEvent,
-    hash: Vec<u8>,
-    plan: Planner,
-    dedupe_since: Option<i64>,
-) -> Result<Accepted, StoreError> {
-    let mut client = store.client().await?;
-    let tx = client.transaction().await?;
-    let event_id = match claim(&tx, &hash, event.received_at, dedupe_since).await? {
-        Ok(id) => id,
-        Err(first) => {
-            tx.rollback().await?;
-            return Ok(Accepted::Duplicate { event_id: first });
-        }
+/// Writes one batch (equal windows, distinct bodies) in one transaction; the answers follow
+/// the jobs' order.
+async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> {
+    let mut client = Conn(Some(pool.get().await?));
+    let txn = client.transaction().await?;
+    let tx = &txn;
+    let claims = claim(tx, jobs).await?;
+    let fresh: Vec<usize> = (0..jobs.len()).filter(|&i| claims[i].is_ok()).collect();
+    let (found, branches) = {
+        let new: Vec<&Job> = fresh.iter().map(|&i| &jobs[i]).collect();
+        transitions(tx, &new).await?
     };
-    let counted = transition(&tx, &event).await?;
-    let transition = counted.as_ref().map(|(t, _)| t.clone());
-    let deliveries = plan(transition.as_ref());
-    let transition_json = transition
-        .as_ref()
-        .map(|t| serde_json::to_string(t).expect("a transition serialises"));
-    let received = event.received_at;
-    let upsert = tx
+    // Each new event's plan, now that its transition is known.
+    let mut plans: Vec<Vec<NewDelivery>> = Vec::with_capacity(fresh.len());
+    for (&i, t) in fresh.iter().zip(&found) {
+        plans.push((jobs[i].plan)(t.as_ref()));
+    }
+    let ids: Vec<i64> = fresh
+        .iter()
+        .map(|&i| *claims[i].as_ref().expect("a new event's claim"))
+        .collect();
+
+    // Everything that needs no answer but the single messages' ids goes out in one round
+    // trip, in order: the branches' new last builds, the events, their single messages, a
+    // NOTIFY per destination (heard by its sender once this commits), and the locks of the
+    // digest groups the events join.
+    let history = tx
         .prepare_cached(
             "INSERT INTO build_states (pipeline, branch, number, failed, consecutive_failures, finished_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (pipeline, branch) DO UPDATE SET number = $3, failed = $4, consecutive_failures = $5, \
-             finished_at = $6, updated_at = $7",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::bigint[], $6::bigint[], $7::bigint[]) \
+             ON CONFLICT (pipeline, branch) DO UPDATE SET number = EXCLUDED.number, failed = EXCLUDED.failed, \
+             consecutive_failures = EXCLUDED.consecutive_failures, finished_at = EXCLUDED.finished_at, \
+             updated_at = EXCLUDED.updated_at",
         )
         .await?;
-    let insert_event = tx
+    let events = tx
         .prepare_cached(
-            "INSERT INTO events (id, name, body, body_hash, received_at, transition) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO events (id, name, body, body_hash, received_at, transition) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bytea[], $5::bigint[], $6::text[])",
         )
         .await?;
-    let insert_single = tx
+    let singles = tx
         .prepare_cached(
             "INSERT INTO deliveries (event_id, route, destination, template, state, created_at, age_from, \
-             next_attempt_at, updated_at, thread_key) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6, $5, $7) RETURNING id",
+             next_attempt_at, updated_at, thread_key) \
+             SELECT e, r, d, t, 'pending', c, a, a, c, k \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[]) \
+             AS s(e, r, d, t, c, a, k) RETURNING id",
         )
         .await?;
-    // Everything that needs no answer first goes out in one round trip, in order: the
-    // branch's new last build, the event, its single messages (their ids follow the plan),
-    // and a NOTIFY per destination, heard by its sender once this commits.
-    let txn = tx;
-    let tx = &txn;
-    let history = async {
-        let (Some((_, recorded)), Some(build)) = (&counted, &event.build) else {
+    let notify = tx
+        .prepare_cached("SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d")
+        .await?;
+    let lock = tx.prepare_cached(LOCK_ALL).await?;
+
+    let h_pipelines: Vec<&str> = branches.keys().map(|(p, _)| p.as_str()).collect();
+    let h_branches: Vec<&str> = branches.keys().map(|(_, b)| b.as_str()).collect();
+    let states: Vec<&BranchState> = branches.values().collect();
+    let h_numbers: Vec<i64> = states.iter().map(|s| s.last.number as i64).collect();
+    let h_failed: Vec<bool> = states.iter().map(|s| s.last.failed).collect();
+    let h_consecutive: Vec<i64> = states
+        .iter()
+        .map(|s| i64::from(s.last.consecutive_failures))
+        .collect();
+    let h_finished: Vec<Option<i64>> = states.iter().map(|s| s.last.finished_at).collect();
+    let h_at: Vec<i64> = states.iter().map(|s| s.at).collect();
+
+    let e_names: Vec<&str> = fresh.iter().map(|&i| jobs[i].event.name.as_str()).collect();
+    let e_bodies: Vec<&[u8]> = fresh.iter().map(|&i| &jobs[i].event.body[..]).collect();
+    let e_hashes: Vec<&[u8]> = fresh.iter().map(|&i| &jobs[i].hash[..]).collect();
+    let e_received: Vec<i64> = fresh.iter().map(|&i| jobs[i].event.received_at).collect();
+    let e_transitions: Vec<Option<String>> = found
+        .iter()
+        .map(|t| {
+            t.as_ref()
+                .map(|t| serde_json::to_string(t).expect("a transition serialises"))
+        })
+        .collect();
+
+    let (mut s_events, mut s_routes, mut s_dests, mut s_templates) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut s_created, mut s_due, mut s_threads) = (vec![], vec![], vec![]);
+    let mut groups: BTreeSet<i64> = BTreeSet::new();
+    let mut destinations: BTreeSet<&str> = BTreeSet::new();
+    for (n, plan) in plans.iter().enumerate() {
+        let received = e_received[n];
+        for d in plan {
+            destinations.insert(&d.destination);
+            if let Some(g) = &d.group {
+                groups.insert(lock_key("group", &[&d.destination, &d.route, &g.key]));
+                continue;
+            }
+            s_events.push(ids[n]);
+            s_routes.push(d.route.as_str());
+            s_dests.push(d.destination.as_str());
+            s_templates.push(d.template.as_deref());
+            s_created.push(received);
+            // max_age counts from when a message may first be sent (after a mute hold).
+            s_due.push(d.not_before.map_or(received, |t| t.max(received)));
+            s_threads.push(d.thread_key.as_deref());
+        }
+    }
+    let destinations: Vec<&str> = destinations.into_iter().collect();
+    let groups: Vec<i64> = groups.into_iter().collect();
+
+    let write_history = async {
+        if states.is_empty() {
             return Ok(0);
-        };
+        }
         tx.execute(
-            &upsert,
+            &history,
             &[
-                &build.pipeline,
-                &build.branch,
-                &(recorded.number as i64),
-                &recorded.failed,
-                &i64::from(recorded.consecutive_failures),
-                &recorded.finished_at,
-                &received,
+                &h_pipelines,
+                &h_branches,
+                &h_numbers,
+                &h_failed,
+                &h_consecutive,
+                &h_finished,
+                &h_at,
             ],
         )
         .await
     };
-    let body = &event.body[..];
-    let event_params: [&(dyn ToSql + Sync); 6] = [
-        &event_id,
-        &event.name,
-        &body,
-        &hash,
-        &received,
-        &transition_json,
-    ];
-    let stored = tx.execute(&insert_event, &event_params);
-    let singles = deliveries.iter().filter(|d| d.group.is_none()).map(|d| {
-        // max_age counts from when a message may first be sent (after a mute hold).
-        let due = d.not_before.map_or(received, |t| t.max(received));
-        let stmt = &insert_single;
-        async move {
-            tx.query_one(
-                stmt,
-                &[
-                    &event_id,
-                    &d.route,
-                    &d.destination,
-                    &d.template,
-                    &received,
-                    &due,
-                    &d.thread_key,
-                ],
-            )
-            .await
-            .map(|row| row.get::<_, i64>(0))
+    let write_events = async {
+        if ids.is_empty() {
+            return Ok(0);
         }
-    });
-    let notify_stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-    let destinations: BTreeSet<&str> = deliveries.iter().map(|d| d.destination.as_str()).collect();
-    let notify = destinations.iter().map(|d| {
-        let stmt = &notify_stmt;
-        async move { tx.execute(stmt, &[&CHANNEL, d]).await }
-    });
-    let (_, _, single_ids, _) =
-        futures_util::try_join!(history, stored, try_join_all(singles), try_join_all(notify))?;
-    // Digests need their group's lock, one at a time, once the event row is there.
+        tx.execute(
+            &events,
+            &[
+                &ids,
+                &e_names,
+                &e_bodies,
+                &e_hashes,
+                &e_received,
+                &e_transitions,
+            ],
+        )
+        .await
+    };
+    let write_singles = async {
+        if s_events.is_empty() {
+            return Ok(Vec::new());
+        }
+        tx.query(
+            &singles,
+            &[
+                &s_events,
+                &s_routes,
+                &s_dests,
+                &s_templates,
+                &s_created,
+                &s_due,
+                &s_threads,
+            ],
+        )
+        .await
+    };
+    let ring = async {
+        if destinations.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(&notify, &[&CHANNEL, &destinations]).await
+    };
+    let lock_groups = async {
+        if groups.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(&lock, &[&groups]).await
+    };
+    let (_, _, single_rows, _, _) = futures_util::try_join!(
+        write_history,
+        write_events,
+        write_singles,
+        ring,
+        lock_groups
+    )?;
+    // The rows were inserted in the arrays' order, each taking the next id.
+    let mut single_ids: Vec<i64> = single_rows.iter().map(|r| r.get(0)).collect();
+    single_ids.sort_unstable();
     let mut single_ids = single_ids.into_iter();
-    let mut delivery_ids = Vec::with_capacity(deliveries.len());
-    for d in &deliveries {
-        match &d.group {
-            None => delivery_ids.push(single_ids.next().expect("one id per single message")),
-            Some(group) => delivery_ids
-                .push(join_group(tx, event_id, received, d, &group.key, group.window_ms).await?),
+
+    // Digests one at a time, their groups locked, once the events are there.
+    let mut delivered: Vec<Vec<i64>> = Vec::with_capacity(plans.len());
+    for (n, plan) in plans.iter().enumerate() {
+        let mut delivery_ids = Vec::with_capacity(plan.len());
+        for d in plan {
+            delivery_ids.push(match &d.group {
+                None => single_ids.next().expect("one id per single message"),
+                Some(g) => join_group(tx, ids[n], e_received[n], d, &g.key, g.window_ms).await?,
+            });
         }
+        delivered.push(delivery_ids);
     }
     txn.commit().await?;
-    Ok(Accepted::New {
-        event_id,
-        delivery_ids,
-        transition,
-    })
+
+    let mut answers: Vec<Option<Accepted>> = claims
+        .iter()
+        .map(|c| c.err().map(|event_id| Accepted::Duplicate { event_id }))
+        .collect();
+    for (((&i, event_id), delivery_ids), transition) in
+        fresh.iter().zip(ids).zip(delivered).zip(found)
+    {
+        answers[i] = Some(Accepted::New {
+            event_id,
+            delivery_ids,
+            transition,
+        });
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every event is new or a duplicate"))
+        .collect())
 }
 
 #[async_trait]
@@ -297,7 +665,8 @@ impl Intake for PgStore {
         plan: Planner,
         dedupe_since: Option<i64>,
     ) -> Result<Accepted, StoreError> {
-        let hash = sha2::Sha256::digest(&event.body).to_vec();
-        timed(accept(self, event, hash, plan, dedupe_since)).await
+        self.intake
+            .accept(&self.pool, event, plan, dedupe_since)
+            .await
     }
 }

@@ -64,6 +64,8 @@ pub struct PgStore {
     tls: Tls,
     /// This process's name among the replicas: host, process id and a random part.
     replica: Arc<str>,
+    /// Takes events in batches, one transaction each.
+    intake: Arc<intake::Batcher>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -213,9 +215,15 @@ impl PgStore {
         let given = quick.get_options().unwrap_or_default().to_string();
         quick.options(format!("{given} -c synchronous_commit=off").trim());
         let bookkeeping = connections(&tls, quick, (options.max_connections / 2).max(2))?;
+        // Up to four intake transactions at once: one commits while the next gathers and
+        // another waits for a branch's lock, and half the pool stays for everything else.
+        let intake = Arc::new(intake::Batcher::new(
+            (options.max_connections / 2).clamp(1, 4),
+        ));
         let store = Self {
             pool,
             bookkeeping,
+            intake,
             options: Arc::new(options),
             tls,
             replica: replica_name().into(),

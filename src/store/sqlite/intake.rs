@@ -84,7 +84,7 @@ pub(super) fn accept(
     conn: &Connection,
     event: NewEvent,
     hash: Vec<u8>,
-    plan: Planner,
+    mut plan: Planner,
     dedupe_since: Option<i64>,
 ) -> rusqlite::Result<Accepted> {
     if let Some(since) = dedupe_since

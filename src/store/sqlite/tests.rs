@@ -32,7 +32,7 @@ fn to(dest: &str) -> NewDelivery {
 
 /// A plan that ignores the transition.
 fn fixed(deliveries: Vec<NewDelivery>) -> Planner {
-    Box::new(move |_| deliveries)
+    Box::new(move |_| deliveries.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
