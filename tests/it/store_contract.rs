@@ -478,6 +478,22 @@ async fn attempts_recorded_together_are_each_judged_by_their_own_version(store: 
         (third.state, third.next_attempt_at, third.body.as_deref()),
         (DeliveryState::Pending, t + 60_000, Some("body 2"))
     );
+    // Two records of one delivery in one call: the second is judged by the version the first
+    // left, so it changes nothing (though both attempts are kept).
+    let applied = store
+        .finish_attempts(vec![
+            record(1, due[1].updated_at, Resolution::RetryAt(t + 1_000)),
+            record(1, due[1].updated_at, Resolution::Sent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, false]);
+    let (second, history) = store.show(delivery_ids[1]).await.unwrap();
+    assert_eq!(
+        (second.state, second.attempts, second.next_attempt_at),
+        (DeliveryState::Pending, 1, t + 1_000)
+    );
+    assert_eq!(history.len(), 3);
     assert!(store.finish_attempts(vec![]).await.unwrap().is_empty());
 }
 

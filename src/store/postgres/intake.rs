@@ -10,7 +10,7 @@
 //! batch the database refuses is taken again one event at a time, so one event's failure is
 //! its own; a database that does not answer fails the batch as it would each event.
 
-use super::{CHANNEL, Conn, PgStore, lock_key, timed};
+use super::{CHANNEL, Conn, OPERATION_TIMEOUT, PgStore, lock_key, timed};
 use crate::store::{Accepted, Intake, NewDelivery, NewEvent, Planner, StoreError};
 use crate::transition::{LastBuild, Transition, next};
 use async_trait::async_trait;
@@ -34,6 +34,8 @@ struct Job {
     hash: Vec<u8>,
     plan: Planner,
     since: Option<i64>,
+    /// Not started after this, it is answered as a store that did not answer in time.
+    deadline: tokio::time::Instant,
     reply: oneshot::Sender<Result<Accepted, StoreError>>,
 }
 
@@ -77,6 +79,7 @@ impl Batcher {
             hash,
             plan,
             since,
+            deadline: tokio::time::Instant::now() + OPERATION_TIMEOUT,
             reply,
         };
         let stopped = || StoreError::Database("the store's intake has stopped".into());
@@ -93,7 +96,12 @@ fn start(pool: Pool, writers: usize) -> mpsc::Sender<Job> {
         let (rx, pool) = (rx.clone(), pool.clone());
         tokio::spawn(async move {
             while let Some(jobs) = gather(&rx).await {
-                take(&pool, jobs).await;
+                // A batch of its own task: should writing one ever panic, its events are
+                // answered (their senders dropped) and this writer goes on.
+                let pool = pool.clone();
+                if let Err(e) = tokio::spawn(async move { take(&pool, jobs).await }).await {
+                    tracing::error!(error = %e, "storage: an intake batch failed unexpectedly");
+                }
             }
         });
     }
@@ -118,7 +126,23 @@ async fn gather(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
 /// copy of a body goes in the batch after the first's, so it finds the first), each batch
 /// again one event at a time if the database refused it.
 async fn take(pool: &Pool, jobs: Vec<Job>) {
-    let mut pending = jobs;
+    // Whoever stopped waiting (the request went away) is not written; whoever waited past the
+    // operation timeout behind a store that is not answering is told so, as before batching.
+    let now = tokio::time::Instant::now();
+    let mut pending = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        if job.reply.is_closed() {
+            continue;
+        }
+        if job.deadline <= now {
+            let _ = job.reply.send(Err(StoreError::Database(format!(
+                "the database did not answer within {}s",
+                OPERATION_TIMEOUT.as_secs()
+            ))));
+            continue;
+        }
+        pending.push(job);
+    }
     while !pending.is_empty() {
         let (mut now, later) = split(pending);
         pending = later;

@@ -170,7 +170,15 @@ impl DeliveryQueue for PgStore {
         timed(async {
             let mut client = self.bookkeeping().await?;
             let tx = client.transaction().await?;
-            // One statement per attempt: the attempt and its consequence are kept together.
+            let distinct: std::collections::HashSet<i64> =
+                records.iter().map(|r| r.delivery_id).collect();
+            if distinct.len() == records.len() {
+                let changed = finish_together(&tx, &records).await?;
+                tx.commit().await?;
+                return Ok(changed);
+            }
+            // Two attempts of one delivery: one statement each, in order, so the second is
+            // judged by the version the first left.
             let stmt = tx
                 .prepare_cached(
                     "WITH attempt AS (INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) \
@@ -212,4 +220,62 @@ impl DeliveryQueue for PgStore {
         })
         .await
     }
+}
+
+/// Records attempts of distinct deliveries in one statement: each attempt, and its
+/// consequence for a delivery still at the version it was picked at; returns, in the records'
+/// order, whether each delivery changed.
+async fn finish_together(
+    tx: &deadpool_postgres::Transaction<'_>,
+    records: &[Finished],
+) -> Result<Vec<bool>, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH r AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], \
+             $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::bigint[]) \
+             AS r(id, at, status, outcome, reason, latency, state, next, body, picked)), \
+             attempt AS (INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) \
+             SELECT id, at, status, outcome, reason, latency FROM r) \
+             UPDATE deliveries d SET state = r.state, attempts = d.attempts + 1, next_attempt_at = r.next, \
+             updated_at = GREATEST(r.at, d.updated_at + 1), last_status = r.status, last_error = r.reason, \
+             body = COALESCE(r.body, d.body) \
+             FROM r WHERE d.id = r.id AND d.state = 'pending' AND d.updated_at = r.picked RETURNING d.id",
+        )
+        .await?;
+    let ids: Vec<i64> = records.iter().map(|r| r.delivery_id).collect();
+    let at: Vec<i64> = records.iter().map(|r| r.attempt.at).collect();
+    let status: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.attempt.status.map(i32::from))
+        .collect();
+    let outcome: Vec<&str> = records.iter().map(|r| r.attempt.outcome.as_str()).collect();
+    let reason: Vec<Option<&str>> = records
+        .iter()
+        .map(|r| r.attempt.reason.as_deref())
+        .collect();
+    let latency: Vec<i64> = records
+        .iter()
+        .map(|r| r.attempt.latency_ms as i64)
+        .collect();
+    let (state, next): (Vec<&str>, Vec<i64>) = records
+        .iter()
+        .map(|r| {
+            let (state, next) = r.resolution.state_and_next(r.attempt.at);
+            (state.as_str(), next)
+        })
+        .unzip();
+    let body: Vec<Option<&str>> = records.iter().map(|r| r.body.as_deref()).collect();
+    let picked: Vec<i64> = records.iter().map(|r| r.picked).collect();
+    let changed: std::collections::HashSet<i64> = tx
+        .query(
+            &stmt,
+            &[
+                &ids, &at, &status, &outcome, &reason, &latency, &state, &next, &body, &picked,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids.iter().map(|id| changed.contains(id)).collect())
 }
