@@ -1,5 +1,5 @@
-//! Taking in events on PostgreSQL, in batches. Whatever the webhook handlers hand in while the
-//! store's writers are busy waits for the next free one, which takes it all (up to
+//! Taking in events on PostgreSQL, in batches. Whatever the webhook handlers hand a writer
+//! while it is busy waits for it to finish, and then it takes all of that (up to
 //! [`MAX_BATCH`]) in one transaction: one commit and one flush of the log, and a handful of
 //! statements and round trips whatever the batch's size. In it, all or nothing: the duplicate
 //! check by a unique key, each branch's build history and each digest's membership under
@@ -17,15 +17,16 @@ use async_trait::async_trait;
 use deadpool_postgres::{Pool, Transaction};
 use sha2::Digest as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 /// Most events in one transaction: enough that a busy store commits rarely, few enough that
 /// a batch's statements stay small.
 const MAX_BATCH: usize = 64;
 
-/// Events waiting for a writer, beyond which handlers wait to hand theirs in.
+/// Events waiting for one writer, beyond which handlers wait to hand theirs in.
 const QUEUE: usize = 1024;
 
 /// One event handed to the writers, with where its answer goes.
@@ -49,9 +50,20 @@ impl Job {
 
 /// The batching intake of one store, shared by its clones. The writers start with the first
 /// event, on the runtime that takes it, and stop when the last clone of the store is gone.
+///
+/// Each writer has a queue of its own. A finished build goes to the writer its branch maps
+/// to, so this replica's builds of one branch never wait for each other's locks in separate
+/// transactions, and the other events go to the writer with the least in hand, so they do
+/// not queue behind a branch's lock at all.
 pub(super) struct Batcher {
     writers: usize,
-    queue: OnceLock<mpsc::Sender<Job>>,
+    started: OnceLock<Vec<Writer>>,
+}
+
+/// One writer's queue, and how many events it holds (queued or being written).
+struct Writer {
+    queue: mpsc::Sender<Job>,
+    load: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -59,7 +71,7 @@ impl Batcher {
     pub(super) fn new(writers: usize) -> Self {
         Self {
             writers: writers.max(1),
-            queue: OnceLock::new(),
+            started: OnceLock::new(),
         }
     }
 
@@ -71,7 +83,8 @@ impl Batcher {
         plan: Planner,
         since: Option<i64>,
     ) -> Result<Accepted, StoreError> {
-        let queue = self.queue.get_or_init(|| start(pool.clone(), self.writers));
+        let writers = self.started.get_or_init(|| start(pool, self.writers));
+        let writer = &writers[choose(writers, &event)];
         let hash = sha2::Sha256::digest(&event.body).to_vec();
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -83,34 +96,53 @@ impl Batcher {
             reply,
         };
         let stopped = || StoreError::Database("the store's intake has stopped".into());
-        queue.send(job).await.map_err(|_| stopped())?;
+        writer.load.fetch_add(1, Ordering::Relaxed);
+        if writer.queue.send(job).await.is_err() {
+            writer.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(stopped());
+        }
         answer.await.map_err(|_| stopped())?
     }
 }
 
-/// Starts `writers` tasks taking batches from one queue.
-fn start(pool: Pool, writers: usize) -> mpsc::Sender<Job> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..writers {
-        let (rx, pool) = (rx.clone(), pool.clone());
-        tokio::spawn(async move {
-            while let Some(jobs) = gather(&rx).await {
-                // A batch of its own task: should writing one ever panic, its events are
-                // answered (their senders dropped) and this writer goes on.
-                let pool = pool.clone();
-                if let Err(e) = tokio::spawn(async move { take(&pool, jobs).await }).await {
-                    tracing::error!(error = %e, "storage: an intake batch failed unexpectedly");
-                }
-            }
-        });
+/// Which writer takes `event`: its branch's for a finished build, else the least loaded.
+fn choose(writers: &[Writer], event: &NewEvent) -> usize {
+    match &event.build {
+        Some(b) => {
+            (lock_key("branch", &[&b.pipeline, &b.branch]) as u64 % writers.len() as u64) as usize
+        }
+        None => (0..writers.len())
+            .min_by_key(|&i| writers[i].load.load(Ordering::Relaxed))
+            .unwrap_or(0),
     }
-    tx
+}
+
+/// Starts `writers` tasks, each taking batches from its own queue.
+fn start(pool: &Pool, writers: usize) -> Vec<Writer> {
+    (0..writers)
+        .map(|_| {
+            let (queue, mut rx) = mpsc::channel(QUEUE);
+            let load = Arc::new(AtomicUsize::new(0));
+            let (pool, held) = (pool.clone(), load.clone());
+            tokio::spawn(async move {
+                while let Some(jobs) = gather(&mut rx).await {
+                    let taken = jobs.len();
+                    // A batch of its own task: should writing one ever panic, its events are
+                    // answered (their senders dropped) and this writer goes on.
+                    let pool = pool.clone();
+                    if let Err(e) = tokio::spawn(async move { take(&pool, jobs).await }).await {
+                        tracing::error!(error = %e, "storage: an intake batch failed unexpectedly");
+                    }
+                    held.fetch_sub(taken, Ordering::Relaxed);
+                }
+            });
+            Writer { queue, load }
+        })
+        .collect()
 }
 
 /// Waits for an event, then takes whatever else is waiting; `None` once the store is gone.
-async fn gather(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
-    let mut rx = rx.lock().await;
+async fn gather(rx: &mut mpsc::Receiver<Job>) -> Option<Vec<Job>> {
     let first = rx.recv().await?;
     let mut jobs = vec![first];
     while jobs.len() < MAX_BATCH {
@@ -692,5 +724,60 @@ impl Intake for PgStore {
         self.intake
             .accept(&self.pool, event, plan, dedupe_since)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Writer, choose};
+    use crate::store::NewEvent;
+    use crate::transition::BuildOutcome;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn writers(loads: &[usize]) -> Vec<Writer> {
+        loads
+            .iter()
+            .map(|&n| Writer {
+                queue: tokio::sync::mpsc::channel(1).0,
+                load: Arc::new(AtomicUsize::new(n)),
+            })
+            .collect()
+    }
+
+    fn event(branch: Option<&str>) -> NewEvent {
+        NewEvent {
+            name: "build.finished".into(),
+            body: bytes::Bytes::from_static(b"{}"),
+            received_at: 0,
+            build: branch.map(|b| BuildOutcome {
+                pipeline: "web".into(),
+                branch: b.into(),
+                number: 1,
+                failed: false,
+                finished_at: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_branch_keeps_its_writer_and_other_events_go_to_the_least_loaded() {
+        let w = writers(&[5, 0, 3, 9]);
+        let main = choose(&w, &event(Some("main")));
+        // However loaded: a branch's builds are written one transaction after the other.
+        for load in [0, 100] {
+            w[main].load.store(load, Ordering::Relaxed);
+            assert_eq!(choose(&w, &event(Some("main"))), main);
+        }
+        let branches: std::collections::HashSet<usize> = (0..64)
+            .map(|n| choose(&w, &event(Some(&format!("b{n}")))))
+            .collect();
+        assert_eq!(branches.len(), 4, "branches spread over the writers");
+        for (writer, load) in w.iter().zip([4, 0, 2, 9]) {
+            writer.load.store(load, Ordering::Relaxed);
+        }
+        assert_eq!(choose(&w, &event(None)), 1);
+        w[1].load.store(7, Ordering::Relaxed);
+        assert_eq!(choose(&w, &event(None)), 2);
     }
 }
