@@ -10,7 +10,7 @@
 //! batch the database refuses is taken again one event at a time, so one event's failure is
 //! its own; a database that does not answer fails the batch as it would each event.
 
-use super::{CHANNEL, Conn, OPERATION_TIMEOUT, PgStore, lock_key, timed};
+use super::{CHANNEL, Conn, OPERATION_TIMEOUT, PgStore, lock_key, no_answer, timed};
 use crate::store::{Accepted, Intake, NewDelivery, NewEvent, Planner, StoreError};
 use crate::transition::{LastBuild, Transition, next};
 use async_trait::async_trait;
@@ -167,10 +167,7 @@ async fn take(pool: &Pool, jobs: Vec<Job>) {
             continue;
         }
         if job.deadline <= now {
-            let _ = job.reply.send(Err(StoreError::Database(format!(
-                "the database did not answer within {}s",
-                OPERATION_TIMEOUT.as_secs()
-            ))));
+            let _ = job.reply.send(Err(no_answer()));
             continue;
         }
         pending.push(job);
@@ -505,7 +502,12 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
     let txn = client.transaction().await?;
     let tx = &txn;
     let claims = claim(tx, jobs).await?;
-    let fresh: Vec<usize> = (0..jobs.len()).filter(|&i| claims[i].is_ok()).collect();
+    // The new events: their places in the batch, and their ids.
+    let (fresh, ids): (Vec<usize>, Vec<i64>) = claims
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.ok().map(|id| (i, id)))
+        .unzip();
     let (found, branches) = {
         let new: Vec<&Job> = fresh.iter().map(|&i| &jobs[i]).collect();
         transitions(tx, &new).await?
@@ -515,10 +517,6 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
     for (&i, t) in fresh.iter().zip(&found) {
         plans.push((jobs[i].plan)(t.as_ref()));
     }
-    let ids: Vec<i64> = fresh
-        .iter()
-        .map(|&i| *claims[i].as_ref().expect("a new event's claim"))
-        .collect();
 
     // Everything that needs no answer but the single messages' ids goes out in one round
     // trip, in order: the branches' new last builds, the events, their single messages, a
@@ -603,77 +601,42 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
     let destinations: Vec<&str> = destinations.into_iter().collect();
     let groups: Vec<i64> = groups.into_iter().collect();
 
-    let write_history = async {
-        if states.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &history,
-            &[
-                &h_pipelines,
-                &h_branches,
-                &h_numbers,
-                &h_failed,
-                &h_consecutive,
-                &h_finished,
-                &h_at,
-            ],
-        )
-        .await
-    };
-    let write_events = async {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &events,
-            &[
-                &ids,
-                &e_names,
-                &e_bodies,
-                &e_hashes,
-                &e_received,
-                &e_transitions,
-            ],
-        )
-        .await
-    };
-    let write_singles = async {
-        if s_events.is_empty() {
-            return Ok(Vec::new());
-        }
-        tx.query(
-            &singles,
-            &[
-                &s_events,
-                &s_routes,
-                &s_dests,
-                &s_templates,
-                &s_created,
-                &s_due,
-                &s_threads,
-            ],
-        )
-        .await
-    };
-    let ring = async {
-        if destinations.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(&notify, &[&CHANNEL, &destinations]).await
-    };
-    let lock_groups = async {
-        if groups.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(&lock, &[&groups]).await
-    };
+    // Arrays may be empty (no builds, no single messages, no digests): then the statement
+    // does nothing, in the same round trip.
+    let history_params: [&(dyn ToSql + Sync); 7] = [
+        &h_pipelines,
+        &h_branches,
+        &h_numbers,
+        &h_failed,
+        &h_consecutive,
+        &h_finished,
+        &h_at,
+    ];
+    let event_params: [&(dyn ToSql + Sync); 6] = [
+        &ids,
+        &e_names,
+        &e_bodies,
+        &e_hashes,
+        &e_received,
+        &e_transitions,
+    ];
+    let single_params: [&(dyn ToSql + Sync); 7] = [
+        &s_events,
+        &s_routes,
+        &s_dests,
+        &s_templates,
+        &s_created,
+        &s_due,
+        &s_threads,
+    ];
+    let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &destinations];
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&groups];
     let (_, _, single_rows, _, _) = futures_util::try_join!(
-        write_history,
-        write_events,
-        write_singles,
-        ring,
-        lock_groups
+        tx.execute(&history, &history_params),
+        tx.execute(&events, &event_params),
+        tx.query(&singles, &single_params),
+        tx.execute(&notify, &notify_params),
+        tx.execute(&lock, &lock_params)
     )?;
     // The rows were inserted in the arrays' order, each taking the next id.
     let mut single_ids: Vec<i64> = single_rows.iter().map(|r| r.get(0)).collect();
@@ -694,22 +657,21 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
     }
     txn.commit().await?;
 
-    let mut answers: Vec<Option<Accepted>> = claims
+    let mut new = ids.into_iter().zip(delivered).zip(found);
+    Ok(claims
         .iter()
-        .map(|c| c.err().map(|event_id| Accepted::Duplicate { event_id }))
-        .collect();
-    for (((&i, event_id), delivery_ids), transition) in
-        fresh.iter().zip(ids).zip(delivered).zip(found)
-    {
-        answers[i] = Some(Accepted::New {
-            event_id,
-            delivery_ids,
-            transition,
-        });
-    }
-    Ok(answers
-        .into_iter()
-        .map(|a| a.expect("every event is new or a duplicate"))
+        .map(|c| match c {
+            Err(first) => Accepted::Duplicate { event_id: *first },
+            Ok(_) => {
+                let ((event_id, delivery_ids), transition) =
+                    new.next().expect("one result per new event");
+                Accepted::New {
+                    event_id,
+                    delivery_ids,
+                    transition,
+                }
+            }
+        })
         .collect())
 }
 

@@ -127,12 +127,17 @@ async fn timed<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, S
             ABANDONING.with(|a| a.set(true));
             drop(f);
             ABANDONING.with(|a| a.set(false));
-            Err(StoreError::Database(format!(
-                "the database did not answer within {}s",
-                OPERATION_TIMEOUT.as_secs()
-            )))
+            Err(no_answer())
         }
     }
+}
+
+/// What an operation that ran out of [`OPERATION_TIMEOUT`] answers.
+fn no_answer() -> StoreError {
+    StoreError::Database(format!(
+        "the database did not answer within {}s",
+        OPERATION_TIMEOUT.as_secs()
+    ))
 }
 
 /// A pooled connection. One that an abandoned operation was using may be stuck behind a
@@ -215,8 +220,9 @@ impl PgStore {
         let given = quick.get_options().unwrap_or_default().to_string();
         quick.options(format!("{given} -c synchronous_commit=off").trim());
         let bookkeeping = connections(&tls, quick, (options.max_connections / 2).max(2))?;
-        // Up to four intake transactions at once: one commits while the next gathers and
-        // another waits for a branch's lock, and half the pool stays for everything else.
+        // Up to four intake writers, each with a transaction at a time (a branch's builds go
+        // to one of them, other events to the least loaded); half the pool stays for
+        // everything else.
         let intake = Arc::new(intake::Batcher::new(
             (options.max_connections / 2).clamp(1, 4),
         ));
