@@ -5,9 +5,8 @@ use super::{PgStore, timed};
 use crate::store::{Delivery, DeliveryQueue, DeliveryState, Finished, StoreError, StoredEvent};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::try_join_all;
+use std::collections::HashMap;
 use tokio_postgres::Row;
-use tokio_postgres::types::ToSql;
 
 pub(super) const DELIVERY_COLUMNS: &str = "d.id, d.event_id, e.name, d.route, d.destination, d.template, d.state, d.attempts, \
      d.created_at, d.age_from, d.next_attempt_at, d.updated_at, d.last_status, d.last_error, d.body, \
@@ -170,53 +169,28 @@ impl DeliveryQueue for PgStore {
         timed(async {
             let mut client = self.bookkeeping().await?;
             let tx = client.transaction().await?;
-            let distinct: std::collections::HashSet<i64> =
-                records.iter().map(|r| r.delivery_id).collect();
-            if distinct.len() == records.len() {
-                let changed = finish_together(&tx, &records).await?;
-                tx.commit().await?;
-                return Ok(changed);
-            }
-            // Two attempts of one delivery: one statement each, in order, so the second is
-            // judged by the version the first left.
-            let stmt = tx
-                .prepare_cached(
-                    "WITH attempt AS (INSERT INTO attempts (delivery_id, at, status, outcome, reason, latency_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6)) \
-                     UPDATE deliveries SET state = $7, attempts = attempts + 1, next_attempt_at = $8, \
-                     updated_at = GREATEST($2, updated_at + 1), \
-                     last_status = $3, last_error = $5, body = COALESCE($9, body) \
-                     WHERE id = $1 AND state = 'pending' AND updated_at = $10",
-                )
-                .await?;
-            let rows: Vec<_> = records
+            // In rounds of distinct deliveries, one statement each, in order: a second attempt
+            // of one delivery (rare) is judged by the version the first left.
+            let mut seen: HashMap<i64, usize> = HashMap::new();
+            let rounds: Vec<usize> = records
                 .iter()
                 .map(|r| {
-                    let (state, next) = r.resolution.state_and_next(r.attempt.at);
-                    (r, state.as_str(), next, r.attempt.status.map(i32::from), r.attempt.latency_ms as i64)
+                    let n = seen.entry(r.delivery_id).or_default();
+                    *n += 1;
+                    *n - 1
                 })
                 .collect();
-            // Sent together: the driver pipelines them, so a batch costs one round trip.
-            let changed = try_join_all(rows.iter().map(|(r, state, next, status, latency)| {
-                let a = &r.attempt;
-                let params: [&(dyn ToSql + Sync); 10] = [
-                    &r.delivery_id,
-                    &a.at,
-                    status,
-                    &a.outcome,
-                    &a.reason,
-                    latency,
-                    state,
-                    next,
-                    &r.body,
-                    &r.picked,
-                ];
-                let (tx, stmt) = (&tx, &stmt);
-                async move { tx.execute(stmt, &params).await }
-            }))
-            .await?;
+            let mut changed = vec![false; records.len()];
+            for round in 0..seen.values().copied().max().unwrap_or(0) {
+                let these: Vec<usize> =
+                    (0..records.len()).filter(|&i| rounds[i] == round).collect();
+                let records: Vec<&Finished> = these.iter().map(|&i| &records[i]).collect();
+                for (i, c) in these.into_iter().zip(finish_together(&tx, &records).await?) {
+                    changed[i] = c;
+                }
+            }
             tx.commit().await?;
-            Ok(changed.into_iter().map(|n| n == 1).collect())
+            Ok(changed)
         })
         .await
     }
@@ -227,7 +201,7 @@ impl DeliveryQueue for PgStore {
 /// order, whether each delivery changed.
 async fn finish_together(
     tx: &deadpool_postgres::Transaction<'_>,
-    records: &[Finished],
+    records: &[&Finished],
 ) -> Result<Vec<bool>, StoreError> {
     let stmt = tx
         .prepare_cached(
