@@ -7,8 +7,8 @@
 //! waits in the queue) is the difference between a slow answer and a lost webhook.
 
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::path::Path;
@@ -57,21 +57,19 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
     .with_no_client_auth()
     .with_single_cert(chain, key_der)
     .map_err(|e| bad(key, &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn builder(read_timeout: Duration) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
+// HTTP/1.1 only, here and in the delivery client: Buildkite, the proxies in front, the
+// browser and every destination speak it, and HTTP/2 cost 1.4 MB of binary and 1 MiB of idle
+// RSS (docs/performance.md) for connections that never asked for it.
+fn builder(read_timeout: Duration) -> Builder {
+    let mut builder = Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
 
@@ -113,9 +111,8 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
                     // A client that stalls its handshake holds nothing for long.
@@ -124,9 +121,8 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
                 }
             }
         });
