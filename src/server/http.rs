@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tower::ServiceExt;
 
 /// Headers (with the request line) larger than this are refused with 431: Buildkite's are a
@@ -109,22 +110,18 @@ pub async fn serve(
         let handshake = serving.read_timeout;
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                }
+            let io = match tls {
+                None => Either::Left(stream),
+                // A client that stalls its handshake holds nothing for long.
                 Some(acceptor) => {
-                    // A client that stalls its handshake holds nothing for long.
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(handshake, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        _ => return,
+                    }
                 }
-            }
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let _ = watcher.watch(conn).await;
         });
     };
     drop(listener);
