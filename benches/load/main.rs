@@ -64,6 +64,23 @@ fn rss(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time a process has used so far (user and system, all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are plain numbers.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are the 14th and 15th fields, 12th and 13th after the name.
+    let per_second = 100.0; // USER_HZ, the same on every Linux the benchmark runs on
+    (ticks(11) + ticks(12)) / per_second
+}
+
 /// The bare endpoint (run when this program is started with KB_BARE=<port>): reads the body,
 /// answers 200.
 fn bare(port: u16) {
@@ -332,9 +349,12 @@ async fn run() {
     let (kb, _) = Kitebridge::start(dir.path(), &format!("http://{sink_addr}/sink"), 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss(kb.child.id()).0;
+    let cpu_before = cpu_seconds(kb.child.id());
     let max = closed_loop(&[kb.url()], bodies.clone(), TOKEN, 1, events, CONNECTIONS).await;
     let drain = wait_for(&sink, max.accepted as usize, Duration::from_secs(300)).await;
     let delivered_max = sink.count();
+    let cpu_closed = cpu_seconds(kb.child.id()) - cpu_before;
+    let cpu_before = cpu_seconds(kb.child.id());
     let open = open_loop(
         &[kb.url()],
         bodies.clone(),
@@ -350,6 +370,7 @@ async fn run() {
         Duration::from_secs(120),
     )
     .await;
+    let cpu_open = cpu_seconds(kb.child.id()) - cpu_before;
     let (mut answers, mut e2e, missing) = latencies(&open, &sink);
     let (_, peak_rss) = rss(kb.child.id());
     let total_accepted = max.accepted + open.accepted;
@@ -383,6 +404,11 @@ async fn run() {
         "| delivered to the sink after that burst | all {delivered_max} within {:.1} s of the last answer: {delivered_rate:.0} accepted-and-delivered/s = {:.0}% of bare | every one; ≥ 40% |",
         drain.as_secs_f64(),
         delivered_rate / bare_rate * 100.0
+    ));
+    out(format!(
+        "| kitebridge's CPU per event (all its threads; the closed loop and its drain · the open loop and its drain) | {:.0} µs · {:.0} µs | |",
+        cpu_closed / delivered_max.max(1) as f64 * 1e6,
+        cpu_open / open.accepted.max(1) as f64 * 1e6
     ));
     out(format!(
         "| answer latency at {OPEN_RATE}/s offered, open loop, {OPEN_SECONDS} s | p50 {} · p99 {} · max {} | p99 ≤ 5 ms |",

@@ -13,17 +13,25 @@ pub struct Sink {
     arrivals: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
-/// The first `#<digits>` in a body: the build number the generator made unique.
+/// The build number the generator made unique: the first `#<digits>` in a body that is one of
+/// its numbers (a colour such as `#2EB67D` may come first, as the body's keys come in key
+/// order).
 pub fn id_in(body: &[u8]) -> Option<u64> {
-    let at = body.iter().position(|b| *b == b'#')?;
-    let digits: Vec<u8> = body[at + 1..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    let number: u64 = std::str::from_utf8(&digits).ok()?.parse().ok()?;
-    // The generator numbers builds from 1,000,000,000 up.
-    number.checked_sub(1_000_000_000)
+    body.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'#')
+        .find_map(|(at, _)| {
+            let digits = body[at + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let number: u64 = std::str::from_utf8(&body[at + 1..at + 1 + digits])
+                .ok()?
+                .parse()
+                .ok()?;
+            // The generator numbers builds from 1,000,000,000 up.
+            number.checked_sub(1_000_000_000)
+        })
 }
 
 impl Sink {
