@@ -314,12 +314,27 @@ pub(super) fn test_facts(p: &Value) -> TestFacts {
     }
 }
 
-/// The first top-level object (other than `sender`) with a name or a page.
-pub(super) fn subject(p: &Value) -> Subject {
+/// A payload's top-level entries in the order the fallbacks below read them: the object the
+/// event is named for first (`widget` for `widget.exploded`: Buildkite names each event for
+/// the object it is about), then the others by key. Payloads are not kept in the order they
+/// came in (a map that keeps it cost a third of every parse), so the order is one that says
+/// something.
+fn main_first<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    family: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    map.get_key_value(family)
+        .into_iter()
+        .chain(map.iter().filter(move |(k, _)| k.as_str() != family))
+}
+
+/// The first top-level object (other than `sender`) with a name or a page, the one the event
+/// is named for first.
+pub(super) fn subject(p: &Value, family: &str) -> Subject {
     let Some(map) = p.as_object() else {
         return Subject::default();
     };
-    map.iter()
+    main_first(map, family)
         .filter(|(k, v)| k.as_str() != "sender" && v.is_object())
         .map(|(key, obj)| Subject {
             name: text(obj, "name").or_else(|| text(obj, "slug")).or_else(|| {
@@ -331,8 +346,9 @@ pub(super) fn subject(p: &Value) -> Subject {
         .unwrap_or_default()
 }
 
-/// Scalar fields up to two levels deep, skipping ids, URLs and anything secret-looking.
-pub(super) fn fields(p: &Value) -> Vec<Field> {
+/// Scalar fields up to two levels deep, skipping ids, URLs and anything secret-looking: those
+/// of the object the event is named for first, then the rest by key.
+pub(super) fn fields(p: &Value, family: &str) -> Vec<Field> {
     fn skip(key: &str) -> bool {
         key == "event"
             || key == "sender"
@@ -343,9 +359,13 @@ pub(super) fn fields(p: &Value) -> Vec<Field> {
                 .iter()
                 .any(|s| key.contains(s))
     }
-    fn walk(prefix: &str, v: &Value, depth: usize, out: &mut Vec<Field>) {
-        let Some(map) = v.as_object() else { return };
-        for (key, child) in map {
+    fn walk<'a>(
+        prefix: &str,
+        entries: impl Iterator<Item = (&'a String, &'a Value)>,
+        depth: usize,
+        out: &mut Vec<Field>,
+    ) {
+        for (key, child) in entries {
             if out.len() >= 10 || skip(key) {
                 continue;
             }
@@ -363,12 +383,15 @@ pub(super) fn fields(p: &Value) -> Vec<Field> {
                     name,
                     value: child.to_string(),
                 }),
-                Value::Object(_) if depth < 2 => walk(&name, child, depth + 1, out),
+                Value::Object(map) if depth < 2 => walk(&name, map.iter(), depth + 1, out),
                 _ => {}
             }
         }
     }
+    let Some(map) = p.as_object() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    walk("", p, 0, &mut out);
+    walk("", main_first(map, family), 0, &mut out);
     out
 }

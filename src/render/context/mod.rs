@@ -239,7 +239,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         .unwrap_or_default();
     let pipeline = text(p, "pipeline.name").or_else(|| text(p, "pipeline.slug"));
     let state = event.state().unwrap_or_default().to_string();
-    let mut subject = subject(p);
+    let mut subject = subject(p, &family);
     let build = matches!(family.as_str(), "build" | "job").then(|| build_facts(p, now));
     let job = (family == "job").then(|| job_facts(p, now));
     let agent = (family == "agent").then(|| agent_facts(p));
@@ -361,6 +361,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
     if subject.url.is_none() {
         subject.url = url.clone();
     }
+    let fields = fields(p, &family);
     Derived {
         transition: transition.map(|t| t.kind.as_str()),
         previous_state: transition.and_then(|t| t.previous_state.clone()),
@@ -394,7 +395,7 @@ pub fn derive(event: &Event, now: DateTime<Utc>) -> Derived {
         test,
         cluster_token,
         subject,
-        fields: fields(p),
+        fields,
     }
 }
 

@@ -115,6 +115,34 @@ fn unknown_events_get_a_subject_and_fields() {
 }
 
 #[test]
+fn an_unknown_event_reads_the_object_it_is_named_for_first() {
+    // `agent` sorts before `widget` and has a name too; the event is about the widget.
+    let e = Event::from_value(
+        "widget.exploded",
+        json!({"agent": {"name": "a1", "version": "3"}, "count": 2,
+               "widget": {"size": 3, "name": "w1"}}),
+        now(),
+    );
+    let kb = derive(&e, now());
+    assert_eq!(kb.subject.name.as_deref(), Some("w1"));
+    let listed: Vec<String> = kb
+        .fields
+        .iter()
+        .map(|f| format!("{}={}", f.name, f.value))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "widget.name=w1",
+            "widget.size=3",
+            "agent.name=a1",
+            "agent.version=3",
+            "count=2"
+        ]
+    );
+}
+
+#[test]
 fn urls_are_http_only_and_markup_safe() {
     assert_eq!(safe_url("javascript:alert(1)"), None);
     assert_eq!(
