@@ -216,6 +216,18 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `p50 … · p99 … · max …` of some latencies.
+fn spread(mut values: Vec<Duration>) -> String {
+    let max = values.iter().max().copied().unwrap_or_default();
+    let p50 = quantile(&mut values, 0.5);
+    format!(
+        "p50 {} · p99 {} · max {}",
+        ms(p50),
+        ms(quantile(&mut values, 0.99)),
+        ms(max)
+    )
+}
+
 /// Answer and end-to-end latency quantiles of an open-loop run.
 fn latencies(run: &Run, sink: &Sink) -> (Vec<Duration>, Vec<Duration>, usize) {
     let answers: Vec<Duration> = run.answers.iter().map(|a| a.2).collect();
@@ -307,7 +319,7 @@ async fn run() {
     let bare_rate = per_second(&bare_run);
     // The generator's own floor: the same open loop against the bare endpoint, so the
     // answer latency below can be read against what the generator and the host add.
-    let mut bare_open = open_loop(
+    let bare_open = open_loop(
         &[format!("http://127.0.0.1:{bare_port}/")],
         bodies.clone(),
         TOKEN,
@@ -315,11 +327,7 @@ async fn run() {
         OPEN_RATE,
         Duration::from_secs(OPEN_SECONDS),
     )
-    .await
-    .answers
-    .into_iter()
-    .map(|(_, _, latency)| latency)
-    .collect::<Vec<_>>();
+    .await;
     let bare_rss = rss(bare.id()).1;
     let _ = bare.kill();
     let _ = bare.wait();
@@ -371,7 +379,7 @@ async fn run() {
     )
     .await;
     let cpu_open = cpu_seconds(kb.child.id()) - cpu_before;
-    let (mut answers, mut e2e, missing) = latencies(&open, &sink);
+    let (answers, mut e2e, missing) = latencies(&open, &sink);
     let (_, peak_rss) = rss(kb.child.id());
     let total_accepted = max.accepted + open.accepted;
     let lost = total_accepted as usize - sink.count().min(total_accepted as usize);
@@ -411,16 +419,12 @@ async fn run() {
         cpu_open / open.accepted.max(1) as f64 * 1e6
     ));
     out(format!(
-        "| answer latency at {OPEN_RATE}/s offered, open loop, {OPEN_SECONDS} s | p50 {} · p99 {} · max {} | p99 ≤ 5 ms |",
-        ms(quantile(&mut answers.clone(), 0.5)),
-        ms(quantile(&mut answers, 0.99)),
-        ms(*answers.iter().max().unwrap_or(&Duration::ZERO))
+        "| answer latency at {OPEN_RATE}/s offered, open loop, {OPEN_SECONDS} s | {} | p99 ≤ 5 ms |",
+        spread(answers)
     ));
     out(format!(
-        "| the same open loop against the bare endpoint (the generator's and the host's share) | p50 {} · p99 {} · max {} | |",
-        ms(quantile(&mut bare_open.clone(), 0.5)),
-        ms(quantile(&mut bare_open, 0.99)),
-        ms(*bare_open.iter().max().unwrap_or(&Duration::ZERO))
+        "| the same open loop against the bare endpoint (the generator's and the host's share) | {} | |",
+        spread(bare_open.answers.iter().map(|a| a.2).collect())
     ));
     out(format!(
         "| end-to-end (received → sink got it) at {OPEN_RATE}/s | p50 {} · p99 {} | p99 ≤ 50 ms |",

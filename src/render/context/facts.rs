@@ -319,22 +319,20 @@ pub(super) fn test_facts(p: &Value) -> TestFacts {
 /// the object it is about), then the others by key. Payloads are not kept in the order they
 /// came in (a map that keeps it cost a third of every parse), so the order is one that says
 /// something.
-fn main_first<'a>(
-    map: &'a serde_json::Map<String, Value>,
-    family: &'a str,
-) -> impl Iterator<Item = (&'a String, &'a Value)> {
-    map.get_key_value(family)
-        .into_iter()
-        .chain(map.iter().filter(move |(k, _)| k.as_str() != family))
+/// Nothing for a payload that is not an object.
+fn main_first<'a>(p: &'a Value, family: &'a str) -> impl Iterator<Item = (&'a String, &'a Value)> {
+    let map = p.as_object();
+    map.and_then(|m| m.get_key_value(family)).into_iter().chain(
+        map.into_iter()
+            .flatten()
+            .filter(move |(k, _)| k.as_str() != family),
+    )
 }
 
 /// The first top-level object (other than `sender`) with a name or a page, the one the event
 /// is named for first.
 pub(super) fn subject(p: &Value, family: &str) -> Subject {
-    let Some(map) = p.as_object() else {
-        return Subject::default();
-    };
-    main_first(map, family)
+    main_first(p, family)
         .filter(|(k, v)| k.as_str() != "sender" && v.is_object())
         .map(|(key, obj)| Subject {
             name: text(obj, "name").or_else(|| text(obj, "slug")).or_else(|| {
@@ -388,10 +386,7 @@ pub(super) fn fields(p: &Value, family: &str) -> Vec<Field> {
             }
         }
     }
-    let Some(map) = p.as_object() else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    walk("", main_first(map, family), 0, &mut out);
+    walk("", main_first(p, family), 0, &mut out);
     out
 }

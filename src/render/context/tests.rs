@@ -95,6 +95,14 @@ fn webhook_url_never_reaches_templates() {
     assert_eq!(data["kb"]["event"], "build.finished");
 }
 
+/// `kb.fields` as `name=value`, in order.
+fn listed(kb: &Derived) -> Vec<String> {
+    kb.fields
+        .iter()
+        .map(|f| format!("{}={}", f.name, f.value))
+        .collect()
+}
+
 #[test]
 fn unknown_events_get_a_subject_and_fields() {
     let e = Event::from_value(
@@ -106,12 +114,7 @@ fn unknown_events_get_a_subject_and_fields() {
     let kb = derive(&e, now());
     assert_eq!(kb.title, "ℹ️ widget.exploded: w1");
     assert_eq!(kb.url.as_deref(), Some("https://buildkite.com/w/1"));
-    let listed: Vec<String> = kb
-        .fields
-        .iter()
-        .map(|f| format!("{}={}", f.name, f.value))
-        .collect();
-    assert_eq!(listed, ["widget.name=w1", "widget.size=3", "count=2"]);
+    assert_eq!(listed(&kb), ["widget.name=w1", "widget.size=3", "count=2"]);
 }
 
 #[test]
@@ -125,13 +128,8 @@ fn an_unknown_event_reads_the_object_it_is_named_for_first() {
     );
     let kb = derive(&e, now());
     assert_eq!(kb.subject.name.as_deref(), Some("w1"));
-    let listed: Vec<String> = kb
-        .fields
-        .iter()
-        .map(|f| format!("{}={}", f.name, f.value))
-        .collect();
     assert_eq!(
-        listed,
+        listed(&kb),
         [
             "widget.name=w1",
             "widget.size=3",
