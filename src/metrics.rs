@@ -46,6 +46,9 @@ pub struct Metrics {
     /// Where the delivery workers found each single message's event: `memory` (handed over
     /// by intake) or `store` (its stored body parsed again).
     pub event_reads: IntCounterVec,
+    /// Looks at the queue in the store by the delivery workers, by destination: a worker that
+    /// keeps up takes new messages from intake instead.
+    pub queue_reads: IntCounterVec,
     /// Button presses by action and outcome (done, denied, duplicate, expired, forged,
     /// failed, unavailable, bad_signature).
     pub actions: IntCounterVec,
@@ -98,6 +101,11 @@ impl Metrics {
                 "kitebridge_event_reads_total",
                 "Events read to render a message, by source: memory (handed over by intake) or store (the stored body parsed again).",
                 &["source"],
+            ),
+            queue_reads: counter(
+                "kitebridge_queue_reads_total",
+                "Looks at the stored queue by the delivery workers, by destination (new messages come from intake in memory).",
+                &["destination"],
             ),
             routes: counter(
                 "kitebridge_routes_matched_total",

@@ -8,6 +8,7 @@ use super::handoff::Handoff;
 use super::policy::{RetryPolicy, Verdict};
 use super::recorder::Recorder;
 use crate::destination::{Context, Destination, Outcome, webhook_id};
+use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::{Attempt, Delivery, Finished, Resolution, Store, StoreError, now_ms};
@@ -55,9 +56,14 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Renders, sends and records one delivery; `failures_before` is how many attempts in a
-    /// row have failed at this destination.
-    pub async fn attempt(&self, row: Delivery, failures_before: u32) -> Done {
+    /// Renders, sends and records one delivery (with its event when intake gave it);
+    /// `failures_before` is how many attempts in a row have failed at this destination.
+    pub async fn attempt(
+        &self,
+        row: Delivery,
+        event: Option<Arc<Event>>,
+        failures_before: u32,
+    ) -> Done {
         let picked = row.updated_at;
         let started = Instant::now();
         let dest = self.destination.name();
@@ -70,6 +76,7 @@ impl Sender {
             self.destination.as_ref(),
             &self.handoff,
             &row,
+            event,
         )
         .await;
         let (outcome, rendered) = match ready {

@@ -34,8 +34,8 @@ pub enum ComposeError {
     Render(String),
 }
 
-/// Makes `row` ready for `destination`; `Ok(None)` when it is a digest that is not due after
-/// all (an event joined it since it was picked).
+/// Makes `row` ready for `destination` (`event` is its event, when intake gave it); `Ok(None)`
+/// when it is a digest that is not due after all (an event joined it since it was picked).
 pub async fn compose(
     store: &dyn Store,
     renderer: &Renderer,
@@ -43,6 +43,7 @@ pub async fn compose(
     destination: &dyn Destination,
     handoff: &Handoff,
     row: &Delivery,
+    event: Option<Arc<Event>>,
 ) -> Result<Option<Message>, ComposeError> {
     let kind = destination.kind();
     if let Some(text) = &row.body {
@@ -79,7 +80,13 @@ pub async fn compose(
         let rendered = kind.render_group(renderer, row.template.as_deref(), &events, now);
         (rendered, None)
     } else {
-        let event = single_event(store, handoff, row).await?;
+        let event = match event {
+            Some(event) => {
+                handoff.count_given();
+                event
+            }
+            None => single_event(store, handoff, row).await?,
+        };
         // Selected while the event is at hand: it may be given up to the template data.
         let template = renderer.select(kind.template_kind(), row.template.as_deref(), &event);
         let actions =

@@ -94,6 +94,12 @@ impl Handoff {
         event
     }
 
+    /// Counts an event that came with its message (through the worker's inbox) as read from
+    /// memory.
+    pub fn count_given(&self) {
+        self.reads.with_label_values(&["memory"]).inc();
+    }
+
     fn find(&self, id: i64) -> Option<Arc<Event>> {
         let mut kept = self
             .kept

@@ -9,6 +9,7 @@ pub mod cluster;
 mod compose;
 mod handoff;
 mod housekeeping;
+mod inbox;
 mod pacer;
 mod plan;
 mod policy;
@@ -23,15 +24,17 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::routing::Router;
-use crate::store::{Accepted, NewEvent, Planner, Store, StoreError};
+use crate::store::{
+    Accepted, Delivery, DeliveryState, NewDelivery, NewEvent, Planner, Store, StoreError,
+};
 use crate::transition;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cluster::Cluster;
+use inbox::{Inbox, Offer, Tickets};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use worker::Worker;
@@ -61,7 +64,7 @@ pub struct Intake {
 /// A destination's worker, running.
 struct Running {
     config: DestinationConfig,
-    bell: Arc<Notify>,
+    inbox: Arc<Inbox>,
     cancel: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -77,8 +80,11 @@ struct Inner {
     renderer: Arc<ArcSwap<Renderer>>,
     /// Shared with the workers, which read the buttons from it at each attempt.
     settings: Arc<ArcSwap<Settings>>,
-    /// Wakes each enabled destination's worker; swapped whole on reload.
-    bells: ArcSwap<HashMap<String, Arc<Notify>>>,
+    /// Each enabled destination's worker's new messages (and its bell); swapped whole on
+    /// reload.
+    inboxes: ArcSwap<HashMap<String, Arc<Inbox>>>,
+    /// Intakes in progress, so no message reaches a worker both from its inbox and the store.
+    tickets: Arc<Tickets>,
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
     /// Which destinations this replica sends.
     cluster: Arc<Cluster>,
@@ -89,7 +95,7 @@ struct Inner {
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("destinations", &self.bells.load().len())
+            .field("destinations", &self.inboxes.load().len())
             .finish()
     }
 }
@@ -122,7 +128,8 @@ impl Queue {
                 metrics,
                 renderer: Arc::new(ArcSwap::from_pointee(renderer)),
                 settings: Arc::new(ArcSwap::from_pointee(settings)),
-                bells: ArcSwap::from_pointee(HashMap::new()),
+                inboxes: ArcSwap::from_pointee(HashMap::new()),
+                tickets: Arc::new(Tickets::default()),
                 workers: tokio::sync::Mutex::new(HashMap::new()),
                 cluster,
                 cancel: CancellationToken::new(),
@@ -138,8 +145,8 @@ impl Queue {
         let ring: crate::store::Ring = {
             let queue = queue.clone();
             Arc::new(move |destination: &str| {
-                if let Some(bell) = queue.inner.bells.load().get(destination) {
-                    bell.notify_one();
+                if let Some(inbox) = queue.inner.inboxes.load().get(destination) {
+                    inbox.ring();
                 }
             })
         };
@@ -204,7 +211,7 @@ impl Queue {
             if !config.enabled() {
                 continue;
             }
-            let bell = Arc::new(Notify::new());
+            let inbox = Arc::new(Inbox::new(inner.tickets.clone()));
             let cancel = inner.cancel.child_token();
             let (role, drained) = inner.cluster.join(name);
             let worker = Worker {
@@ -216,7 +223,7 @@ impl Queue {
                 renderer: inner.renderer.clone(),
                 settings: inner.settings.clone(),
                 policy: settings.policy.clone(),
-                notify: bell.clone(),
+                inbox: inbox.clone(),
                 cancel: cancel.clone(),
                 metrics: inner.metrics.clone(),
                 role,
@@ -227,17 +234,17 @@ impl Queue {
                 name.to_string(),
                 Running {
                     config: config.clone(),
-                    bell,
+                    inbox,
                     cancel,
                     done,
                 },
             );
         }
-        let bells = workers
+        let inboxes = workers
             .iter()
-            .map(|(n, w)| (n.clone(), w.bell.clone()))
+            .map(|(n, w)| (n.clone(), w.inbox.clone()))
             .collect();
-        inner.bells.store(Arc::new(bells));
+        inner.inboxes.store(Arc::new(inboxes));
     }
 
     /// The store.
@@ -247,7 +254,7 @@ impl Queue {
 
     /// Whether a destination has a worker (is configured and enabled).
     pub fn has_destination(&self, name: &str) -> bool {
-        self.inner.bells.load().contains_key(name)
+        self.inner.inboxes.load().contains_key(name)
     }
 
     /// Stores an event and its deliveries, durably, and wakes their workers. Routing happens
@@ -265,6 +272,7 @@ impl Queue {
             event.set_received_at(at);
         }
         let bytes = body.len();
+        let new_name = event.name().to_string();
         let dedupe_since = self
             .inner
             .settings
@@ -272,18 +280,18 @@ impl Queue {
             .dedupe_window
             .map(|w| received_at - w.as_millis() as i64);
         let new = NewEvent {
-            name: event.name().to_string(),
+            name: new_name.clone(),
             body,
             received_at,
             build: transition::outcome(&event),
         };
-        let bells = self.inner.bells.load_full();
+        let inboxes = self.inner.inboxes.load_full();
         // The plan, and the event with its transition, come back out of the store's
         // transaction through here (the store may plan again if it takes the event again).
         let planned: Arc<Mutex<(Plan, Option<Event>)>> =
             Arc::new(Mutex::new((Plan::default(), Some(event))));
         let planner: Planner = {
-            let (planned, bells) = (planned.clone(), bells.clone());
+            let (planned, inboxes) = (planned.clone(), inboxes.clone());
             Box::new(move |transition| {
                 let mut slot = planned.lock().expect("the plan lock is never poisoned");
                 let (kept, event) = &mut *slot;
@@ -292,10 +300,12 @@ impl Queue {
                     .expect("the event stays until the store answers");
                 event.set_transition(transition.cloned());
                 let routes = router.route(event);
-                *kept = plan(&routes, event, |d| bells.contains_key(d));
+                *kept = plan(&routes, event, |d| inboxes.contains_key(d));
                 kept.deliveries.clone()
             })
         };
+        // Taken before anything is stored, given back once the messages are handed over.
+        let ticket = self.inner.tickets.begin();
         let accepted = self.inner.store.accept(new, planner, dedupe_since).await?;
         let (mut plan, event) =
             std::mem::take(&mut *planned.lock().expect("the plan lock is never poisoned"));
@@ -303,23 +313,53 @@ impl Queue {
             // Planned in a transaction that failed, then found a duplicate when taken again.
             plan = Plan::default();
         }
-        if let (Accepted::New { event_id, .. }, Some(mut event)) = (&accepted, event) {
-            // Handed to this replica's workers before they are rung, for the messages they
-            // will send now; a digest or a held message reads its events back later.
-            let uses = plan
-                .deliveries
-                .iter()
-                .filter(|d| d.group.is_none() && d.not_before.is_none_or(|t| t <= received_at))
-                .filter(|d| bells.contains_key(&d.destination))
-                .count();
+        let Accepted::New {
+            event_id,
+            delivery_ids,
+            ..
+        } = &accepted
+        else {
+            return Ok(Intake { accepted, plan });
+        };
+        // Sent now, by this replica's workers: a digest or a held message is found in the
+        // store when it comes due.
+        let now =
+            |d: &NewDelivery| d.group.is_none() && d.not_before.is_none_or(|t| t <= received_at);
+        let event = event.map(|mut event| {
             event.set_id(*event_id);
-            self.inner.handoff.put(Arc::new(event), uses, bytes);
+            Arc::new(event)
+        });
+        // Each worker is offered its message with the event; those it does not keep find the
+        // event in the handoff, which is filled before any worker is rung.
+        let mut offers = Vec::with_capacity(plan.deliveries.len());
+        let mut left = 0;
+        for (d, id) in plan.deliveries.iter().zip(delivery_ids) {
+            let Some(inbox) = inboxes.get(&d.destination) else {
+                continue;
+            };
+            let offer = match &event {
+                Some(event) if now(d) => inbox.offer(
+                    &ticket,
+                    due_now(d, *id, *event_id, &new_name, received_at),
+                    event,
+                ),
+                _ => Offer::Refused,
+            };
+            if now(d) && offer != Offer::Kept {
+                left += 1;
+            }
+            offers.push((inbox, offer));
         }
-        for d in &plan.deliveries {
-            if let Some(bell) = bells.get(&d.destination) {
-                bell.notify_one();
+        if let Some(event) = event {
+            self.inner.handoff.put(event, left, bytes);
+        }
+        for (inbox, offer) in offers {
+            match offer {
+                Offer::Kept | Offer::Found => inbox.wake(),
+                Offer::Refused => inbox.ring(),
             }
         }
+        drop(ticket);
         Ok(Intake { accepted, plan })
     }
 
@@ -331,5 +371,36 @@ impl Queue {
         tokio::time::timeout(deadline, self.inner.tracker.wait())
             .await
             .is_ok()
+    }
+}
+
+/// A message intake just stored, as the store wrote it: one that is due at once counts its
+/// age from its arrival, and its version is its arrival time.
+fn due_now(
+    d: &NewDelivery,
+    id: i64,
+    event_id: i64,
+    event_name: &str,
+    received_at: i64,
+) -> Delivery {
+    Delivery {
+        id,
+        event_id,
+        event_name: event_name.to_string(),
+        route: d.route.clone(),
+        destination: d.destination.clone(),
+        template: d.template.clone(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        created_at: received_at,
+        age_from: received_at,
+        next_attempt_at: received_at,
+        updated_at: received_at,
+        last_status: None,
+        last_error: None,
+        body: None,
+        grouped: false,
+        thread_key: d.thread_key.clone(),
+        event: None,
     }
 }

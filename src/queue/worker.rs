@@ -2,6 +2,11 @@
 //! messages in the order they came due, paces them, keeps at most `concurrency` in flight, and
 //! records each attempt's verdict.
 //!
+//! New messages come from intake through the destination's [`Inbox`]; the worker looks at the
+//! queue in the store only when something may be there that the inbox did not bring: at the
+//! start of a hold, when a retry comes due, when rung for a digest, a muted message or another
+//! replica's work, after an attempt that left its message pending, and once a second.
+//!
 //! Destinations never share a worker, so a slow or throttled one delays no other. A message is
 //! only picked again once its last attempt is recorded, so a store that refuses writes delays
 //! messages but never sends one twice in a row. When the hold ends (another replica has it, or
@@ -12,10 +17,12 @@ use super::Settings;
 use super::attempt::{Done, Sender};
 use super::cluster::{Drained, Hold, Report};
 use super::handoff::Handoff;
+use super::inbox::Inbox;
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
 use super::recorder::Recorder;
 use crate::destination::{BuildEnv, DestinationConfig};
+use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::{Carry, Delivery, Finished, Left, Pace, Store, now_ms};
@@ -23,12 +30,12 @@ use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How often an idle worker looks for work it was not told about (a `deliveries retry` from
-/// the command line, for instance).
+/// How often a worker looks at the queue for work it was not told about (a `deliveries retry`
+/// from the command line, for instance), busy or not.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Due messages an unpaced worker reads beyond its free slots, for the slots that free up next.
@@ -59,8 +66,8 @@ pub struct Worker {
     pub settings: Arc<ArcSwap<Settings>>,
     /// Retry rules.
     pub policy: RetryPolicy,
-    /// Rung when new messages for this destination are stored.
-    pub notify: Arc<Notify>,
+    /// New messages for this destination, and the bell rung when any are stored.
+    pub inbox: Arc<Inbox>,
     /// Cancelled at shutdown: take no new messages.
     pub cancel: CancellationToken,
     /// Where attempts are counted.
@@ -89,10 +96,17 @@ struct State {
     tasks: HashMap<tokio::task::Id, i64>,
     /// Deliveries read ahead, being attempted, or attempted and not yet recorded.
     busy: HashSet<i64>,
-    /// Due deliveries read from the store ahead of a free slot, in the order they came due.
-    /// Dropped with the hold: they are still pending in the store for the next holder.
-    ahead: VecDeque<Delivery>,
+    /// Due deliveries ahead of a free slot (with their events when intake gave them), in
+    /// the order they came due. Dropped with the hold: they are still pending in the store for
+    /// the next holder.
+    ahead: VecDeque<(Delivery, Option<Arc<Event>>)>,
     unrecorded: HashMap<i64, Finished>,
+    /// The queue in the store may hold due messages the inbox did not bring.
+    look: bool,
+    /// When the worker last saw every message due in the store.
+    looked_at: Instant,
+    /// When the first message the store holds for later comes due (a retry), when known.
+    next_due: Option<Instant>,
     /// This replica's own trouble (its store reads failed): wait before looking again.
     paused_until: Instant,
     /// The destination's pause (a `Retry-After`, a run of failures), ms: kept with the lease.
@@ -100,6 +114,15 @@ struct State {
     /// The destination pause changed and the store has not been told yet.
     pause_unsaved: bool,
     failures: u32,
+}
+
+impl State {
+    /// When to look again with nothing to start: when a retry comes due, or the next look
+    /// for work no one told of.
+    fn wake(&self) -> Instant {
+        let poll = self.looked_at + IDLE_POLL;
+        self.next_due.map_or(poll, |t| t.min(poll))
+    }
 }
 
 impl Worker {
@@ -173,6 +196,9 @@ impl Worker {
             busy: HashSet::new(),
             ahead: VecDeque::new(),
             unrecorded: HashMap::new(),
+            look: true,
+            looked_at: now,
+            next_due: None,
             paused_until: now,
             pause_unsaved: false,
         })
@@ -181,6 +207,13 @@ impl Worker {
     /// Sends until the hold ends or the worker is cancelled; then waits for the attempts in
     /// flight and returns what the next holder should know.
     async fn send_while_held(&self, hold: Arc<Hold>) -> Carry {
+        self.inbox.open();
+        let carry = self.send_under(hold).await;
+        self.inbox.close();
+        carry
+    }
+
+    async fn send_under(&self, hold: Arc<Hold>) -> Carry {
         let Some(mut st) = self.state(hold.clone()) else {
             // Disabled destinations get no worker; this is only a config without its secret.
             return hold.taken.carry;
@@ -196,7 +229,7 @@ impl Worker {
                         self.settle(&mut st, done);
                     }
                 }
-                () = self.notify.notified() => {}
+                () = self.inbox.rung() => {}
                 () = tokio::time::sleep_until(wake.into()) => {}
                 () = self.cancel.cancelled() => {}
                 () = hold.ended().cancelled() => {}
@@ -260,54 +293,70 @@ impl Worker {
         if free == 0 {
             return now + IDLE_POLL;
         }
-        if st.ahead.len() < free {
-            // An unpaced destination reads ahead: one look at the queue then serves the next
-            // few slots that free up, instead of a look per freed slot. A paced one reads only
-            // what it can send now.
-            let ahead = if st.pacer.tokens(now).is_none() {
-                READ_AHEAD
-            } else {
-                0
-            };
+        // An unpaced destination reads ahead: one look then serves the next few slots that
+        // free up, instead of a look per freed slot. A paced one reads only what it can send.
+        let ahead = if st.pacer.tokens(now).is_none() {
+            READ_AHEAD
+        } else {
+            0
+        };
+        st.look |= self.inbox.take_look()
+            || now >= st.looked_at + IDLE_POLL
+            || st.next_due.is_some_and(|t| t <= now);
+        if st.look && st.ahead.len() < free {
             let limit = free - st.ahead.len() + ahead;
             // Messages being attempted or read ahead are left out by the query itself:
             // reading them (bodies and all) only to drop them here made each look at the queue
             // cost as much as a full one.
             let busy: Vec<i64> = st.busy.iter().copied().collect();
-            match self.store.due(name, now_ms(), limit, busy).await {
-                Ok(rows) => {
-                    for row in rows {
-                        st.busy.insert(row.id);
-                        st.ahead.push_back(row);
-                    }
-                }
+            self.metrics.queue_reads.with_label_values(&[name]).inc();
+            let rows = match self.store.due(name, now_ms(), limit, busy).await {
+                Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(destination = name, error = %e, "cannot read the queue");
                     return now + STORE_PAUSE;
                 }
+            };
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            self.inbox.found(&ids);
+            let all = rows.len() < limit;
+            for row in rows {
+                st.busy.insert(row.id);
+                st.ahead.push_back((row, None));
+            }
+            if all {
+                st.look = false;
+                st.looked_at = now;
+                // Nothing else is due: wake when a retry comes due.
+                st.next_due = match self.store.next_due_after(name, now_ms()).await {
+                    Ok(next) => next.map(at),
+                    Err(_) => None,
+                };
+            }
+        }
+        if st.ahead.len() < free + ahead {
+            for (row, event) in self.inbox.take(free + ahead - st.ahead.len(), &st.busy) {
+                st.busy.insert(row.id);
+                st.ahead.push_back((row, Some(event)));
             }
         }
         if st.ahead.is_empty() {
-            // Nothing due: sleep until a retry comes due, or a new message rings.
-            return match self.store.next_due_after(name, now_ms()).await {
-                Ok(Some(next)) => at(next).min(now + IDLE_POLL),
-                _ => now + IDLE_POLL,
-            };
+            return st.wake();
         }
         for _ in 0..free.min(st.ahead.len()) {
             if let Err(wait) = st.pacer.take(Instant::now()) {
                 return Instant::now() + wait;
             }
-            let Some(row) = st.ahead.pop_front() else {
+            let Some((row, event)) = st.ahead.pop_front() else {
                 break;
             };
             let (sender, failures, id) = (st.sender.clone(), st.failures, row.id);
             let handle = st
                 .in_flight
-                .spawn(async move { sender.attempt(row, failures).await });
+                .spawn(async move { sender.attempt(row, event, failures).await });
             st.tasks.insert(handle.id(), id);
         }
-        Instant::now() + IDLE_POLL
+        st.wake()
     }
 
     /// Takes in the end of one attempt.
@@ -326,6 +375,7 @@ impl Worker {
                 if let Some(id) = id {
                     st.busy.remove(&id);
                 }
+                st.look = true;
                 st.paused_until = Instant::now() + STORE_PAUSE;
                 return;
             }
@@ -345,11 +395,14 @@ impl Worker {
             Done::StoreTrouble(e) => {
                 tracing::error!(destination = name, delivery = id, error = %e, "cannot load a message to send");
                 st.busy.remove(&id);
+                st.look = true;
                 st.paused_until = Instant::now() + STORE_PAUSE;
                 None
             }
+            // Still pending in the store, and no longer anywhere else.
             Done::NotHeld | Done::NotDue => {
                 st.busy.remove(&id);
+                st.look = true;
                 None
             }
         };
@@ -360,7 +413,12 @@ impl Worker {
                 }
                 st.failures = 0;
             }
-            Some(Verdict::Retry { pause_until, .. }) => {
+            Some(Verdict::Retry {
+                at: retry,
+                pause_until,
+            }) => {
+                let retry = at(retry);
+                st.next_due = Some(st.next_due.map_or(retry, |t| t.min(retry)));
                 st.failures += 1;
                 if pause_until > st.destination_paused_until {
                     st.destination_paused_until = pause_until;

@@ -471,6 +471,55 @@ fn counter(metrics: &str, series: &str) -> u64 {
 }
 
 #[tokio::test]
+async fn workers_that_keep_up_take_new_messages_from_intake_and_never_one_twice() {
+    let rec = Recorder::start().await;
+    let app = TestApp::spawn(&config_for(&rec, "")).await;
+    let reads = |metrics: &str, d: &str| {
+        counter(
+            metrics,
+            &format!("kitebridge_queue_reads_total{{destination=\"{d}\"}}"),
+        )
+    };
+    // One at a time, each sent before the next comes: the workers look at the stored queue
+    // when they start and about once a second after, not once per message.
+    let started = std::time::Instant::now();
+    let before = app.metrics().await;
+    for n in 1..=20 {
+        assert_eq!(app.post_signed(&build_finished(n)).await.0, 202);
+        assert_eq!(rec.wait_for("teams", n as usize).await.len(), n as usize);
+        assert_eq!(rec.wait_for("slack", n as usize).await.len(), n as usize);
+    }
+    let after = app.metrics().await;
+    let seconds = started.elapsed().as_secs();
+    for d in ["slack", "teams"] {
+        let looked = reads(&after, d) - reads(&before, d);
+        assert!(
+            looked < 20 && looked <= seconds + 3,
+            "{d}: {looked} looks at the queue in {seconds} s for 20 messages"
+        );
+    }
+    // A burst, while the workers' once-a-second looks run: each message is sent exactly once.
+    let posts = (21..=120).map(|n| {
+        let app = &app;
+        async move { app.post_signed(&build_finished(n)).await.0 }
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    assert!(answers.iter().all(|s| *s == 202), "{answers:?}");
+    assert_eq!(rec.wait_for("slack", 120).await.len(), 120);
+    assert_eq!(rec.wait_for("teams", 120).await.len(), 120);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rec.received_on("slack").len(), 120, "none sent twice");
+    assert_eq!(rec.received_on("teams").len(), 120, "none sent twice");
+    let all = deliveries(&app.db).await;
+    assert_eq!(all.len(), 240);
+    assert!(
+        all.iter()
+            .all(|d| d.state == DeliveryState::Sent && d.attempts == 1),
+        "{all:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_event_is_parsed_once_while_its_workers_keep_up_and_read_back_after_a_restart() {
     let rec = Recorder::start().await;
     // Still in flight when the stop comes, which first gives the listener half a second.
