@@ -194,6 +194,7 @@ async fn replicas_taking_one_destination_at_once_get_it_once() {
 async fn a_replica_hears_when_another_stores_work_for_a_destination() {
     let db = TestDb::new().await;
     let (a, b) = (db.store().await, db.store().await);
+    let own = a.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let cancel = tokio_util::sync::CancellationToken::new();
     let listening = {
@@ -238,6 +239,59 @@ async fn a_replica_hears_when_another_stores_work_for_a_destination() {
     .await
     .expect("a heard of b's work within 10 s");
     assert_eq!(heard, "ci-slack");
+    // Its own intake's work it does not hear (its workers have those messages from intake in
+    // memory); the command line's, and other replicas', it does. Heard in commit order.
+    let store = |store: &PgStore, name: &str, destination: &str| {
+        let event = NewEvent {
+            name: "ping".into(),
+            body: format!("{{\"for\":\"{destination}\"}}").into(),
+            received_at: kitebridge::store::now_ms(),
+            build: None,
+        };
+        let d = NewDelivery {
+            route: name.into(),
+            destination: destination.into(),
+            template: None,
+            group: None,
+            not_before: None,
+            thread_key: None,
+        };
+        let store = store.clone();
+        async move {
+            store
+                .accept(event, Box::new(move |_| vec![d.clone()]), None)
+                .await
+                .unwrap()
+        }
+    };
+    let kitebridge::store::Accepted::New { delivery_ids, .. } = store(&own, "r", "own-slack").await
+    else {
+        panic!("a new event")
+    };
+    let retried = own
+        .retry(
+            kitebridge::store::RetrySelector::Id(delivery_ids[0]),
+            kitebridge::store::now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried, 1);
+    store(&b, "r", "other-slack").await;
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("heard within 10 s")
+            .expect("still listening");
+        if d != "ci-slack" {
+            heard.push(d);
+        }
+    }
+    assert_eq!(
+        heard,
+        ["own-slack", "other-slack"],
+        "the retry and the other replica's intake, not its own intake"
+    );
     cancel.cancel();
     listening.await.unwrap();
 }

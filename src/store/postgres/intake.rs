@@ -10,7 +10,7 @@
 //! batch the database refuses is taken again one event at a time, so one event's failure is
 //! its own; a database that does not answer fails the batch as it would each event.
 
-use super::{CHANNEL, Conn, OPERATION_TIMEOUT, PgStore, lock_key, no_answer, timed};
+use super::{CHANNEL, Conn, FROM, OPERATION_TIMEOUT, PgStore, lock_key, no_answer, timed};
 use crate::store::{Accepted, Intake, NewDelivery, NewEvent, Planner, StoreError};
 use crate::transition::{LastBuild, Transition, next};
 use async_trait::async_trait;
@@ -57,6 +57,8 @@ impl Job {
 /// not queue behind a branch's lock at all.
 pub(super) struct Batcher {
     writers: usize,
+    /// Signs the notifications, so this replica does not answer its own.
+    from: Arc<str>,
     started: OnceLock<Vec<Writer>>,
 }
 
@@ -67,10 +69,12 @@ struct Writer {
 }
 
 impl Batcher {
-    /// An intake that writes with up to `writers` transactions at once.
-    pub(super) fn new(writers: usize) -> Self {
+    /// An intake that writes with up to `writers` transactions at once, for the replica
+    /// named `from`.
+    pub(super) fn new(writers: usize, from: Arc<str>) -> Self {
         Self {
             writers: writers.max(1),
+            from,
             started: OnceLock::new(),
         }
     }
@@ -83,7 +87,9 @@ impl Batcher {
         plan: Planner,
         since: Option<i64>,
     ) -> Result<Accepted, StoreError> {
-        let writers = self.started.get_or_init(|| start(pool, self.writers));
+        let writers = self
+            .started
+            .get_or_init(|| start(pool, self.writers, &self.from));
         let writer = &writers[choose(writers, &event)];
         let hash = sha2::Sha256::digest(&event.body).to_vec();
         let (reply, answer) = oneshot::channel();
@@ -118,19 +124,22 @@ fn choose(writers: &[Writer], event: &NewEvent) -> usize {
 }
 
 /// Starts `writers` tasks, each taking batches from its own queue.
-fn start(pool: &Pool, writers: usize) -> Vec<Writer> {
+fn start(pool: &Pool, writers: usize, from: &Arc<str>) -> Vec<Writer> {
     (0..writers)
         .map(|_| {
             let (queue, mut rx) = mpsc::channel(QUEUE);
             let load = Arc::new(AtomicUsize::new(0));
             let (pool, held) = (pool.clone(), load.clone());
+            let signature: Arc<str> = format!("{FROM}{from}").into();
             tokio::spawn(async move {
                 while let Some(jobs) = gather(&mut rx).await {
                     let taken = jobs.len();
                     // A batch of its own task: should writing one ever panic, its events are
                     // answered (their senders dropped) and this writer goes on.
-                    let pool = pool.clone();
-                    if let Err(e) = tokio::spawn(async move { take(&pool, jobs).await }).await {
+                    let (pool, signature) = (pool.clone(), signature.clone());
+                    if let Err(e) =
+                        tokio::spawn(async move { take(&pool, jobs, &signature).await }).await
+                    {
                         tracing::error!(error = %e, "storage: an intake batch failed unexpectedly");
                     }
                     held.fetch_sub(taken, Ordering::Relaxed);
@@ -157,7 +166,7 @@ async fn gather(rx: &mut mpsc::Receiver<Job>) -> Option<Vec<Job>> {
 /// Writes `jobs` and answers each: in batches of equal windows and distinct bodies (a second
 /// copy of a body goes in the batch after the first's, so it finds the first), each batch
 /// again one event at a time if the database refused it.
-async fn take(pool: &Pool, jobs: Vec<Job>) {
+async fn take(pool: &Pool, jobs: Vec<Job>, signature: &str) {
     // Whoever stopped waiting (the request went away) is not written; whoever waited past the
     // operation timeout behind a store that is not answering is told so, as before batching.
     let now = tokio::time::Instant::now();
@@ -175,7 +184,7 @@ async fn take(pool: &Pool, jobs: Vec<Job>) {
     while !pending.is_empty() {
         let (mut now, later) = split(pending);
         pending = later;
-        match timed_batch(pool, &mut now).await {
+        match timed_batch(pool, &mut now, signature).await {
             Ok(answers) => {
                 for (job, answer) in now.into_iter().zip(answers) {
                     let _ = job.reply.send(Ok(answer));
@@ -185,7 +194,7 @@ async fn take(pool: &Pool, jobs: Vec<Job>) {
                 tracing::warn!(events = now.len(), error = %e.store(), "storage: a batch of events was refused; taking them one at a time");
                 for job in now {
                     let mut one = vec![job];
-                    let answer = timed_batch(pool, &mut one)
+                    let answer = timed_batch(pool, &mut one, signature)
                         .await
                         .map(|mut a| a.remove(0))
                         .map_err(Failure::store);
@@ -260,8 +269,12 @@ impl From<deadpool_postgres::PoolError> for Failure {
 
 /// [`batch`] within the operation timeout; one that runs out is abandoned (its connection
 /// closed, its transaction with it).
-async fn timed_batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> {
-    timed(async { Ok(batch(pool, jobs).await) })
+async fn timed_batch(
+    pool: &Pool,
+    jobs: &mut [Job],
+    signature: &str,
+) -> Result<Vec<Accepted>, Failure> {
+    timed(async { Ok(batch(pool, jobs, signature).await) })
         .await
         .unwrap_or_else(|e| Err(Failure::Unavailable(e)))
 }
@@ -496,8 +509,8 @@ async fn join_group(
 }
 
 /// Writes one batch (equal windows, distinct bodies) in one transaction; the answers follow
-/// the jobs' order.
-async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> {
+/// the jobs' order. `signature` ends each notification: [`FROM`] and this replica's name.
+async fn batch(pool: &Pool, jobs: &mut [Job], signature: &str) -> Result<Vec<Accepted>, Failure> {
     let mut client = Conn(Some(pool.get().await?));
     let txn = client.transaction().await?;
     let tx = &txn;
@@ -547,7 +560,7 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
         )
         .await?;
     let notify = tx
-        .prepare_cached("SELECT pg_notify($1, d) FROM unnest($2::text[]) AS d")
+        .prepare_cached("SELECT pg_notify($1, d || $3::text) FROM unnest($2::text[]) AS d")
         .await?;
     let lock = tx.prepare_cached(LOCK_ALL).await?;
 
@@ -629,7 +642,7 @@ async fn batch(pool: &Pool, jobs: &mut [Job]) -> Result<Vec<Accepted>, Failure> 
         &s_due,
         &s_threads,
     ];
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &destinations];
+    let notify_params: [&(dyn ToSql + Sync); 3] = [&CHANNEL, &destinations, &signature];
     let lock_params: [&(dyn ToSql + Sync); 1] = [&groups];
     let (_, _, single_rows, _, _) = futures_util::try_join!(
         tx.execute(&history, &history_params),

@@ -2,7 +2,7 @@
 //! and timed by the database's clock; replicas' heartbeats; and `LISTEN`, so the holder of a
 //! destination hears at once when another replica stored work for it.
 
-use super::{CHANNEL, PgStore, Tls, timed};
+use super::{CHANNEL, FROM, PgStore, Tls, timed};
 use crate::store::{Carry, Leases, Left, Pace, Ring, StoreError, Taken};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -186,9 +186,12 @@ impl Leases for PgStore {
         let mut failing = false;
         while !cancel.is_cancelled() {
             let result = match &self.tls {
-                Tls::Plain => listen_once(&self.options.config, NoTls, &ring, &cancel).await,
+                Tls::Plain => {
+                    listen_once(&self.options.config, NoTls, &self.replica, &ring, &cancel).await
+                }
                 Tls::Rustls(c) => {
-                    listen_once(&self.options.config, c.clone(), &ring, &cancel).await
+                    let tls = c.clone();
+                    listen_once(&self.options.config, tls, &self.replica, &ring, &cancel).await
                 }
             };
             match result {
@@ -220,10 +223,12 @@ impl Leases for PgStore {
     }
 }
 
-/// One listening connection, until it fails (`Err`) or `cancel` (`Ok`).
+/// One listening connection, until it fails (`Err`) or `cancel` (`Ok`); notifications that
+/// `own` (this replica's name) signed are not rung.
 async fn listen_once<T>(
     config: &tokio_postgres::Config,
     tls: T,
+    own: &str,
     ring: &Ring,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError>
@@ -262,7 +267,11 @@ where
     let mut driver = driver;
     loop {
         tokio::select! {
-            Some(destination) = rx.recv() => ring(&destination),
+            Some(payload) = rx.recv() => {
+                if let Some(destination) = heard(&payload, own) {
+                    ring(destination);
+                }
+            }
             ended = &mut driver => {
                 return Err(ended.unwrap_or_else(|e| StoreError::Database(e.to_string())));
             }
@@ -271,5 +280,33 @@ where
                 return Ok(());
             }
         }
+    }
+}
+
+/// The destination a notification names, unless `own` sent it. Notifications of the command
+/// line (and of replicas older than the signature) are a bare destination.
+fn heard<'a>(payload: &'a str, own: &str) -> Option<&'a str> {
+    match payload.rsplit_once(FROM) {
+        Some((_, from)) if from == own => None,
+        Some((destination, _)) => Some(destination),
+        None => Some(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_hears_other_replicas_and_the_command_line_but_not_itself() {
+        let signed = |d: &str, from: &str| format!("{d}{FROM}{from}");
+        assert_eq!(heard(&signed("slack", "a-1-x"), "a-1-x"), None);
+        assert_eq!(heard(&signed("slack", "b-2-y"), "a-1-x"), Some("slack"));
+        assert_eq!(heard("slack", "a-1-x"), Some("slack"), "`deliveries retry`");
+        assert_eq!(
+            heard(&signed("odd\u{1f}name", "b-2-y"), "a-1-x"),
+            Some("odd\u{1f}name"),
+            "the replica's name is after the last separator"
+        );
     }
 }

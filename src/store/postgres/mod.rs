@@ -43,8 +43,14 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(300);
 /// stopped answering must turn into `503`s and paused workers, not requests that hang.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The channel replicas tell each other about new work on; the payload is a destination.
+/// The channel replicas tell each other about new work on; the payload is a destination,
+/// followed by [`FROM`] and the replica's name when a replica's intake stored the work.
 const CHANNEL: &str = "kitebridge";
+
+/// Between a notification's destination and the replica that sent it. A replica does not
+/// need to hear its own intake: its workers take their new messages from intake in memory,
+/// and hearing it made them look at the queue for every event.
+const FROM: char = '\u{1f}';
 
 /// The transport: plain or rustls.
 #[derive(Clone)]
@@ -223,8 +229,10 @@ impl PgStore {
         // Up to four intake writers, each with a transaction at a time (a branch's builds go
         // to one of them, other events to the least loaded); half the pool stays for
         // everything else.
+        let replica: Arc<str> = replica_name().into();
         let intake = Arc::new(intake::Batcher::new(
             (options.max_connections / 2).clamp(1, 4),
+            replica.clone(),
         ));
         let store = Self {
             pool,
@@ -232,7 +240,7 @@ impl PgStore {
             intake,
             options: Arc::new(options),
             tls,
-            replica: replica_name().into(),
+            replica,
         };
         store.schema(schema).await?;
         Ok(store)
