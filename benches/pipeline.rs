@@ -2,7 +2,8 @@
 //! routing with 10, 100 and 1,000 routes (by glob lists, and by an `if` expression),
 //! rendering the default Slack and Teams templates, and
 //! the whole verify → parse → route → render path, with 3 KB and 100 KB payloads; and
-//! recording delivery attempts in the embedded store, batched and one by one. (In the
+//! recording delivery attempts in the embedded store, batched and one by one; a worker finding
+//! a new message, by a look at the stored queue or from its inbox. (In the
 //! service the webhook handler verifies, parses and routes, then stores the event; a delivery
 //! worker parses it again and renders.)
 //!
@@ -332,6 +333,82 @@ fn records(c: &mut Criterion) {
     g.finish();
 }
 
+/// What a delivery worker does to find a new message: a look at the queue in the embedded
+/// store (the message with its event's 3.4 KB body; then the queue found empty and the next
+/// retry's time asked, as a worker did before the inbox), against taking it from the inbox
+/// intake offered it to.
+fn handover(c: &mut Criterion) {
+    use kitebridge::queue::inbox::{Inbox, Tickets};
+    use kitebridge::store::{
+        Accepted, DeliveryQueue, Intake, NewDelivery, NewEvent, SqliteStore, now_ms,
+        sqlite::Durability,
+    };
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    let rt = store_runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("k.db"), Durability::Normal).unwrap();
+    let body = payloads().remove(0).1;
+    let event = NewEvent {
+        name: "build.finished".into(),
+        body: body.clone().into(),
+        received_at: now_ms(),
+        build: None,
+    };
+    let plan = Box::new(|_: Option<&kitebridge::transition::Transition>| {
+        vec![NewDelivery {
+            route: "r".into(),
+            destination: "sink".into(),
+            template: None,
+            group: None,
+            not_before: None,
+            thread_key: None,
+        }]
+    });
+    let Accepted::New { .. } = rt.block_on(store.accept(event, plan, None)).unwrap() else {
+        unreachable!("no duplicate check")
+    };
+    let mut g = c.benchmark_group("handover");
+    g.bench_function("look at the queue: the message", |b| {
+        b.iter(|| {
+            let due = rt
+                .block_on(store.due("sink", now_ms(), 33, vec![]))
+                .unwrap();
+            assert_eq!(due.len(), 1);
+            due
+        })
+    });
+    let row = rt
+        .block_on(store.due("sink", now_ms(), 1, vec![]))
+        .unwrap()
+        .remove(0);
+    g.bench_function("look at the queue: empty, and the next retry", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let none = store.due("sink", now_ms(), 33, vec![row.id]).await.unwrap();
+                assert!(none.is_empty());
+                store.next_due_after("sink", now_ms()).await.unwrap()
+            })
+        })
+    });
+    let parsed = Arc::new(Event::parse(&VerifiedBody::trusted(body), None, Utc::now()).unwrap());
+    let tickets = Arc::new(Tickets::default());
+    let inbox = Inbox::new(tickets.clone());
+    inbox.open();
+    let busy = HashSet::new();
+    g.bench_function("inbox: offered, then taken", |b| {
+        b.iter(|| {
+            let ticket = tickets.begin();
+            inbox.offer(&ticket, row.clone(), &parsed);
+            drop(ticket);
+            let taken = inbox.take(33, &busy);
+            assert_eq!(taken.len(), 1);
+            taken
+        })
+    });
+    g.finish();
+}
+
 /// Taking in one new event (`durability = "normal"`, so the CPU and not the disk is measured)
 /// into a store holding 100,000 events of the last ten minutes, with the duplicate check of a
 /// ten-minute window (one index probe per minute) and without it.
@@ -388,5 +465,5 @@ fn dedupe(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches, records, dedupe);
+criterion_group!(name = pipeline; config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)); targets = benches, records, handover, dedupe);
 criterion_main!(pipeline);

@@ -9,7 +9,7 @@ pub mod cluster;
 mod compose;
 mod handoff;
 mod housekeeping;
-mod inbox;
+pub mod inbox;
 mod pacer;
 mod plan;
 mod policy;
