@@ -1,7 +1,7 @@
 //! New messages handed from intake to their destination's worker in memory, so a worker that
-//! keeps up never reads the queue: a look at the store for each event (and another to find
-//! the queue empty, and a third for when a retry comes due) was most of the store's reads and
-//! a hand-off to the blocking pool each.
+//! keeps up looks at the queue in the store only about once a second: a look for each event
+//! (and another to find the queue empty, and a third for when a retry comes due) was most of
+//! the store's reads, and a hand-off to the blocking pool each.
 //!
 //! Each message comes with its parsed event, so it is not parsed again. Only a hint: the store
 //! stays the record. A message the inbox does not take (its worker does not hold the
@@ -36,7 +36,8 @@ pub const CAPACITY: usize = 64;
 pub enum Offer {
     /// Kept, with its event, for the worker.
     Kept,
-    /// A look at the store found it first: the worker has it already (without its event).
+    /// A look at the store found it first: the worker took it from there (without its
+    /// event).
     Found,
     /// Not kept: the worker must look at the store for it.
     Refused,
@@ -190,8 +191,8 @@ impl Inbox {
         *self.state() = State::default();
     }
 
-    /// Up to `limit` messages with their events, in the order they were kept, leaving out any
-    /// in `busy`.
+    /// Up to `limit` messages with their events, in the order they were kept; any in `busy`
+    /// (the worker has them) are dropped.
     pub fn take(&self, limit: usize, busy: &HashSet<i64>) -> Vec<(Delivery, Arc<Event>)> {
         let mut state = self.state();
         let mut taken = Vec::new();

@@ -1,6 +1,6 @@
 //! One destination's delivery worker: while this replica holds the destination, takes due
-//! messages in the order they came due, paces them, keeps at most `concurrency` in flight, and
-//! records each attempt's verdict.
+//! messages (those waiting in the store first, each in the order they came due), paces them,
+//! keeps at most `concurrency` in flight, and records each attempt's verdict.
 //!
 //! New messages come from intake through the destination's [`Inbox`]; the worker looks at the
 //! queue in the store only when something may be there that the inbox did not bring: at the
@@ -25,7 +25,7 @@ use crate::destination::{BuildEnv, DestinationConfig};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::render::Renderer;
-use crate::store::{Carry, Delivery, Finished, Left, Pace, Store, now_ms};
+use crate::store::{Carry, Delivery, Finished, Left, Pace, Resolution, Store, now_ms};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -34,8 +34,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// How often a worker looks at the queue for work it was not told about (a `deliveries retry`
-/// from the command line, for instance), busy or not.
+/// How often a worker with a free slot looks at the queue for work it was not told about (a
+/// `deliveries retry` from the command line, for instance), even while intake keeps handing it
+/// new messages.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Due messages an unpaced worker reads beyond its free slots, for the slots that free up next.
@@ -96,9 +97,9 @@ struct State {
     tasks: HashMap<tokio::task::Id, i64>,
     /// Deliveries read ahead, being attempted, or attempted and not yet recorded.
     busy: HashSet<i64>,
-    /// Due deliveries ahead of a free slot (with their events when intake gave them), in
-    /// the order they came due. Dropped with the hold: they are still pending in the store for
-    /// the next holder.
+    /// Due deliveries read from the store ahead of a free slot, in the order they came due,
+    /// then those taken from the inbox for the free slots (with their events). Dropped with
+    /// the hold: they are still pending in the store for the next holder.
     ahead: VecDeque<(Delivery, Option<Arc<Event>>)>,
     unrecorded: HashMap<i64, Finished>,
     /// The queue in the store may hold due messages the inbox did not bring.
@@ -310,7 +311,9 @@ impl Worker {
             // cost as much as a full one.
             let busy: Vec<i64> = st.busy.iter().copied().collect();
             self.metrics.queue_reads.with_label_values(&[name]).inc();
-            let rows = match self.store.due(name, now_ms(), limit, busy).await {
+            // One time for both queries, so nothing that comes due between them is missed.
+            let at_ms = now_ms();
+            let rows = match self.store.due(name, at_ms, limit, busy).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::error!(destination = name, error = %e, "cannot read the queue");
@@ -326,16 +329,18 @@ impl Worker {
             }
             if all {
                 st.look = false;
-                st.looked_at = now;
+                st.looked_at = Instant::now();
                 // Nothing else is due: wake when a retry comes due.
-                st.next_due = match self.store.next_due_after(name, now_ms()).await {
+                st.next_due = match self.store.next_due_after(name, at_ms).await {
                     Ok(next) => next.map(at),
                     Err(_) => None,
                 };
             }
         }
-        if st.ahead.len() < free + ahead {
-            for (row, event) in self.inbox.take(free + ahead - st.ahead.len(), &st.busy) {
+        // Only for the free slots: the inbox costs nothing to read later, and what waits in
+        // it must not keep `ahead` full, or a look the worker was rung for would never run.
+        if st.ahead.len() < free {
+            for (row, event) in self.inbox.take(free - st.ahead.len(), &st.busy) {
                 st.busy.insert(row.id);
                 st.ahead.push_back((row, Some(event)));
             }
@@ -435,7 +440,15 @@ impl Worker {
         for id in ids {
             match st.sender.store_record(&st.unrecorded[&id]).await {
                 Ok(()) => {
-                    st.unrecorded.remove(&id);
+                    if let Some(Finished {
+                        resolution: Resolution::RetryAt(retry),
+                        ..
+                    }) = st.unrecorded.remove(&id)
+                    {
+                        // A look since may have found the store without it.
+                        let retry = at(retry);
+                        st.next_due = Some(st.next_due.map_or(retry, |t| t.min(retry)));
+                    }
                     st.busy.remove(&id);
                 }
                 Err(e) => {

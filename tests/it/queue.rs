@@ -519,6 +519,62 @@ async fn workers_that_keep_up_take_new_messages_from_intake_and_never_one_twice(
     );
 }
 
+/// The build number in a Slack message's title.
+fn build_number(body: &[u8]) -> u64 {
+    let message: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let title = message["text"].as_str().unwrap();
+    let digits: String = title
+        .split('#')
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_behind_intake_still_sends_what_waits_in_the_store_first() {
+    // One message at a time, each answered slowly: intake runs far ahead, its worker's
+    // inbox fills and the rest wait in the store. Those must not be overtaken by the newer
+    // ones the inbox keeps taking as it empties.
+    let rec = Recorder::start().await;
+    rec.script("slack", std::iter::repeat_n(Reply::Slow(10), 240));
+    let toml = config_for(&rec, "")
+        .replace("kind = \"slack\"\n", "kind = \"slack\"\nconcurrency = 1\n")
+        .replace("to = [\"slack\", \"teams\"]", "to = [\"slack\"]");
+    let app = TestApp::spawn(&toml).await;
+    for batch in (1..=240u64).collect::<Vec<_>>().chunks(8) {
+        let posts = batch.iter().map(|&n| {
+            let app = &app;
+            async move { app.post_signed(&build_finished(n)).await.0 }
+        });
+        let answers = futures_util::future::join_all(posts).await;
+        assert!(answers.iter().all(|s| *s == 202), "{answers:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while rec.received_on("slack").len() < 240 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let order: Vec<u64> = rec
+        .received_on("slack")
+        .iter()
+        .map(|r| build_number(&r.body))
+        .collect();
+    assert_eq!(order.len(), 240, "every message sent once");
+    // Eight at a time were posted together, so their commits may come in any order.
+    let overtaken = order
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (i as i64 + 1 - n as i64).abs())
+        .max()
+        .unwrap();
+    assert!(
+        overtaken <= 16,
+        "sent out of order by up to {overtaken}: {order:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_event_is_parsed_once_while_its_workers_keep_up_and_read_back_after_a_restart() {
     let rec = Recorder::start().await;

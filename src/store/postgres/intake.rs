@@ -533,7 +533,8 @@ async fn batch(pool: &Pool, jobs: &mut [Job], signature: &str) -> Result<Vec<Acc
 
     // Everything that needs no answer but the single messages' ids goes out in one round
     // trip, in order: the branches' new last builds, the events, their single messages, a
-    // NOTIFY per destination (heard by its sender once this commits), and the locks of the
+    // NOTIFY per destination (heard once this commits by the replica that sends it, when that is
+    // another one), and the locks of the
     // digest groups the events join.
     let history = tx
         .prepare_cached(
