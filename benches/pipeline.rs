@@ -234,13 +234,27 @@ fn store_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A plan of one message, to the destination `sink`.
+fn to_sink() -> kitebridge::store::Planner {
+    Box::new(|_| {
+        vec![kitebridge::store::NewDelivery {
+            route: "r".into(),
+            destination: "sink".into(),
+            template: None,
+            group: None,
+            not_before: None,
+            thread_key: None,
+        }]
+    })
+}
+
 /// Recording 64 attempts in the embedded store (`durability = "normal"`, so the CPU and not
 /// the disk is measured): one batch, as the workers record them, against 64 writes sent at
 /// once (which the store's writer already put in one transaction, a savepoint each).
 fn records(c: &mut Criterion) {
     use kitebridge::store::{
-        Accepted, Attempt, DeliveryQueue, Finished, Intake, NewDelivery, NewEvent, Resolution,
-        SqliteStore, sqlite::Durability,
+        Accepted, Attempt, DeliveryQueue, Finished, Intake, NewEvent, Resolution, SqliteStore,
+        sqlite::Durability,
     };
     const N: usize = 64;
     let rt = store_runtime();
@@ -257,16 +271,7 @@ fn records(c: &mut Criterion) {
                     received_at: kitebridge::store::now_ms(),
                     build: None,
                 };
-                let plan = Box::new(|_: Option<&kitebridge::transition::Transition>| {
-                    vec![NewDelivery {
-                        route: "r".into(),
-                        destination: "sink".into(),
-                        template: None,
-                        group: None,
-                        not_before: None,
-                        thread_key: None,
-                    }]
-                });
+                let plan = to_sink();
                 let Accepted::New { delivery_ids, .. } =
                     store.accept(event, plan, None).await.unwrap()
                 else {
@@ -340,8 +345,7 @@ fn records(c: &mut Criterion) {
 fn handover(c: &mut Criterion) {
     use kitebridge::queue::inbox::{Inbox, Tickets};
     use kitebridge::store::{
-        Accepted, DeliveryQueue, Intake, NewDelivery, NewEvent, SqliteStore, now_ms,
-        sqlite::Durability,
+        Accepted, DeliveryQueue, Intake, NewEvent, SqliteStore, now_ms, sqlite::Durability,
     };
     use std::collections::HashSet;
     use std::sync::Arc;
@@ -355,17 +359,7 @@ fn handover(c: &mut Criterion) {
         received_at: now_ms(),
         build: None,
     };
-    let plan = Box::new(|_: Option<&kitebridge::transition::Transition>| {
-        vec![NewDelivery {
-            route: "r".into(),
-            destination: "sink".into(),
-            template: None,
-            group: None,
-            not_before: None,
-            thread_key: None,
-        }]
-    });
-    let Accepted::New { .. } = rt.block_on(store.accept(event, plan, None)).unwrap() else {
+    let Accepted::New { .. } = rt.block_on(store.accept(event, to_sink(), None)).unwrap() else {
         unreachable!("no duplicate check")
     };
     let mut g = c.benchmark_group("handover");
