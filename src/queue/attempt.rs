@@ -4,7 +4,6 @@
 use super::Settings;
 use super::cluster::Hold;
 use super::compose::{ComposeError, compose};
-use super::handoff::Handoff;
 use super::policy::{RetryPolicy, Verdict};
 use super::recorder::Recorder;
 use crate::destination::{Context, Destination, Outcome, webhook_id};
@@ -43,8 +42,6 @@ pub struct Sender {
     pub store: Arc<dyn Store>,
     /// Where attempts are recorded, in batches.
     pub recorder: Recorder,
-    /// Events intake parsed, handed over.
-    pub handoff: Arc<Handoff>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
     /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
@@ -74,7 +71,7 @@ impl Sender {
             &renderer,
             &settings.buttons,
             self.destination.as_ref(),
-            &self.handoff,
+            &self.metrics.event_reads,
             &row,
             event,
         )

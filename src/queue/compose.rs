@@ -2,13 +2,13 @@
 //! rendering of its event (or of all a digest's events), with the message its destination
 //! needs first (a Slack app's build message), ready to send.
 
-use super::handoff::Handoff;
 use crate::actions::Buttons;
 use crate::destination::{Destination, Parent};
 use crate::event::{Event, VerifiedBody};
 use crate::render::{Body, Renderer, TemplateData};
 use crate::store::{Delivery, Store, StoreError, StoredEvent, now_ms};
 use chrono::{TimeZone, Utc};
+use prometheus::IntCounterVec;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -34,14 +34,15 @@ pub enum ComposeError {
     Render(String),
 }
 
-/// Makes `row` ready for `destination` (`event` is its event, when intake gave it); `Ok(None)`
-/// when it is a digest that is not due after all (an event joined it since it was picked).
+/// Makes `row` ready for `destination` (`event` is its event, when intake gave it; `reads`
+/// counts where a single message's event came from); `Ok(None)` when it is a digest that is
+/// not due after all (an event joined it since it was picked).
 pub async fn compose(
     store: &dyn Store,
     renderer: &Renderer,
     buttons: &Buttons,
     destination: &dyn Destination,
-    handoff: &Handoff,
+    reads: &IntCounterVec,
     row: &Delivery,
     event: Option<Arc<Event>>,
 ) -> Result<Option<Message>, ComposeError> {
@@ -80,13 +81,7 @@ pub async fn compose(
         let rendered = kind.render_group(renderer, row.template.as_deref(), &events, now);
         (rendered, None)
     } else {
-        let event = match event {
-            Some(event) => {
-                handoff.count_given();
-                event
-            }
-            None => single_event(store, handoff, row).await?,
-        };
+        let event = single_event(store, reads, row, event).await?;
         // Selected while the event is at hand: it may be given up to the template data.
         let template = renderer.select(kind.template_kind(), row.template.as_deref(), &event);
         let actions =
@@ -158,15 +153,18 @@ fn wants_parent(destination: &dyn Destination, row: &Delivery) -> bool {
 }
 
 /// A single message's event: the one intake parsed, when it handed it over, else the stored
-/// body parsed again.
+/// body parsed again; counted in `reads` by where it came from.
 async fn single_event(
     store: &dyn Store,
-    handoff: &Handoff,
+    reads: &IntCounterVec,
     row: &Delivery,
+    given: Option<Arc<Event>>,
 ) -> Result<Arc<Event>, ComposeError> {
-    if let Some(event) = handoff.take(row.event_id) {
+    if let Some(event) = given {
+        reads.with_label_values(&["memory"]).inc();
         return Ok(event);
     }
+    reads.with_label_values(&["store"]).inc();
     Ok(Arc::new(to_event(stored_event(store, row).await?)?))
 }
 

@@ -136,25 +136,32 @@ impl Inbox {
         self.state.lock().expect("the inbox lock is never poisoned")
     }
 
-    /// Offers the worker a message intake just committed under `ticket`, with its event. The
-    /// worker is not rung: [`wake`](Self::wake) it for a message kept or found, and
-    /// [`ring`](Self::ring) it for one refused.
+    /// Offers the worker a message intake just committed under `ticket`, with its event, and
+    /// rings it as the answer needs: to take the message, or to look at the store for it.
     pub fn offer(&self, ticket: &Ticket, row: Delivery, event: &Arc<Event>) -> Offer {
-        let mut state = self.state();
-        if !state.open || ticket.number < state.floor {
-            Offer::Refused
-        } else if state.seen.remove(&row.id).is_some() {
-            Offer::Found
-        } else if state.rows.len() >= CAPACITY {
-            Offer::Refused
-        } else {
-            state.rows.push_back((row, event.clone()));
-            Offer::Kept
+        let offer = {
+            let mut state = self.state();
+            if !state.open || ticket.number < state.floor {
+                Offer::Refused
+            } else if state.seen.remove(&row.id).is_some() {
+                Offer::Found
+            } else if state.rows.len() >= CAPACITY {
+                Offer::Refused
+            } else {
+                state.rows.push_back((row, event.clone()));
+                Offer::Kept
+            }
+        };
+        match offer {
+            Offer::Kept => self.wake(),
+            Offer::Found => {}
+            Offer::Refused => self.ring(),
         }
+        offer
     }
 
     /// Tells the worker a message is waiting for it here.
-    pub fn wake(&self) {
+    fn wake(&self) {
         self.bell.notify_one();
     }
 

@@ -7,7 +7,6 @@
 mod attempt;
 pub mod cluster;
 mod compose;
-mod handoff;
 mod housekeeping;
 pub mod inbox;
 mod pacer;
@@ -31,7 +30,7 @@ use crate::transition;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use cluster::Cluster;
-use inbox::{Inbox, Offer, Tickets};
+use inbox::{Inbox, Tickets};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,8 +73,6 @@ struct Inner {
     client: reqwest::Client,
     /// Attempt records, batched for all the workers.
     recorder: recorder::Recorder,
-    /// Parsed events, from intake to the workers.
-    handoff: Arc<handoff::Handoff>,
     metrics: Arc<Metrics>,
     renderer: Arc<ArcSwap<Renderer>>,
     /// Shared with the workers, which read the buttons from it at each attempt.
@@ -119,10 +116,6 @@ impl Queue {
         let queue = Self {
             inner: Arc::new(Inner {
                 recorder: recorder::Recorder::start(&store),
-                handoff: Arc::new(handoff::Handoff::new(
-                    handoff::DEFAULT_BUDGET,
-                    metrics.event_reads.clone(),
-                )),
                 store,
                 client: destination::client(),
                 metrics,
@@ -219,7 +212,6 @@ impl Queue {
                 client: inner.client.clone(),
                 store: inner.store.clone(),
                 recorder: inner.recorder.clone(),
-                handoff: inner.handoff.clone(),
                 renderer: inner.renderer.clone(),
                 settings: inner.settings.clone(),
                 policy: settings.policy.clone(),
@@ -271,7 +263,6 @@ impl Queue {
         if let Some(at) = chrono::DateTime::from_timestamp_millis(received_at) {
             event.set_received_at(at);
         }
-        let bytes = body.len();
         let new_name = event.name().to_string();
         let dedupe_since = self
             .inner
@@ -329,34 +320,18 @@ impl Queue {
             event.set_id(*event_id);
             Arc::new(event)
         });
-        // Each worker is offered its message with the event; those it does not keep find the
-        // event in the handoff, which is filled before any worker is rung.
-        let mut offers = Vec::with_capacity(plan.deliveries.len());
-        let mut left = 0;
+        // Each worker is offered its message with the event; one it does not keep, it finds
+        // by looking at the store (and parses the stored body).
         for (d, id) in plan.deliveries.iter().zip(delivery_ids) {
             let Some(inbox) = inboxes.get(&d.destination) else {
                 continue;
             };
-            let offer = match &event {
-                Some(event) if now(d) => inbox.offer(
-                    &ticket,
-                    due_now(d, *id, *event_id, &new_name, received_at),
-                    event,
-                ),
-                _ => Offer::Refused,
-            };
-            if now(d) && offer != Offer::Kept {
-                left += 1;
-            }
-            offers.push((inbox, offer));
-        }
-        if let Some(event) = event {
-            self.inner.handoff.put(event, left, bytes);
-        }
-        for (inbox, offer) in offers {
-            match offer {
-                Offer::Kept | Offer::Found => inbox.wake(),
-                Offer::Refused => inbox.ring(),
+            match &event {
+                Some(event) if now(d) => {
+                    let row = due_now(d, *id, *event_id, &new_name, received_at);
+                    inbox.offer(&ticket, row, event);
+                }
+                _ => inbox.ring(),
             }
         }
         drop(ticket);

@@ -16,7 +16,6 @@
 use super::Settings;
 use super::attempt::{Done, Sender};
 use super::cluster::{Drained, Hold, Report};
-use super::handoff::Handoff;
 use super::inbox::Inbox;
 use super::pacer::Pacer;
 use super::policy::{RetryPolicy, Verdict};
@@ -59,8 +58,6 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     /// Where attempts are recorded.
     pub recorder: Recorder,
-    /// Events intake parsed, handed over.
-    pub handoff: Arc<Handoff>,
     /// Templates, swapped whole on reload.
     pub renderer: Arc<ArcSwap<Renderer>>,
     /// Queue-wide settings (the buttons each route shows), swapped whole on reload.
@@ -186,7 +183,6 @@ impl Worker {
                 hold,
                 store: self.store.clone(),
                 recorder: self.recorder.clone(),
-                handoff: self.handoff.clone(),
                 renderer: self.renderer.clone(),
                 settings: self.settings.clone(),
                 policy: self.policy.clone(),
