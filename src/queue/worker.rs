@@ -290,18 +290,19 @@ impl Worker {
         if free == 0 {
             return now + IDLE_POLL;
         }
-        // An unpaced destination reads ahead: one look then serves the next few slots that
-        // free up, instead of a look per freed slot. A paced one reads only what it can send.
-        let ahead = if st.pacer.tokens(now).is_none() {
-            READ_AHEAD
-        } else {
-            0
-        };
         st.look |= self.inbox.take_look()
             || now >= st.looked_at + IDLE_POLL
             || st.next_due.is_some_and(|t| t <= now);
         if st.look && st.ahead.len() < free {
-            let limit = free - st.ahead.len() + ahead;
+            // An unpaced destination reads ahead: one look then serves the next few slots
+            // that free up, instead of a look per freed slot. A paced one reads only what it
+            // can send.
+            let read_ahead = if st.pacer.tokens(now).is_none() {
+                READ_AHEAD
+            } else {
+                0
+            };
+            let limit = free - st.ahead.len() + read_ahead;
             // Messages being attempted or read ahead are left out by the query itself:
             // reading them (bodies and all) only to drop them here made each look at the queue
             // cost as much as a full one.
