@@ -7,7 +7,9 @@
 //! the backlog part). The PostgreSQL part uses KB_BENCH_DATABASE_URL (else
 //! KITEBRIDGE_TEST_DATABASE_URL, else the local server) to create a database of its own;
 //! KB_BENCH_ONLY=replicas runs only that part (and the bare endpoint); KB_BENCH_ONLY=backlog
-//! only the backlog part; KB_BENCH_ONLY=embedded leaves both out.
+//! only the backlog part; KB_BENCH_ONLY=embedded leaves both out; KB_BENCH_ONLY=intake runs
+//! only intake (a route that matches none of the events, so nothing is delivered) with the
+//! embedded store, to tell intake's share of the answer latency from delivery's.
 //! KB_BENCH_BINARY=path measures another build of kitebridge with the same generator.
 //! The report is printed and written to target/load-report.md.
 
@@ -27,6 +29,8 @@ const TOKEN: &str = "load-bench-token-7f3a";
 const CONNECTIONS: usize = 32;
 const OPEN_RATE: u64 = 2_000;
 const OPEN_SECONDS: u64 = 10;
+/// What the benchmark's route matches: every event the generator sends.
+const ALL_EVENTS: &str = r#"["build.finished", "job.finished"]"#;
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -131,7 +135,14 @@ impl Kitebridge {
         format!("[storage]\npath = \"kitebridge.db\"\n{durability}")
     }
 
-    fn config(dir: &Path, port: u16, sink: &str, routes: usize, storage: &str) -> PathBuf {
+    fn config(
+        dir: &Path,
+        port: u16,
+        sink: &str,
+        routes: usize,
+        storage: &str,
+        events: &str,
+    ) -> PathBuf {
         let mut text = format!(
             r#"
 [server]
@@ -159,7 +170,10 @@ concurrency = 64
                 "\n[[routes]]\nname = \"other {i}\"\npipelines = [\"pipeline-{i}\"]\nto = [\"sink\"]\ncontinue = true\n"
             );
         }
-        text.push_str("\n[[routes]]\nname = \"all\"\nevents = [\"build.finished\", \"job.finished\"]\nto = [\"sink\"]\n");
+        let _ = write!(
+            text,
+            "\n[[routes]]\nname = \"all\"\nevents = {events}\nto = [\"sink\"]\n"
+        );
         let path = dir.join("kitebridge.toml");
         std::fs::write(&path, text).unwrap();
         path
@@ -171,8 +185,19 @@ concurrency = 64
 
     /// Starts it with the `[storage]` table `storage`.
     async fn start_on(dir: &Path, sink: &str, routes: usize, storage: &str) -> (Self, Duration) {
+        Self::start_matching(dir, sink, routes, storage, ALL_EVENTS).await
+    }
+
+    /// Starts it with its route matching the event names `events` (a TOML array).
+    async fn start_matching(
+        dir: &Path,
+        sink: &str,
+        routes: usize,
+        storage: &str,
+        events: &str,
+    ) -> (Self, Duration) {
         let port = free_port();
-        let config = Self::config(dir, port, sink, routes, storage);
+        let config = Self::config(dir, port, sink, routes, storage, events);
         let log = std::fs::File::create(dir.join("kitebridge.log")).unwrap();
         let started = Instant::now();
         let child = Command::new(binary())
@@ -341,6 +366,19 @@ async fn run() {
         return;
     }
 
+    // KB_BENCH_ONLY=intake measures only intake, nothing delivered (beside the bare endpoint).
+    if std::env::var("KB_BENCH_ONLY").is_ok_and(|v| v == "intake") {
+        out("| measure | kitebridge | target |".into());
+        out("| --- | --- | --- |".into());
+        out(format!("| bare axum endpoint | {bare_rate:.0} req/s | |"));
+        out(format!(
+            "| the open loop at {OPEN_RATE}/s against the bare endpoint | {} | |",
+            spread(bare_open.answers.iter().map(|a| a.2).collect())
+        ));
+        intake_run(&bodies, bare_rate, events, &mut out).await;
+        return;
+    }
+
     // KB_BENCH_ONLY=backlog measures only intake with a backlog (beside the bare endpoint).
     if std::env::var("KB_BENCH_ONLY").is_ok_and(|v| v == "backlog") {
         out("| measure | kitebridge | target |".into());
@@ -463,6 +501,54 @@ async fn run() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load-report.md");
     let _ = std::fs::write(&path, &report);
     println!("\n(written to {})", path.display());
+}
+
+/// Intake alone: the embedded store, a route that matches none of the events (each is stored,
+/// for the duplicate check, and answered; nothing is delivered), the closed loop then the open
+/// loop, as in the main part.
+async fn intake_run(
+    bodies: &Arc<Bodies>,
+    bare_rate: f64,
+    events: u64,
+    out: &mut impl FnMut(String),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let unused = format!("http://127.0.0.1:{}/unused", free_port());
+    let (kb, _) =
+        Kitebridge::start_matching(dir.path(), &unused, 1, &Kitebridge::sqlite(), r#"["ping"]"#)
+            .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_before = cpu_seconds(kb.child.id());
+    let max = closed_loop(&[kb.url()], bodies.clone(), TOKEN, 1, events, CONNECTIONS).await;
+    let cpu_closed = cpu_seconds(kb.child.id()) - cpu_before;
+    let cpu_before = cpu_seconds(kb.child.id());
+    let open = open_loop(
+        &[kb.url()],
+        bodies.clone(),
+        TOKEN,
+        10_000_000,
+        OPEN_RATE,
+        Duration::from_secs(OPEN_SECONDS),
+    )
+    .await;
+    let cpu_open = cpu_seconds(kb.child.id()) - cpu_before;
+    kb.stop();
+    let rate = per_second(&max);
+    out(format!(
+        "| intake only (no route matches), sustained accepted events/s ({events} events, {CONNECTIONS} connections) | {rate:.0}/s = {:.0}% of bare ({} refused) | ≥ 50% |",
+        rate / bare_rate * 100.0,
+        max.refused
+    ));
+    out(format!(
+        "| intake only: CPU per event (the closed loop · the open loop) | {:.0} µs · {:.0} µs | |",
+        cpu_closed / max.accepted.max(1) as f64 * 1e6,
+        cpu_open / open.accepted.max(1) as f64 * 1e6
+    ));
+    out(format!(
+        "| intake only: answer latency at {OPEN_RATE}/s offered, open loop, {OPEN_SECONDS} s | {} ({} refused) | |",
+        spread(open.answers.iter().map(|a| a.2).collect()),
+        open.refused
+    ));
 }
 
 /// The bytes a stopped kitebridge's store holds: its pages in use once the log is copied in.
