@@ -401,15 +401,7 @@ async fn run() {
     let delivered_max = sink.count();
     let cpu_closed = cpu_seconds(kb.child.id()) - cpu_before;
     let cpu_before = cpu_seconds(kb.child.id());
-    let open = open_loop(
-        &[kb.url()],
-        bodies.clone(),
-        TOKEN,
-        10_000_000,
-        OPEN_RATE,
-        Duration::from_secs(OPEN_SECONDS),
-    )
-    .await;
+    let open = at_open_rate(&kb, &bodies).await;
     wait_for(
         &sink,
         delivered_max + open.accepted as usize,
@@ -522,15 +514,7 @@ async fn intake_run(
     let max = closed_loop(&[kb.url()], bodies.clone(), TOKEN, 1, events, CONNECTIONS).await;
     let cpu_closed = cpu_seconds(kb.child.id()) - cpu_before;
     let cpu_before = cpu_seconds(kb.child.id());
-    let open = open_loop(
-        &[kb.url()],
-        bodies.clone(),
-        TOKEN,
-        10_000_000,
-        OPEN_RATE,
-        Duration::from_secs(OPEN_SECONDS),
-    )
-    .await;
+    let open = at_open_rate(&kb, bodies).await;
     let cpu_open = cpu_seconds(kb.child.id()) - cpu_before;
     kb.stop();
     let rate = per_second(&max);
@@ -549,6 +533,20 @@ async fn intake_run(
         spread(open.answers.iter().map(|a| a.2).collect()),
         open.refused
     ));
+}
+
+/// The open loop at OPEN_RATE for OPEN_SECONDS against `kb`, its event ids clear of the
+/// closed loop's.
+async fn at_open_rate(kb: &Kitebridge, bodies: &Arc<Bodies>) -> Run {
+    open_loop(
+        &[kb.url()],
+        bodies.clone(),
+        TOKEN,
+        10_000_000,
+        OPEN_RATE,
+        Duration::from_secs(OPEN_SECONDS),
+    )
+    .await
 }
 
 /// The bytes a stopped kitebridge's store holds: its pages in use once the log is copied in.
