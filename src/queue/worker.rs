@@ -121,6 +121,13 @@ impl State {
         let poll = self.looked_at + IDLE_POLL;
         self.next_due.map_or(poll, |t| t.min(poll))
     }
+
+    /// Notes a retry recorded for `retry_ms`, so the worker wakes for it then (or earlier, for
+    /// one due first): a look since the attempt may have found the store without it.
+    fn retry_due(&mut self, retry_ms: i64) {
+        let retry = at(retry_ms);
+        self.next_due = Some(self.next_due.map_or(retry, |t| t.min(retry)));
+    }
 }
 
 impl Worker {
@@ -419,8 +426,7 @@ impl Worker {
                 at: retry,
                 pause_until,
             }) => {
-                let retry = at(retry);
-                st.next_due = Some(st.next_due.map_or(retry, |t| t.min(retry)));
+                st.retry_due(retry);
                 st.failures += 1;
                 if pause_until > st.destination_paused_until {
                     st.destination_paused_until = pause_until;
@@ -442,9 +448,7 @@ impl Worker {
                         ..
                     }) = st.unrecorded.remove(&id)
                     {
-                        // A look since may have found the store without it.
-                        let retry = at(retry);
-                        st.next_due = Some(st.next_due.map_or(retry, |t| t.min(retry)));
+                        st.retry_due(retry);
                     }
                     st.busy.remove(&id);
                 }

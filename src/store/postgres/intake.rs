@@ -57,8 +57,9 @@ impl Job {
 /// not queue behind a branch's lock at all.
 pub(super) struct Batcher {
     writers: usize,
-    /// Signs the notifications, so this replica does not answer its own.
-    from: Arc<str>,
+    /// Ends each notification ([`FROM`] and this replica's name), so the replica does not
+    /// answer its own.
+    signature: Arc<str>,
     started: OnceLock<Vec<Writer>>,
 }
 
@@ -71,10 +72,10 @@ struct Writer {
 impl Batcher {
     /// An intake that writes with up to `writers` transactions at once, for the replica
     /// named `from`.
-    pub(super) fn new(writers: usize, from: Arc<str>) -> Self {
+    pub(super) fn new(writers: usize, from: &str) -> Self {
         Self {
             writers: writers.max(1),
-            from,
+            signature: format!("{FROM}{from}").into(),
             started: OnceLock::new(),
         }
     }
@@ -89,7 +90,7 @@ impl Batcher {
     ) -> Result<Accepted, StoreError> {
         let writers = self
             .started
-            .get_or_init(|| start(pool, self.writers, &self.from));
+            .get_or_init(|| start(pool, self.writers, &self.signature));
         let writer = &writers[choose(writers, &event)];
         let hash = sha2::Sha256::digest(&event.body).to_vec();
         let (reply, answer) = oneshot::channel();
@@ -123,14 +124,14 @@ fn choose(writers: &[Writer], event: &NewEvent) -> usize {
     }
 }
 
-/// Starts `writers` tasks, each taking batches from its own queue.
-fn start(pool: &Pool, writers: usize, from: &Arc<str>) -> Vec<Writer> {
+/// Starts `writers` tasks, each taking batches from its own queue and signing its
+/// notifications with `signature`.
+fn start(pool: &Pool, writers: usize, signature: &Arc<str>) -> Vec<Writer> {
     (0..writers)
         .map(|_| {
             let (queue, mut rx) = mpsc::channel(QUEUE);
             let load = Arc::new(AtomicUsize::new(0));
-            let (pool, held) = (pool.clone(), load.clone());
-            let signature: Arc<str> = format!("{FROM}{from}").into();
+            let (pool, held, signature) = (pool.clone(), load.clone(), signature.clone());
             tokio::spawn(async move {
                 while let Some(jobs) = gather(&mut rx).await {
                     let taken = jobs.len();

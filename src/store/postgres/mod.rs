@@ -232,7 +232,7 @@ impl PgStore {
         let replica: Arc<str> = replica_name().into();
         let intake = Arc::new(intake::Batcher::new(
             (options.max_connections / 2).clamp(1, 4),
-            replica.clone(),
+            &replica,
         ));
         let store = Self {
             pool,
