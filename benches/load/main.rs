@@ -519,7 +519,7 @@ async fn intake_run(
     kb.stop();
     let rate = per_second(&max);
     out(format!(
-        "| intake only (no route matches), sustained accepted events/s ({events} events, {CONNECTIONS} connections) | {rate:.0}/s = {:.0}% of bare ({} refused) | ≥ 50% |",
+        "| intake only (no route matches), sustained accepted events/s ({events} events, {CONNECTIONS} connections) | {rate:.0}/s = {:.0}% of bare ({} refused) | (the target, ≥ 50%, is measured with the destination down: the backlog part) |",
         rate / bare_rate * 100.0,
         max.refused
     ));
